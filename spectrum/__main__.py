@@ -1,0 +1,5 @@
+import sys
+
+from spectrum.cli import main
+
+sys.exit(main())

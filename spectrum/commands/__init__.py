@@ -1,0 +1,1 @@
+"""Sub-commands of the `spectrum` CLI, one module each."""

@@ -1,0 +1,19 @@
+"""Shared fixtures: tiny random pairs written once per session into a temp folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from spectrum.tiny import save_tiny_pair
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """{base, direct, thinking} paths of a tiny random Qwen3 pair, sharded safetensors."""
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny_qwen3"), "qwen3", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_pair(tmp_path_factory):
+    """{base, direct, thinking} paths of a tiny random Qwen3-MoE pair, sharded safetensors."""
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny_qwen3_moe"), "qwen3_moe", seed=0)
