@@ -1,0 +1,131 @@
+"""spectrum.chat: streaming one reply, and several side by side, on real tiny models."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spectrum.chat import display_text, split_reasoning, stream_columns, stream_reply
+from spectrum.generate import DecodingSettings
+
+GREEDY = DecodingSettings(max_new_tokens=24, do_sample=False)
+CONVERSATION = [{"role": "user", "content": "What is 12 + 7?"}]
+
+
+@pytest.fixture(scope="module")
+def direct(tiny_pair):
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair["direct"], dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(tiny_pair["direct"])
+
+
+def stream_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "stream_reply"]
+
+
+def test_stream_reply_matches_plain_greedy_generate(direct):
+    model, tokenizer = direct
+    updates = list(stream_reply(model, tokenizer, CONVERSATION, GREEDY))
+    prompt = tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    reference = model.generate(**encoded, max_new_tokens=24, do_sample=False)
+    new_ids = reference[0, encoded["input_ids"].shape[1] :].tolist()
+    assert tokenizer.eos_token_id not in new_ids  # a random model: runs to the limit
+    final = updates[-1]
+    assert final.finished and final.truncated
+    assert final.text == tokenizer.decode(new_ids, skip_special_tokens=True)
+    assert final.n_tokens == len(new_ids) == 24
+    assert final.tokens_per_s > 0
+    assert all(not u.finished for u in updates[:-1])
+    # Text only grows.
+    assert all(b.text.startswith(a.text) for a, b in zip(updates, updates[1:], strict=False))
+    assert not stream_threads()
+
+
+def test_closing_the_stream_stops_generation_and_joins_the_worker(direct):
+    model, tokenizer = direct
+    settings = DecodingSettings(max_new_tokens=400, do_sample=False)
+    stream = stream_reply(model, tokenizer, CONVERSATION, settings)
+    first = next(stream)
+    assert first.n_tokens < 400
+    stream.close()
+    assert not stream_threads()
+
+
+def test_stop_event_ends_the_reply_early_with_a_final_update(direct):
+    model, tokenizer = direct
+    stop = threading.Event()
+    settings = DecodingSettings(max_new_tokens=400, do_sample=False)
+    updates = []
+    for update in stream_reply(model, tokenizer, CONVERSATION, settings, stop=stop):
+        updates.append(update)
+        stop.set()
+    assert updates[-1].finished
+    assert not updates[-1].truncated
+    assert updates[-1].n_tokens < 400
+
+
+@pytest.mark.parametrize(
+    ("text", "reasoning", "answer"),
+    [
+        ("<think>\n12 +7=19\n</think>\n\\boxed{19}", "12 +7=19", "\\boxed{19}"),
+        ("12 +7=19\n</think>\n\\boxed{19}", "12 +7=19", "\\boxed{19}"),  # no opening tag
+        ("<think>\n12 +7", "12 +7", ""),  # still thinking
+        ("\\boxed{19}", "", "\\boxed{19}"),
+    ],
+)
+def test_split_reasoning(text, reasoning, answer):
+    assert split_reasoning(text) == (reasoning, answer)
+
+
+def test_display_text_always_wraps_reasoning_in_both_tags():
+    assert display_text("a\n</think>\nb") == "<think>a</think>\nb"
+    assert display_text("<think>a") == "<think>a"
+    assert display_text("b") == "b"
+
+
+def slow_counter(n: int, delay: float):
+    def factory(stop: threading.Event):
+        for i in range(n):
+            if stop.is_set():
+                return
+            time.sleep(delay)
+            yield i
+
+    return factory
+
+
+def test_stream_columns_runs_side_by_side_and_ends_with_every_final_value():
+    started = time.perf_counter()
+    snapshots = list(stream_columns({"a": slow_counter(5, 0.05), "b": slow_counter(5, 0.05)}))
+    elapsed = time.perf_counter() - started
+    assert snapshots[-1] == {"a": 4, "b": 4}
+    assert elapsed < 0.45  # concurrent: well under the 0.5 s the two would take in a row
+    assert any(s["a"] is not None and s["a"] < 4 for s in snapshots)  # partial snapshots
+
+
+def test_stream_columns_reraises_a_column_error_and_stops_the_others():
+    def failing(stop: threading.Event):
+        yield 0
+        raise ValueError("column broke")
+
+    long_column = slow_counter(1000, 0.01)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="column broke"):
+        list(stream_columns({"ok": long_column, "bad": failing}))
+    assert time.perf_counter() - started < 5  # the 10 s column was stopped
+
+
+def test_stream_columns_with_real_models(direct):
+    model, tokenizer = direct
+    columns = {
+        name: (lambda stop: stream_reply(model, tokenizer, CONVERSATION, GREEDY, stop=stop))
+        for name in ("left", "right")
+    }
+    final = list(stream_columns(columns))[-1]
+    assert final["left"].text == final["right"].text
+    assert final["left"].finished and final["right"].finished
