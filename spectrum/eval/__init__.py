@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, grading, metrics, the DuckDB store, sweeps, search, reports."""

@@ -1,0 +1,120 @@
+"""The DuckDB results store (schema: docs/SCHEMA.md).
+
+Rows go in as whole DataFrames inside one transaction each: a process killed at any
+moment leaves either the whole batch or none of it, and the primary key on
+(config_id, benchmark, problem_id, sample_idx) makes a duplicate impossible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, command VARCHAR, config JSON,
+    decoding JSON, versions JSON, git_revision VARCHAR,
+    direct VARCHAR, thinking VARCHAR, base VARCHAR,
+    direct_hash VARCHAR, thinking_hash VARCHAR, base_hash VARCHAR
+);
+CREATE TABLE IF NOT EXISTS samples (
+    config_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL,
+    method VARCHAR NOT NULL, lam DOUBLE NOT NULL, params JSON, layers VARCHAR, modules VARCHAR,
+    merge_seed INTEGER, temperature DOUBLE, top_p DOUBLE, top_k INTEGER,
+    max_new_tokens INTEGER, do_sample BOOLEAN,
+    benchmark VARCHAR NOT NULL, level INTEGER, problem_id VARCHAR NOT NULL,
+    sample_idx INTEGER NOT NULL,
+    prompt VARCHAR, response VARCHAR, n_tokens INTEGER, finished BOOLEAN, thinks BOOLEAN,
+    extracted VARCHAR, gold VARCHAR, correct BOOLEAN, latency_s DOUBLE, created_at TIMESTAMP,
+    PRIMARY KEY (config_id, benchmark, problem_id, sample_idx)
+);
+CREATE TABLE IF NOT EXISTS weight_stats (
+    analysis_id VARCHAR, direct VARCHAR, thinking VARCHAR, direct_hash VARCHAR,
+    thinking_hash VARCHAR, scope VARCHAR, key VARCHAR, numel BIGINT,
+    delta_sq DOUBLE, direct_sq DOUBLE, rel_distance DOUBLE
+);
+CREATE TABLE IF NOT EXISTS weight_hist (
+    analysis_id VARCHAR, bin_left DOUBLE, bin_right DOUBLE, count BIGINT
+);
+CREATE TABLE IF NOT EXISTS weight_energy (
+    analysis_id VARCHAR, fraction DOUBLE, share DOUBLE, reference DOUBLE
+);
+"""
+
+# Per problem first, then per configuration: every problem weighs the same.
+_VIEWS = """
+CREATE OR REPLACE VIEW problem_stats AS
+SELECT config_id, benchmark, problem_id, any_value(level) AS level,
+       any_value(method) AS method, any_value(lam) AS lam, count(*) AS n,
+       sum(correct::INTEGER) AS n_correct, avg(correct::INTEGER) AS accuracy,
+       avg(n_tokens) AS tokens, avg(thinks::INTEGER) AS think_rate,
+       1 - avg(finished::INTEGER) AS truncation_rate
+FROM samples GROUP BY config_id, benchmark, problem_id;
+
+CREATE OR REPLACE VIEW aggregates AS
+SELECT config_id, benchmark, any_value(method) AS method, any_value(lam) AS lam,
+       count(*) AS n_problems, sum(n) AS n_samples, avg(accuracy) AS accuracy,
+       avg(tokens) AS tokens, avg(think_rate) AS think_rate,
+       avg(truncation_rate) AS truncation_rate
+FROM problem_stats GROUP BY config_id, benchmark;
+
+CREATE OR REPLACE VIEW pareto AS
+SELECT a.* FROM aggregates a
+WHERE NOT EXISTS (
+    SELECT 1 FROM aggregates b
+    WHERE b.benchmark = a.benchmark AND b.method = a.method
+      AND b.accuracy >= a.accuracy AND b.tokens <= a.tokens
+      AND (b.accuracy > a.accuracy OR b.tokens < a.tokens)
+);
+"""
+
+
+def config_id(config: dict) -> str:
+    """A stable id for everything that determines a sample's distribution."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    path = Path(path)
+    if read_only:
+        return duckdb.connect(str(path), read_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    con.execute(_TABLES)
+    con.execute(_VIEWS)
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    return con
+
+
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert a DataFrame in one transaction, columns matched by name."""
+    if frame.empty:
+        return
+    columns = ", ".join(f'"{c}"' for c in frame.columns)
+    con.register("_batch", frame)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _batch")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.unregister("_batch")
+
+
+def done_keys(con: duckdb.DuckDBPyConnection, cid: str, benchmark: str) -> set[tuple[str, int]]:
+    """(problem_id, sample_idx) already committed for one configuration and benchmark."""
+    rows = con.execute(
+        "SELECT problem_id, sample_idx FROM samples WHERE config_id = ? AND benchmark = ?",
+        [cid, benchmark],
+    ).fetchall()
+    return {(p, int(s)) for p, s in rows}
