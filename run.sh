@@ -20,10 +20,21 @@ setup() {
     fi
 }
 
+browser() {
+    # The browser test drives Debian's chromium (never a Playwright download); fresh CI
+    # machines lack it. Only `test` needs it: `app` must run without a browser.
+    if [ ! -x /usr/bin/chromium ]; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -q
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
     app)  setup; exec "$VENV/bin/python" app.py "$@" ;;
-    test) setup; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) setup; browser; exec "$VENV/bin/python" -m pytest "$@" ;;
     *)    echo "usage: ./run.sh app|test [ARGS...]" >&2; exit 2 ;;
 esac
