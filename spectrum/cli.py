@@ -13,7 +13,7 @@ import sys
 
 from spectrum.errors import UserError
 
-_COMMAND_MODULES = ("methods",)
+_COMMAND_MODULES = ("methods", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

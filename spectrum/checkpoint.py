@@ -1,0 +1,249 @@
+"""Open a model checkpoint lazily: a local Hugging Face folder or a hub id.
+
+A ``Checkpoint`` knows every tensor's name, shape and dtype from the safetensors headers
+alone, and reads one tensor at a time on ``get``. Reads are positioned file reads straight
+into a fresh tensor rather than a long-lived ``mmap``: pages of a mapped file count towards
+the process's RSS for as long as the mapping lives, so streaming a 60 GB model through a
+mapping would look (and, under memory pressure, behave) like holding it. Either way the OS
+page cache serves the bytes and nothing but the tensor in hand is resident.
+
+Pickle ``.bin`` checkpoints execute code when loaded; they are refused unless the caller
+passes ``allow_pickle=True`` (then loaded with ``weights_only=True`` and ``mmap=True``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import torch
+
+from spectrum.errors import UserError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+
+# Files a snapshot download needs: weights, configs, tokenizer, chat template.
+HUB_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+class _SafetensorsFile:
+    """The header of one safetensors file, checked against the file's size."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise UserError(f"corrupt safetensors file {path}: shorter than its header")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > size - 8:
+                raise UserError(f"corrupt safetensors file {path}: header runs past the end")
+            try:
+                header = json.loads(handle.read(header_len))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise UserError(f"corrupt safetensors file {path}: unreadable header") from None
+        header.pop("__metadata__", None)
+        self.data_start = 8 + header_len
+        self.tensors: dict[str, dict] = header
+        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+        if self.data_start + end != size:
+            raise UserError(
+                f"truncated or corrupt safetensors file {path}: header promises "
+                f"{self.data_start + end} bytes, the file has {size}"
+            )
+        for name, entry in header.items():
+            if entry.get("dtype") not in DTYPES:
+                raise UserError(f"unsupported dtype {entry.get('dtype')!r} of {name} in {path}")
+
+    def read(self, name: str) -> torch.Tensor:
+        entry = self.tensors[name]
+        start, end = entry["data_offsets"]
+        out = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
+        buffer = out.view(-1).view(torch.uint8).numpy() if out.numel() else bytearray()
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(self.data_start + start)
+            if handle.readinto(buffer) != end - start:
+                raise UserError(f"truncated safetensors file {self.path} while reading {name}")
+        return out
+
+
+class Checkpoint:
+    """A model folder: its config and lazily read tensors (see the module docstring)."""
+
+    def __init__(self, path: Path, *, allow_pickle: bool = False, source: str | None = None):
+        self.path = path
+        self.source = source or str(path)
+        self.config: dict = _read_json(path / "config.json", required=True)
+        self._files: dict[str, _SafetensorsFile] = {}
+        self._pickle_files: dict[str, Path] = {}
+        self._pickle_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+        self._where: dict[str, str] = {}
+        self._load_layout(allow_pickle)
+        if self.config.get("tie_word_embeddings") and "model.embed_tokens.weight" in self._where:
+            # A tied head is the embedding itself; some savers store a copy, some do not.
+            # Dropping it here makes both layouts compare equal and merge the same way.
+            self._where.pop("lm_head.weight", None)
+
+    def _load_layout(self, allow_pickle: bool) -> None:
+        weight_map = self._weight_map(SAFETENSORS_INDEX, SAFETENSORS_SINGLE)
+        if weight_map is not None:
+            for file in sorted(set(weight_map.values())):
+                if not (self.path / file).is_file():
+                    raise UserError(f"{self.path}: shard {file} named in the index is missing")
+                self._files[file] = _SafetensorsFile(self.path / file)
+            for name, file in weight_map.items():
+                if name not in self._files[file].tensors:
+                    raise UserError(f"{self.path}: tensor {name} is not in {file} as indexed")
+            # Order: file by file, then by position, so a pass over names reads sequentially.
+            self._where = {
+                name: file
+                for file, shard in self._files.items()
+                for name in sorted(shard.tensors, key=lambda n: shard.tensors[n]["data_offsets"])
+                if weight_map.get(name) == file
+            }
+            return
+        pickle_map = self._weight_map(PICKLE_INDEX, PICKLE_SINGLE)
+        if pickle_map is None:
+            raise UserError(f"{self.path}: no model.safetensors(.index.json) or pytorch_model.bin")
+        if not allow_pickle:
+            raise UserError(
+                f"{self.path} holds pickle .bin weights, which can run code when loaded; "
+                "convert them to safetensors or pass --allow-pickle"
+            )
+        self._pickle_files = {file: self.path / file for file in sorted(set(pickle_map.values()))}
+        self._where = dict(pickle_map)
+
+    def _weight_map(self, index_name: str, single_name: str) -> dict[str, str] | None:
+        if (self.path / index_name).is_file():
+            index = _read_json(self.path / index_name, required=True)
+            if not isinstance(index.get("weight_map"), dict):
+                raise UserError(f"{self.path / index_name}: no weight_map")
+            return index["weight_map"]
+        if (self.path / single_name).is_file():
+            if single_name.endswith(".safetensors"):
+                names = _SafetensorsFile(self.path / single_name).tensors
+            else:
+                names = self._load_pickle(self.path / single_name)
+            return dict.fromkeys(names, single_name)
+        return None
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self._pickle_files:
+            return tuple(self.get(name).shape)
+        return tuple(self._files[self._where[name]].tensors[name]["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        if self._pickle_files:
+            return self.get(name).dtype
+        return DTYPES[self._files[self._where[name]].tensors[name]["dtype"]]
+
+    def get(self, name: str) -> torch.Tensor:
+        file = self._where[name]
+        if file in self._files:
+            return self._files[file].read(name)
+        path = self._pickle_files[file]
+        if self._pickle_cache is None or self._pickle_cache[0] != path:
+            self._pickle_cache = (path, self._load_pickle(path))
+        return self._pickle_cache[1][name]
+
+    def _load_pickle(self, path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # torch raises many kinds for a bad file
+            raise UserError(f"cannot read pickle checkpoint {path}: {error}") from None
+
+    def weight_files(self) -> list[Path]:
+        return [self.path / file for file in (*self._files, *self._pickle_files)]
+
+    def content_hash(self) -> str:
+        """sha256 over each weight file's name and sha256, plus config.json.
+
+        Full-content hashing is the only cheap-to-explain hash that tells a fine-tune from
+        its base (two same-shaped models have byte-identical safetensors headers). Files in a
+        Hugging Face cache are stored under their sha256 already, so those cost nothing.
+        """
+        outer = hashlib.sha256()
+        for path in [*self.weight_files(), self.path / "config.json"]:
+            outer.update(f"{path.name}\0{_file_sha256(path)}\n".encode())
+        return outer.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    blob = Path(os.path.realpath(path))
+    if (
+        path.is_symlink()
+        and blob.parent.name == "blobs"
+        and re.fullmatch(r"[0-9a-f]{64}", blob.name)
+    ):
+        return blob.name
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path, *, required: bool = False) -> dict:
+    if not path.is_file():
+        if required:
+            raise UserError(f"{path.parent}: no {path.name}")
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not valid JSON ({error})") from None
+
+
+def resolve_model_path(path_or_id: str | Path) -> tuple[Path, str]:
+    """A local folder as is; a hub id through huggingface_hub (cache first, then network)."""
+    text = str(path_or_id)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(f"{text} is a file; pass the model's folder")
+        return local, text
+    if not _HUB_ID.match(text):
+        raise UserError(f"no such model folder: {text}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS)), text
+    except Exception as error:  # offline, unreachable, unknown repo, gated: all one answer
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(
+            f"{text!r} is not a local folder and the Hugging Face hub could not provide it "
+            f"({reason}); download it and pass its local path"
+        ) from None
+
+
+def open_checkpoint(path_or_id: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
+    path, source = resolve_model_path(path_or_id)
+    return Checkpoint(path, allow_pickle=allow_pickle, source=source)
