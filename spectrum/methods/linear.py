@@ -1,4 +1,4 @@
-"""`linear`: θ = (1−λ)θ_D + λθ_T = θ_D + λΔ."""
+"""`linear`: θ = (1−λ)θ_D + λθ_T."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from torch import Tensor
 from spectrum.methods.base import MergeMethod, Parents, Prepared
 
 
+def weighted_sum(direct: Tensor, thinking: Tensor, lam: float) -> Tensor:
+    # Two products and a sum (no θ_D + λΔ): λ=0 and λ=1 give the parents bit for bit, and
+    # the rounding is that of mergekit's linear merge.
+    return direct * (1.0 - lam) + thinking * lam
+
+
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    # Keep θ_D and Δ: a new λ is then one fused multiply-add.
-    return {"direct": parents.direct, "delta": parents.thinking - parents.direct}
+    return {"direct": parents.direct, "thinking": parents.thinking}
 
 
 def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
-    return prepared["direct"] + lam * prepared["delta"]
+    return weighted_sum(prepared["direct"], prepared["thinking"], lam)
 
 
 METHOD = MergeMethod(

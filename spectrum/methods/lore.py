@@ -1,0 +1,49 @@
+"""`lore`: low-rank estimation by coordinate descent (methods.md; no official code).
+
+Minimise Σ_i ‖θ_0 + δ_i − θ_i‖²_F + μ‖δ_i‖_* over i ∈ {direct, thinking}: starting from
+δ_i = 0, each iteration sets θ_0 ← mean_i(θ_i − δ_i), then δ_i ← SVT_μ(θ_i − θ_0)
+(matrices; 3-D tensors per expert; 1-D tensors take δ_i = θ_i − θ_0). θ = θ_0 +
+(1−λ)δ_D + λδ_T. For two models this settles at once to midpoint + (2λ−1)·SVT_μ(Δ/2),
+whatever θ_B is, so no base is used. Cost: 2 SVDs per iteration per matrix, in prepare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
+from spectrum.methods.lowrank import singular_value_threshold
+
+
+def _estimate(residual: Tensor, mu: float) -> Tensor:
+    return singular_value_threshold(residual, mu) if residual.ndim >= 2 else residual
+
+
+def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
+    models = (parents.direct, parents.thinking)
+    deltas = [torch.zeros_like(model) for model in models]
+    for _ in range(params["iterations"]):
+        center = sum(model - delta for model, delta in zip(models, deltas, strict=True))
+        center = center / len(models)
+        deltas = [_estimate(model - center, params["mu"]) for model in models]
+    return {"anchor": center + deltas[0], "step": deltas[1] - deltas[0]}
+
+
+def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
+    return prepared["anchor"] + lam * prepared["step"]
+
+
+METHOD = MergeMethod(
+    name="lore",
+    summary="LoRE: shared model + low-rank (singular-value-thresholded) deltas.",
+    prepare=prepare,
+    apply=apply,
+    params=(
+        Param("mu", float, 0.1, "nuclear-norm weight μ: singular values shrink by μ", minimum=0.0),
+        Param("iterations", int, 2, "coordinate-descent iterations", minimum=1, maximum=100),
+    ),
+    interpolates=False,
+)

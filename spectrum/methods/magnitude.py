@@ -1,0 +1,120 @@
+"""Exact "top fraction k by magnitude" selection, for one tensor or streamed over a model.
+
+Selection rule, shared by TIES's trim, TWIN's sparsification and the Top-K strategies:
+for a fraction k of N values, ``count = floor(k·N + 0.5)`` (round half up); the selected
+positions are those whose magnitude is ``>=`` the count-th largest magnitude. Ties *at*
+the threshold are all selected, so when several values equal the threshold slightly more
+than ``count`` positions are chosen (never fewer). k = 0 selects nothing (the threshold
+is ``None``); k = 1 selects everything.
+
+The count-th largest value is found exactly without sorting and without concatenating
+tensors: the bit pattern of a non-negative float32, read as an int32, orders the same way
+as the float. A coarse pass counts values per high 16 bits (65,536 buckets); a fine pass
+counts the low 16 bits of just the values in the one bucket that holds the count-th
+largest. The coarse counts are kept, and so are the fine counts of every bucket already
+refined, so a new k costs at most one more pass (none when its bucket was seen before).
+
+API: ``MagnitudeThreshold(magnitudes)`` where ``magnitudes()`` yields non-negative float32
+tensors (it is called once for the coarse counts and once per refinement batch);
+``.prefetch(fractions)`` refines the buckets of several k in one pass;
+``.threshold(k) -> float | None``; ``.total`` is N. ``top_fraction_mask(x, k)`` is the
+one-tensor shortcut.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+_BITS = 16
+_BUCKETS = 1 << _BITS
+_LOW_MASK = _BUCKETS - 1
+# Sign bit cleared: |x| of a float32 is non-negative, this only guards NaN payloads.
+_HIGH_MASK = 0x7FFF
+
+Magnitudes = Callable[[], Iterable[Tensor]]
+
+
+def selected_count(fraction: float, total: int) -> int:
+    """How many of ``total`` positions a fraction selects: round half up."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"a top-k fraction must lie in [0, 1], got {fraction}")
+    return min(total, math.floor(fraction * total + 0.5))
+
+
+def _bits(magnitude: Tensor) -> Tensor:
+    return magnitude.detach().contiguous().view(torch.int32).reshape(-1)
+
+
+def _histogram(values: Tensor) -> Tensor:
+    return torch.bincount(values, minlength=_BUCKETS).to("cpu", torch.int64)
+
+
+def _at_or_above(counts: Tensor) -> Tensor:
+    """at_or_above[i] = sum(counts[i:]), with one trailing 0 for i = len(counts)."""
+    tail = counts.flip(0).cumsum(0).flip(0)
+    return torch.cat([tail, tail.new_zeros(1)])
+
+
+def _locate(counts: Tensor, rank: int) -> tuple[int, int]:
+    """The index holding the rank-th largest value (1-based), and its rank inside it."""
+    at_or_above = _at_or_above(counts)
+    index = int((at_or_above[:-1] >= rank).nonzero().max())
+    return index, rank - int(at_or_above[index + 1])
+
+
+class MagnitudeThreshold:
+    """Exact thresholds for top fractions of all magnitudes that ``magnitudes()`` yields."""
+
+    def __init__(self, magnitudes: Magnitudes) -> None:
+        self._magnitudes = magnitudes
+        coarse = torch.zeros(_BUCKETS, dtype=torch.int64)
+        for magnitude in magnitudes():
+            coarse += _histogram((_bits(magnitude) >> _BITS) & _HIGH_MASK)
+        self._coarse = coarse
+        self.total = int(coarse.sum())
+        self._fine: dict[int, Tensor] = {}
+        self._lock = threading.Lock()
+
+    def _bucket_for(self, fraction: float) -> tuple[int, int] | None:
+        count = selected_count(fraction, self.total)
+        return None if count == 0 else _locate(self._coarse, count)
+
+    def prefetch(self, fractions: Iterable[float]) -> None:
+        """Refine, in one pass, every bucket these fractions need and no pass refined yet."""
+        with self._lock:
+            located = (self._bucket_for(fraction) for fraction in fractions)
+            wanted = {hit[0] for hit in located if hit is not None} - set(self._fine)
+            if not wanted:
+                return
+            fine = {bucket: torch.zeros(_BUCKETS, dtype=torch.int64) for bucket in wanted}
+            for magnitude in self._magnitudes():
+                bits = _bits(magnitude)
+                high = (bits >> _BITS) & _HIGH_MASK
+                for bucket, counts in fine.items():
+                    counts += _histogram(bits[high == bucket] & _LOW_MASK)
+            self._fine.update(fine)
+
+    def threshold(self, fraction: float) -> float | None:
+        """The count-th largest magnitude for this fraction; ``None`` when nothing is selected."""
+        hit = self._bucket_for(fraction)
+        if hit is None:
+            return None
+        bucket, rank = hit
+        self.prefetch([fraction])
+        low, _ = _locate(self._fine[bucket], rank)
+        bits = torch.tensor([(bucket << _BITS) | low], dtype=torch.int32)
+        return float(bits.view(torch.float32).item())
+
+
+def top_fraction_mask(values: Tensor, fraction: float) -> Tensor:
+    """Boolean mask of the top ``fraction`` of ``values`` by magnitude (rule: module docstring)."""
+    magnitude = values.abs()
+    threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(fraction)
+    if threshold is None:
+        return torch.zeros_like(values, dtype=torch.bool)
+    return magnitude >= threshold

@@ -1,0 +1,89 @@
+"""What the three "arbitrary" Top-K strategies share (methods.md).
+
+The strength is k = λ, the fraction of positions selected by |Δ| = |θ_T − θ_D|: over the
+whole model (`scope=global`, default, as in the paper) or per tensor (`per_tensor`). Each
+strategy is a pair (rest, top): θ = rest everywhere except the selected positions, which
+take top. Selection and tie rule: spectrum/methods/magnitude.py (count = round-half-up of
+k·N; everything >= the count-th largest |Δ|; k = 0 selects nothing, k = 1 everything).
+
+``prepare`` keeps rest, top and |Δ|, so ``apply`` is one `where` pass once the threshold
+is known. With global scope, ``global_stats`` returns a ``MagnitudeThreshold`` over every
+prepared |Δ|: one coarse pass, then one refinement pass for all of ``lams``. Asked later
+for a k it has not seen (the live merger's λ slider), ``apply`` gets the exact new
+threshold from ``stats.threshold(k)`` at the cost of at most one more pass over the
+prepared |Δ| — the coarse histogram is cached, nothing is sorted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spectrum.methods.base import MergeMethod, Param, Parents, Prepared, PreparedStream
+from spectrum.methods.magnitude import MagnitudeThreshold
+
+SCOPES = ("global", "per_tensor")
+SCOPE_PARAM = Param(
+    "scope",
+    str,
+    "global",
+    "where the top-k fraction of |thinking − direct| is taken: whole model or each tensor",
+    choices=SCOPES,
+)
+
+Pick = Callable[[Tensor, Tensor], Tensor]
+
+
+def midpoint(direct: Tensor, thinking: Tensor) -> Tensor:
+    return (direct + thinking) * 0.5
+
+
+def _global_stats(
+    stream: PreparedStream, lams: Iterable[float], params: dict[str, Any]
+) -> MagnitudeThreshold | None:
+    if params["scope"] != "global":
+        return None
+    threshold = MagnitudeThreshold(lambda: (prepared["magnitude"] for _, prepared in stream()))
+    threshold.prefetch(lams)
+    return threshold
+
+
+def _threshold(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> float | None:
+    if params["scope"] == "global":
+        if not isinstance(stats, MagnitudeThreshold):
+            raise ValueError("global Top-K needs its threshold: call global_stats before apply")
+        return stats.threshold(lam)
+    magnitude = prepared["magnitude"]
+    return MagnitudeThreshold(lambda: (magnitude,)).threshold(lam)
+
+
+def _apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
+    threshold = _threshold(prepared, lam, params, stats)
+    if threshold is None:
+        return prepared["rest"].clone()
+    return torch.where(prepared["magnitude"] >= threshold, prepared["top"], prepared["rest"])
+
+
+def topk_method(name: str, summary: str, rest: Pick, top: Pick, interpolates: bool) -> MergeMethod:
+    """A Top-K strategy: ``rest(direct, thinking)`` outside the top-k positions, ``top`` in."""
+
+    def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
+        direct, thinking = parents.direct, parents.thinking
+        return {
+            "rest": rest(direct, thinking),
+            "top": top(direct, thinking),
+            "magnitude": (thinking - direct).abs(),
+        }
+
+    return MergeMethod(
+        name=name,
+        summary=summary,
+        prepare=prepare,
+        apply=_apply,
+        params=(SCOPE_PARAM,),
+        global_stats=_global_stats,
+        interpolates=interpolates,
+    )
