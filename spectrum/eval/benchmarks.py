@@ -16,6 +16,7 @@ from spectrum.errors import UserError
 from spectrum.eval.grading import LETTERS, shuffle_choices
 
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+SYNTHETIC_DEFAULT_PER_LEVEL = 50
 CHOICE_SUFFIX = (
     "\nPlease reason step by step, and put the letter of your final answer within \\boxed{}."
 )
@@ -169,4 +170,12 @@ def load_problems(
 def synthetic_problems(
     *, limit: int | None = None, seed: int = 0, levels: tuple[int, ...] | None = None
 ) -> list[Problem]:
-    raise NotImplementedError("waiting for spectrum.toy.task")
+    """Held-out test problems of the embedded pair's task: ``limit`` per level."""
+    from spectrum.toy import task
+
+    per_level = limit or SYNTHETIC_DEFAULT_PER_LEVEL
+    return [
+        Problem(p.id, p.messages[0]["content"], p.answer, p.level)
+        for level in levels or task.LEVELS
+        for p in task.make_problems(level, per_level, seed=seed, split="test")
+    ]

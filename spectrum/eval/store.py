@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -94,21 +96,35 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     return con
 
 
-def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
-    """Insert a DataFrame in one transaction, columns matched by name."""
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All or nothing: a killed process or an error leaves none of the block's writes."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert a DataFrame in one statement (columns matched by name), inside the caller's
+    transaction if there is one."""
     if frame.empty:
         return
     columns = ", ".join(f'"{c}"' for c in frame.columns)
     con.register("_batch", frame)
     try:
-        con.execute("BEGIN TRANSACTION")
         con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _batch")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     finally:
         con.unregister("_batch")
+
+
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    """Insert a DataFrame as one transaction."""
+    with transaction(con):
+        insert(con, table, frame)
 
 
 def done_keys(con: duckdb.DuckDBPyConnection, cid: str, benchmark: str) -> set[tuple[str, int]]:

@@ -1,0 +1,19 @@
+"""`spectrum report`: a self-contained HTML report of a results database."""
+
+from __future__ import annotations
+
+import argparse
+
+from spectrum.eval.report import build_report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="write an HTML report of a results DB")
+    parser.add_argument("--db", required=True, help="DuckDB results file")
+    parser.add_argument("--out", default="report.html", help="HTML file to write")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"wrote {build_report(args.db, args.out)}")
+    return 0

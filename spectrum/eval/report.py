@@ -1,0 +1,108 @@
+"""One self-contained HTML report of a results DB: figures (plotly JS inlined) and a summary."""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.io as pio
+
+from spectrum.errors import UserError
+from spectrum.eval import figures, store
+from spectrum.eval.results import improvements, parents, phase_changes, summaries
+
+
+def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
+    """What held: per benchmark the parents, the phase change, the improvements, the best
+    method at its best λ."""
+    lines = []
+    for bench in sorted(table["benchmark"].unique()):
+        rows = table[table["benchmark"] == bench]
+        for role, parent in parents(table, bench).items():
+            lines.append(
+                f"{bench}: {role} parent (λ={parent['lam']:g}) accuracy {parent['mean']:.3f} "
+                f"[{parent['mean_low']:.3f}, {parent['mean_high']:.3f}], "
+                f"{parent['tokens']:.1f} tokens, Think#R {parent['think']:.2f}"
+            )
+        for _, phase in phases[phases["benchmark"] == bench].iterrows():
+            lines.append(
+                f"{bench}: {phase['method']} Think#R crosses half-way at λ≈{phase['lam']:.3f} "
+                f"(steepest step {phase['low']:g}–{phase['high']:g})"
+            )
+        bench_better = better[better["benchmark"] == bench] if not better.empty else better
+        lines.append(
+            f"{bench}: {len(bench_better)} merged configurations Pareto-improve on a parent"
+        )
+        for _, row in bench_better.sort_values("mean", ascending=False).head(8).iterrows():
+            lines.append(
+                f"  {row['method']} λ={row['lam']:g} beats the {row['parent']} parent: accuracy "
+                f"{row['mean']:.3f} [{row['mean_low']:.3f}, {row['mean_high']:.3f}] vs "
+                f"{row['parent_mean']:.3f}, tokens {row['tokens']:.1f} vs "
+                f"{row['parent_tokens']:.1f}{' (CI-clear)' if row['clear'] else ''}"
+            )
+        best = (
+            rows.sort_values(["mean", "tokens"], ascending=[False, True]).groupby("method").head(1)
+        )
+        ranking = ", ".join(
+            f"{r['method']} {r['mean']:.3f} at λ={r['lam']:g}"
+            for _, r in best.sort_values("mean", ascending=False).iterrows()
+        )
+        lines.append(f"{bench}: best accuracy per method: {ranking}")
+    return lines
+
+
+def _weight_figures(con) -> list:
+    stats = con.execute("SELECT * FROM weight_stats").df()
+    if stats.empty:
+        return []
+    latest = stats["analysis_id"].iloc[-1]
+    hist = con.execute("SELECT * FROM weight_hist WHERE analysis_id = ?", [latest]).df()
+    energy = con.execute(
+        "SELECT * FROM weight_energy WHERE analysis_id = ? ORDER BY fraction", [latest]
+    ).df()
+    stats = stats[stats["analysis_id"] == latest]
+    return [
+        figures.relative_distance(stats, "layer"),
+        figures.relative_distance(stats, "module"),
+        figures.delta_histogram(hist),
+        figures.delta_energy(energy),
+    ]
+
+
+def build_report(db: str | Path, out: str | Path) -> Path:
+    db, out = Path(db), Path(out)
+    if not db.is_file():
+        raise UserError(f"no results database at {db}")
+    con = store.connect(db, read_only=True)
+    try:
+        table = summaries(con)
+        if table.empty:
+            raise UserError(f"{db} has no samples; run `spectrum sweep` first")
+        better, phases = improvements(table), phase_changes(table)
+        figs = []
+        for bench in sorted(table["benchmark"].unique()):
+            figs += [figures.metric_vs_lam(table, bench, m) for m in ("mean", "tokens", "think")]
+            figs.append(figures.accuracy_vs_tokens(table, bench, better))
+        figs += _weight_figures(con)
+    finally:
+        con.close()
+    body = [
+        f"<h1>Thinking Spectrum results: {html.escape(db.name)}</h1>",
+        "<h2>Summary</h2><pre>",
+        html.escape("\n".join(summary_lines(table, better, phases))),
+        "</pre>",
+    ]
+    # The first figure carries plotly.js inline, so the file opens offline.
+    for i, fig in enumerate(figs):
+        body.append(pio.to_html(fig, full_html=False, include_plotlyjs=i == 0))
+    page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
+    page += "</title></head><body>" + "\n".join(body) + "</body></html>"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(page)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,328 @@
+"""Resumable λ sweeps: every (configuration, problem, sample) generated, graded and stored once.
+
+The merged models come from a *provider* with the live merger's surface
+(``set(method, lam, params, layers=, modules=, seed=)``, ``.model``, ``.tokenizer``,
+``session()``): no checkpoint is written per λ. The unit of work is one sample; samples
+are committed to DuckDB one generation batch per transaction, so a sweep killed at any
+moment and run again skips what was committed and redoes only the batch in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from spectrum.eval import results, store
+from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
+from spectrum.eval.grading import grade
+from spectrum.eval.search import Point
+from spectrum.generate import DecodingSettings, Generation, TransformersGenerator
+
+PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    direct: str
+    thinking: str
+    base: str | None = None
+    methods: tuple[str, ...] = ("linear",)
+    lams: tuple[float, ...] = (0.0, 0.5, 1.0)
+    benchmarks: tuple[str, ...] = ("synthetic",)
+    k: int = 1
+    limit: int | None = None
+    levels: tuple[int, ...] | None = None
+    data: dict[str, str] = field(default_factory=dict)  # benchmark → local file
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → params
+    layers: str | None = None
+    modules: tuple[str, ...] | None = None
+    seed: int = 0  # merge seed (DARE masks) and the base of sampling seeds
+    data_seed: int = 0  # problem generation and GPQA choice shuffles
+    decoding: dict[str, Any] = field(default_factory=dict)  # overrides of the per-λ defaults
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    run_id: str
+    generated: int
+    skipped: int
+
+
+def parse_lams(text: str) -> tuple[float, ...]:
+    """``0:1:0.1`` (start:stop:step, stop included) or ``0,0.5,1``."""
+    from spectrum.errors import UserError
+
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step))
+            values = [start + i * step for i in range(count + 1)]
+        else:
+            values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--lam {text!r}: use start:stop:step (e.g. 0:1:0.1) or a list") from None
+    return tuple(round(v, 6) for v in values)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_revision() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return None
+    return done.stdout.strip() or None
+
+
+def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
+    from spectrum.checkpoint import open_checkpoint
+
+    return {
+        role: open_checkpoint(path).content_hash() if path else None
+        for role, path in (
+            ("direct", spec.direct),
+            ("thinking", spec.thinking),
+            ("base", spec.base),
+        )
+    }
+
+
+def resolved_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    from spectrum.errors import UserError
+    from spectrum.live.prepared import resolve_params
+    from spectrum.methods import get_method
+
+    try:
+        return resolve_params(get_method(method), params)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def default_provider(spec: SweepSpec):
+    from spectrum.live import LiveMerger
+
+    return LiveMerger.load(spec.direct, spec.thinking, spec.base)
+
+
+def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
+    """One dict per (method, λ): everything that decides a sample's distribution."""
+    configs = []
+    for method in spec.methods:
+        params = resolved_params(method, spec.params.get(method))
+        for lam in spec.lams:
+            decoding = DecodingSettings.for_lam(lam, **spec.decoding).as_dict()
+            configs.append(
+                dict(
+                    parents=hashes,
+                    method=method,
+                    lam=lam,
+                    params=params,
+                    layers=spec.layers,
+                    modules=list(spec.modules) if spec.modules else None,
+                    merge_seed=spec.seed,
+                    data_seed=spec.data_seed,
+                    decoding=decoding,
+                )
+            )
+    return configs
+
+
+def _rows(
+    config: dict, cid: str, run_id: str, bench: str, grader: str, work, gens: list[Generation]
+) -> pd.DataFrame:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = []
+    for (problem, sample_idx), gen in zip(work, gens, strict=True):
+        graded = grade(grader, gen.text, problem.gold)
+        rows.append(
+            dict(
+                config_id=cid,
+                run_id=run_id,
+                method=config["method"],
+                lam=config["lam"],
+                params=json.dumps(config["params"], sort_keys=True),
+                layers=config["layers"],
+                modules=",".join(config["modules"]) if config["modules"] else None,
+                merge_seed=config["merge_seed"],
+                **{k: config["decoding"][k] for k in ("temperature", "top_p", "top_k")},
+                max_new_tokens=config["decoding"]["max_new_tokens"],
+                do_sample=config["decoding"]["do_sample"],
+                benchmark=bench,
+                level=problem.level,
+                problem_id=problem.id,
+                sample_idx=sample_idx,
+                prompt=problem.prompt,
+                response=gen.text,
+                n_tokens=gen.n_tokens,
+                finished=gen.finished,
+                thinks=gen.thinks,
+                extracted=graded.extracted,
+                gold=problem.gold,
+                correct=graded.correct,
+                latency_s=gen.latency_s,
+                created_at=now,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def _record_run(con, spec: SweepSpec, run_id: str, hashes: dict, command: str) -> None:
+    run = dict(
+        run_id=run_id,
+        created_at=datetime.now(UTC).replace(tzinfo=None),
+        command=command,
+        config=json.dumps(asdict(spec), sort_keys=True),
+        decoding=json.dumps(spec.decoding, sort_keys=True),
+        versions=json.dumps(package_versions(), sort_keys=True),
+        git_revision=git_revision(),
+        direct=spec.direct,
+        thinking=spec.thinking,
+        base=spec.base,
+        direct_hash=hashes["direct"],
+        thinking_hash=hashes["thinking"],
+        base_hash=hashes["base"],
+    )
+    store.insert_frame(con, "runs", pd.DataFrame([run]))
+
+
+class Sweeper:
+    """An open sweep: problems loaded, parents hashed, the DB open, the provider made on
+    first need and kept (``search`` evaluates one λ at a time through the same one)."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        db: str | Path,
+        *,
+        provider_factory: Callable[[SweepSpec], Any] = default_provider,
+        progress: bool = True,
+        command: str = "",
+    ) -> None:
+        self.spec, self.progress, self.command = spec, progress, command
+        self.problems = {
+            b: load_problems(
+                b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
+            )
+            for b in spec.benchmarks
+        }
+        self.hashes = parent_hashes(spec)
+        self.run_id = uuid.uuid4().hex[:16]
+        self._provider_factory = provider_factory
+        self._provider = None
+        self._run_recorded = False
+        self.con = store.connect(db)
+
+    def run(
+        self, methods: tuple[str, ...] | None = None, lams: tuple[float, ...] | None = None
+    ) -> SweepResult:
+        """Generate every missing sample of the given (default: the spec's) methods × λs."""
+        spec = replace(self.spec, methods=methods or self.spec.methods, lams=lams or self.spec.lams)
+        configs = _configurations(spec, self.hashes)
+        todo = _plan(self.con, configs, self.problems, spec.k)
+        generated = sum(len(w) for _, _, w in todo)
+        total = len(configs) * spec.k * sum(len(p) for p in self.problems.values())
+        if todo:
+            if not self._run_recorded:
+                _record_run(self.con, self.spec, self.run_id, self.hashes, self.command)
+                self._run_recorded = True
+            self._generate(todo)
+        return SweepResult(self.run_id, generated, total - generated)
+
+    def config_id(self, method: str, lam: float) -> str:
+        return store.config_id(
+            _configurations(replace(self.spec, methods=(method,), lams=(lam,)), self.hashes)[0]
+        )
+
+    def point(self, method: str, lam: float, benchmark: str) -> Point:
+        """Evaluate (or read back) one configuration: what ``spectrum search`` calls."""
+        self.run(methods=(method,), lams=(lam,))
+        return results.point(self.con, self.config_id(method, lam), benchmark)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _generate(self, todo) -> None:
+        if self._provider is None:
+            self._provider = self._provider_factory(self.spec)
+        provider, spec = self._provider, self.spec
+        generator = TransformersGenerator(
+            provider.model, provider.tokenizer, batch_size=spec.batch_size
+        )
+        bar = tqdm(
+            total=sum(len(w) for _, _, w in todo),
+            desc="sweep",
+            unit="sample",
+            disable=not self.progress,
+        )
+        for config, bench, missing in todo:
+            cid = store.config_id(config)
+            provider.set(
+                config["method"],
+                config["lam"],
+                config["params"],
+                layers=spec.layers,
+                modules=spec.modules,
+                seed=spec.seed,
+            )
+            settings = DecodingSettings(**config["decoding"])
+            grader = get_benchmark(bench).grader
+            bar.set_postfix_str(f"{config['method']} λ={config['lam']:g} {bench}")
+            for start in range(0, len(missing), spec.batch_size):
+                work = missing[start : start + spec.batch_size]
+                conversations = [problem.conversation() for problem, _ in work]
+                with provider.session():
+                    gens = generator.generate(conversations, settings, seed=spec.seed + start)
+                rows = _rows(config, cid, self.run_id, bench, grader, work, gens)
+                store.insert_frame(self.con, "samples", rows)
+                bar.update(len(work))
+        bar.close()
+
+
+def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:
+    """Generate and store every missing sample of ``spec``; return what was done."""
+    sweeper = Sweeper(spec, db, **kwargs)
+    try:
+        return sweeper.run()
+    finally:
+        sweeper.close()
+
+
+def _plan(con, configs, problems, k) -> list[tuple[dict, str, list[tuple[Problem, int]]]]:
+    """(config, benchmark, missing (problem, sample_idx)) for every config with work left."""
+    todo = []
+    for config in configs:
+        cid = store.config_id(config)
+        for bench, bench_problems in problems.items():
+            done = store.done_keys(con, cid, bench)
+            missing = [(p, s) for p in bench_problems for s in range(k) if (p.id, s) not in done]
+            if missing:
+                todo.append((config, bench, missing))
+    return todo
