@@ -1,0 +1,99 @@
+"""`spectrum app` (and `python app.py`): launch the Gradio dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from spectrum.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    # Environment variables stand in for flags on a Hugging Face Space (no command line).
+    parser.add_argument(
+        "--direct",
+        default=env("SPECTRUM_DIRECT"),
+        help="direct (instruct) model: local folder or hub id (default: the embedded pair)",
+    )
+    parser.add_argument(
+        "--thinking",
+        default=env("SPECTRUM_THINKING"),
+        help="thinking model: local folder or hub id (default: the embedded pair)",
+    )
+    parser.add_argument("--base", default=env("SPECTRUM_BASE"), help="base model (optional)")
+    parser.add_argument(
+        "--device", default=env("SPECTRUM_DEVICE", "auto"), help="auto, cpu, cuda or cuda:N"
+    )
+    parser.add_argument(
+        "--db",
+        default=env("SPECTRUM_DB"),
+        help="results and votes DuckDB file (default: assets/spectrum.duckdb)",
+    )
+    parser.add_argument(
+        "--host",
+        default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to bind (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")), help="port"
+    )
+    parser.add_argument(
+        "--allow-dir",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="another folder the page may read DB files from and export into (repeatable)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model repositories to run their own Python code (off by default)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("app", help="launch the Gradio dashboard")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for role in ("direct", "thinking", "base"):
+        source = getattr(args, role)
+        looks_local = source is not None and (
+            source.startswith((".", "/")) or Path(source).exists()
+        )
+        if looks_local and not Path(source).is_dir():
+            raise UserError(f"--{role} {source} is not a model folder")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a port number")
+    # Gradio and the models load only now, so `spectrum --help` stays fast.
+    from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, Dashboard
+    from ui.app import launch
+
+    if (args.direct is None) != (args.thinking is None):
+        raise UserError("give both --direct and --thinking, or neither (the embedded pair)")
+    if args.direct is None and not (DEFAULT_PAIR / "direct").is_dir():
+        raise UserError(
+            f"the embedded pair is missing from {DEFAULT_PAIR}; pass --direct/--thinking"
+        )
+    dashboard = Dashboard(
+        args.direct or DEFAULT_PAIR / "direct",
+        args.thinking or DEFAULT_PAIR / "thinking",
+        args.base,
+        device=args.device,
+        db=args.db or DEFAULT_DB,
+        allowed_folders=args.allow_dir,
+        trust_remote_code=args.trust_remote_code,
+    )
+    launch(dashboard, host=args.host, port=args.port)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python app.py [flags]``: the same as ``spectrum app [flags]``."""
+    from spectrum.cli import main as cli_main
+
+    return cli_main(["app", *(argv or [])])

@@ -1,0 +1,214 @@
+"""spectrum.dashboard: three columns, truthful merge labels under races, votes, export,
+allowed folders — on a real tiny pair, checked against merges computed here."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from spectrum.dashboard import (
+    AllowedFolders,
+    Dashboard,
+    MergeRequest,
+    Turn,
+    conversation_for,
+    decoding_for,
+)
+from spectrum.errors import UserError
+from spectrum.tiny import save_tiny_pair
+from spectrum.votes import read_votes
+
+TOKENS = 60
+GREEDY = {
+    column: decoding_for(column, "greedy", TOKENS) for column in ("direct", "merged", "thinking")
+}
+PROMPT = "37 + 5 - 8"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    # Parents far enough apart that different λ give different greedy text.
+    return save_tiny_pair(tmp_path_factory.mktemp("distinct_pair"), seed=5, noise=0.6)
+
+
+@pytest.fixture(scope="module")
+def dashboard(pair, tmp_path_factory):
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("dashboard")
+    return Dashboard(pair["direct"], pair["thinking"], device="cpu", db=folder / "votes.duckdb")
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
+
+
+def reference_reply(pair, lam: float) -> str:
+    """Greedy reply of (1−λ)·direct + λ·thinking, merged here by the formula itself."""
+    direct, thinking = weights(pair["direct"]), weights(pair["thinking"])
+    merged = {name: (1 - lam) * direct[name] + lam * thinking[name] for name in direct}
+    model = AutoModelForCausalLM.from_pretrained(pair["direct"], dtype=torch.float32).eval()
+    model.load_state_dict(merged, strict=False)
+    tokenizer = AutoTokenizer.from_pretrained(pair["direct"])
+    conversation = [{"role": "user", "content": PROMPT}]
+    prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**encoded, max_new_tokens=TOKENS, do_sample=False)
+    new = out[0, encoded["input_ids"].shape[1] :]
+    return tokenizer.decode(new[new != tokenizer.eos_token_id], skip_special_tokens=True)
+
+
+def final(dashboard, request, turns=()):
+    return list(dashboard.chat(list(turns), PROMPT, request, GREEDY))[-1]
+
+
+def test_three_columns_answer_from_their_own_models(dashboard, pair):
+    replies = final(dashboard, MergeRequest("linear", 0.5))
+    assert replies["direct"].update.text == reference_reply(pair, 0.0)
+    assert replies["thinking"].update.text == reference_reply(pair, 1.0)
+    assert replies["merged"].update.text == reference_reply(pair, 0.5)
+    assert (replies["merged"].merge.method, replies["merged"].merge.lam) == ("linear", 0.5)
+    assert replies["direct"].merge is None and replies["thinking"].merge is None
+    for reply in replies.values():
+        assert reply.update.finished and reply.update.n_tokens > 0
+
+
+def test_slider_release_mid_stream_never_mislabels_the_merged_answer(dashboard, pair):
+    first, second = 0.2, 0.9
+    assert reference_reply(pair, first) != reference_reply(pair, second)
+    dashboard.set_merge(MergeRequest("linear", first))
+    released = []
+
+    def release_slider() -> None:
+        released.append(dashboard.set_merge(MergeRequest("linear", second)))
+        released.append(time.perf_counter())
+
+    release = threading.Thread(target=release_slider)
+    snapshot = None
+    for snapshot in dashboard.chat([], PROMPT, MergeRequest("linear", first), GREEDY):
+        if snapshot["merged"] is not None and release.ident is None:
+            release.start()  # the merged column is streaming: release the slider now
+    streamed_until = time.perf_counter()
+    release.join()
+    merged = snapshot["merged"]
+    assert release.ident is not None and merged.update.finished
+    # Labelled with the merge it ran on, and that merge is exactly what produced it.
+    assert merged.merge.lam == first
+    assert merged.update.text == reference_reply(pair, first)
+    # The release waited for the generation to end, then loaded its own λ.
+    loaded, loaded_at = released
+    assert loaded.lam == second and loaded.version > merged.merge.version
+    assert loaded_at >= streamed_until - 0.5  # not before the merged column was done
+    assert dashboard.merger.current.lam == second
+
+
+def test_a_page_gets_its_own_lam_back_after_another_page_remerged(dashboard, pair):
+    dashboard.set_merge(MergeRequest("linear", 0.9))  # "another page"
+    replies = final(dashboard, MergeRequest("linear", 0.3))
+    assert replies["merged"].merge.lam == 0.3
+    assert replies["merged"].update.text == reference_reply(pair, 0.3)
+
+
+def test_two_pages_chatting_at_once_each_get_truthful_labels(dashboard, pair):
+    results = {}
+
+    def page(lam: float) -> None:
+        results[lam] = final(dashboard, MergeRequest("linear", lam))["merged"]
+
+    pages = [threading.Thread(target=page, args=(lam,)) for lam in (0.1, 0.7)]
+    for thread in pages:
+        thread.start()
+    for thread in pages:
+        thread.join()
+    for reply in results.values():
+        assert reply.update.text == reference_reply(pair, reply.merge.lam)
+
+
+def test_multi_turn_history_is_each_columns_own(dashboard):
+    first = final(dashboard, MergeRequest("linear", 0.5))
+    turns = [Turn(PROMPT, first)]
+    for column in ("direct", "merged", "thinking"):
+        conversation = conversation_for(turns, column, "and again?")
+        assert conversation[1] == {"role": "assistant", "content": first[column].update.text}
+        assert conversation[-1] == {"role": "user", "content": "and again?"}
+    second = list(dashboard.chat(turns, "and again?", MergeRequest("linear", 0.5), GREEDY))
+    assert all(reply.update.finished for reply in second[-1].values())
+
+
+def test_vote_stores_the_merge_that_answered(dashboard):
+    replies = final(dashboard, MergeRequest("linear", 0.4))
+    dashboard.vote([Turn(PROMPT, replies)], "merged", GREEDY)
+    row = read_votes(dashboard.db)[-1]
+    assert (row["choice"], row["method"], row["lam"]) == ("merged", "linear", 0.4)
+    assert row["merged_answer"] == replies["merged"].update.text
+    assert row["decoding"]["merged"]["do_sample"] is False
+    with pytest.raises(UserError, match="send a prompt first"):
+        dashboard.vote([], "merged", GREEDY)
+
+
+def test_export_writes_the_requested_merge(dashboard, pair, tmp_path):
+    dashboard.folders = AllowedFolders([tmp_path])
+    out = dashboard.export(str(tmp_path / "merged"), MergeRequest("linear", 0.25))
+    record = json.loads((out / "merge_config.json").read_text())
+    assert record["config"]["lam"] == 0.25 and record["config"]["method"] == "linear"
+    assert (out / "README.md").is_file()
+    exported = weights(out)
+    direct, thinking = weights(pair["direct"]), weights(pair["thinking"])
+    for name, tensor in exported.items():
+        expected = 0.75 * direct[name] + 0.25 * thinking[name]
+        torch.testing.assert_close(tensor, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(UserError, match="outside the allowed folders"):
+        dashboard.export("/etc/spectrum-export", MergeRequest("linear", 0.25))
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (MergeRequest("nope", 0.5), "unknown merge method"),
+        (MergeRequest("linear", 1.5), "outside \\[0, 1\\]"),
+        (MergeRequest("linear", 0.5, layers="9-12"), "layer"),
+        (MergeRequest("task_arithmetic", 0.5), "needs a base model"),
+        (MergeRequest("twin", 0.5, params={"mask_rate": "x"}), "mask_rate"),
+    ],
+)
+def test_bad_merge_requests_are_user_errors(dashboard, request_, message):
+    with pytest.raises(UserError, match=message):
+        dashboard.set_merge(request_)
+
+
+def test_allowed_folders_refuse_escapes(tmp_path):
+    inside = tmp_path / "allowed"
+    inside.mkdir()
+    (inside / "link").symlink_to("/etc")
+    folders = AllowedFolders([inside])
+    assert folders.resolve(str(inside / "db.duckdb"), "DB file") == inside / "db.duckdb"
+    for escape in (str(inside / ".." / "x"), str(inside / "link" / "passwd"), "/etc/passwd"):
+        with pytest.raises(UserError, match="outside the allowed folders"):
+            folders.resolve(escape, "DB file")
+    with pytest.raises(UserError, match="no DB file given"):
+        folders.resolve("  ", "DB file")
+
+
+def test_decoding_modes():
+    assert decoding_for("direct", "per-model defaults", 100).temperature == 0.7
+    assert decoding_for("merged", "per-model defaults", 100).temperature == 0.6
+    assert decoding_for("thinking", "greedy", 100).do_sample is False
+    custom = decoding_for("direct", "custom", 50, temperature=1.1, top_p=0.5, top_k=3)
+    assert (custom.temperature, custom.top_p, custom.top_k, custom.max_new_tokens) == (
+        1.1,
+        0.5,
+        3,
+        50,
+    )
+    with pytest.raises(UserError, match="sampling mode"):
+        decoding_for("direct", "hot", 10)
+    with pytest.raises(UserError, match="at least 1"):
+        decoding_for("direct", "greedy", 0)

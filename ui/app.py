@@ -1,0 +1,43 @@
+"""The whole page: title, the λ explanation, and one tab per part of the dashboard."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from spectrum.dashboard import Dashboard
+from ui.chat_tab import build_chat_tab
+
+HEADER = """
+# 🧠 Thinking Spectrum
+Merging a **direct** model's weights with a **thinking** model's at strength **λ** gives every
+model in between: λ = 0 answers at once like the direct parent, λ = 1 reasons inside
+`<think>…</think>` like the thinking parent. Drag λ and watch the reasoning depth change.
+"""
+
+CSS = """
+.gradio-container { max-width: 1280px !important; }
+#merge-status { align-self: center; }
+"""
+
+
+def build_app(dashboard: Dashboard) -> gr.Blocks:
+    with gr.Blocks(title="Thinking Spectrum") as demo:
+        gr.Markdown(HEADER)
+        with gr.Tabs():
+            with gr.Tab("Merge & chat", id="chat"):
+                build_chat_tab(demo, dashboard)
+    return demo
+
+
+def launch(dashboard: Dashboard, *, host: str, port: int) -> None:
+    demo = build_app(dashboard)
+    # One generation per event at a time is the default; chat allows two pages at once
+    # (the merged column is serialized by the merger's session lock anyway).
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        theme=gr.themes.Soft(),
+        css=CSS,
+        footer_links=["api", "gradio"],
+    )

@@ -1,0 +1,308 @@
+"""The Merge & chat tab: method, λ and scope controls; three streaming chat columns; votes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from spectrum.chat import display_text
+from spectrum.dashboard import (
+    SAMPLING_MODES,
+    Dashboard,
+    MergeRequest,
+    Reply,
+    Turn,
+    decoding_for,
+    merge_label,
+)
+from spectrum.methods import REGISTRY, Param
+from spectrum.selection import MODULE_KINDS
+from spectrum.toy.task import LEVELS, make_problems
+from spectrum.votes import COLUMNS
+from ui.common import friendly, gpu
+
+TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
+VOTE_BUTTONS = {
+    "direct": "👈 Direct is best",
+    "merged": "Merged is best",
+    "thinking": "Thinking is best 👉",
+    "tie": "🤝 Tie",
+    "all_bad": "👎 All bad",
+}
+
+
+@dataclass
+class MergeControls:
+    method: gr.Dropdown
+    lam: gr.Slider
+    layers: gr.Textbox
+    modules: gr.CheckboxGroup
+    seed: gr.Number
+    params: list[tuple[str, str, gr.Component]]  # (method, parameter name, widget)
+    groups: dict[str, gr.Group]  # each method's parameter widgets, shown when it is picked
+
+    @property
+    def inputs(self) -> list[gr.Component]:
+        widgets = [widget for _, _, widget in self.params]
+        return [self.method, self.lam, self.layers, self.modules, self.seed, *widgets]
+
+    def request(self, values: tuple[Any, ...]) -> MergeRequest:
+        """The MergeRequest the widgets' ``values`` (in ``inputs`` order) describe."""
+        method, lam, layers, modules, seed, *param_values = values
+        params = {
+            name: value
+            for (owner, name, _), value in zip(self.params, param_values, strict=True)
+            if owner == method
+        }
+        if not modules:
+            raise gr.Error("pick at least one module kind to merge", print_exception=False)
+        return MergeRequest(
+            method=method,
+            lam=float(lam),
+            params=params,
+            layers=(layers or "").strip() or None,
+            modules=None if set(modules) == set(MODULE_KINDS) else tuple(modules),
+            seed=int(seed or 0),
+        )
+
+
+def param_widget(param: Param) -> gr.Component:
+    common = dict(label=param.name, info=param.help, value=param.default)
+    if param.type is bool:
+        return gr.Checkbox(**common)
+    if param.choices:
+        return gr.Dropdown(choices=list(param.choices), **common)
+    if param.type in (int, float) and None not in (param.minimum, param.maximum):
+        step = 1 if param.type is int else 0.01
+        return gr.Slider(param.minimum, param.maximum, step=step, **common)
+    if param.type in (int, float):
+        return gr.Number(precision=0 if param.type is int else None, **common)
+    return gr.Textbox(**common)
+
+
+def example_prompts() -> list[str]:
+    """One held-out problem per level of the synthetic benchmark."""
+    return [make_problems(level, 1, seed=0)[0].messages[0]["content"] for level in LEVELS]
+
+
+def stats_line(reply: Reply | None) -> str:
+    if reply is None:
+        return ""
+    update = reply.update
+    parts = [f"{update.n_tokens} tokens", f"{update.tokens_per_s:.1f} tok/s"]
+    if reply.merge is not None:
+        parts.insert(0, merge_label(reply.merge))
+    if update.truncated:
+        parts.append("hit the token limit")
+    elif not update.finished:
+        parts.append("generating…")
+    return " · ".join(parts)
+
+
+def column_messages(turns: list[Turn], column: str) -> list[dict[str, str]]:
+    messages = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn.prompt})
+        reply = turn.replies.get(column)
+        if reply is not None:
+            content = f"{display_text(reply.update.text)}\n\n<sub>{stats_line(reply)}</sub>"
+            messages.append({"role": "assistant", "content": content})
+    return messages
+
+
+def render(turns: list[Turn]) -> list[Any]:
+    """Outputs for the three chatbots, then the three stats lines (the last turn's)."""
+    last = turns[-1].replies if turns else {}
+    merged = last.get("merged")
+    merged_title = TITLES["merged"] + (f" — {merge_label(merged.merge)}" if merged else "")
+    chats = [
+        gr.Chatbot(
+            value=column_messages(turns, column),
+            label=merged_title if column == "merged" else TITLES[column],
+        )
+        for column in COLUMNS
+    ]
+    return [*chats, *(stats_line(last.get(column)) for column in COLUMNS)]
+
+
+def build_merge_controls(methods: list[str]) -> MergeControls:
+    hidden = len(REGISTRY) - len(methods)
+    with gr.Row(equal_height=True):
+        method = gr.Dropdown(
+            methods,
+            value=methods[0],
+            label="Merge method",
+            info=f"{hidden} more need a base model (--base)" if hidden else None,
+            scale=1,
+        )
+        lam = gr.Slider(
+            0,
+            1,
+            value=0.5,
+            step=0.05,
+            label="λ — thinking dose (0 = direct, 1 = thinking)",
+            info="Release the slider to re-merge the weights in place.",
+            scale=3,
+            elem_id="lam-slider",
+        )
+    params: list[tuple[str, str, gr.Component]] = []
+    groups: dict[str, gr.Group] = {}
+    with gr.Accordion("Method parameters and merge scope", open=False):
+        for name in methods:
+            merge_method = REGISTRY[name]
+            with gr.Group(visible=name == methods[0]) as groups[name]:
+                gr.Markdown(f"**{name}** — {merge_method.summary}")
+                for param in merge_method.params:
+                    params.append((name, param.name, param_widget(param)))
+        with gr.Row():
+            layers = gr.Textbox(
+                label="Layers", placeholder="all — or e.g. 12-35, 0-3,8", max_lines=1
+            )
+            modules = gr.CheckboxGroup(
+                list(MODULE_KINDS), value=list(MODULE_KINDS), label="Modules to merge"
+            )
+            seed = gr.Number(0, precision=0, label="Merge seed (DARE masks)", minimum=0)
+    return MergeControls(method, lam, layers, modules, seed, params, groups)
+
+
+def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
+    request_state = gr.State(MergeRequest())
+    turns_state = gr.State([])
+    voted_state = gr.State(0)  # how many turns had been voted on
+
+    controls = build_merge_controls(dashboard.method_names())
+    with gr.Row(equal_height=True):
+        apply_button = gr.Button("Apply parameters", scale=0, min_width=180)
+        merge_status = gr.Markdown("Loading the first merge…", elem_id="merge-status")
+
+    with gr.Row(equal_height=True):
+        chats, stats = [], []
+        for column in COLUMNS:
+            with gr.Column(min_width=200):
+                chats.append(
+                    gr.Chatbot(
+                        label=TITLES[column],
+                        height=330,
+                        reasoning_tags=[("<think>", "</think>")],
+                        feedback_options=None,
+                        elem_id=f"chat-{column}",
+                    )
+                )
+                stats.append(gr.Markdown(elem_id=f"stats-{column}"))
+    with gr.Row(equal_height=True):
+        prompt = gr.Textbox(
+            placeholder="Ask all three models — e.g. pick an example below",
+            show_label=False,
+            lines=1,
+            max_lines=4,
+            scale=5,
+            elem_id="prompt",
+        )
+        send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="send")
+    with gr.Row():
+        regenerate = gr.Button("🔄 Regenerate", size="sm")
+        clear = gr.Button("🗑️ Clear", size="sm")
+        votes = {
+            choice: gr.Button(text, size="sm", elem_id=f"vote-{choice}")
+            for choice, text in VOTE_BUTTONS.items()
+        }
+    gr.Examples(example_prompts(), inputs=prompt, label="Synthetic benchmark, levels 1–5")
+    with gr.Accordion("Decoding", open=False):
+        with gr.Row():
+            mode = gr.Radio(list(SAMPLING_MODES), value="per-model defaults", label="Sampling")
+            max_new = gr.Slider(16, 4096, value=384, step=16, label="Max new tokens")
+        with gr.Row():
+            temperature = gr.Slider(0.05, 2, value=0.6, step=0.05, label="Temperature (custom)")
+            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p (custom)")
+            top_k = gr.Slider(0, 100, value=20, step=1, label="Top-k (custom, 0 = off)")
+    decoding_inputs = [mode, max_new, temperature, top_p, top_k]
+    with gr.Accordion("Export merged model", open=False):
+        with gr.Row(equal_height=True):
+            export_folder = gr.Textbox(
+                value="exports/merged", label="Folder (inside assets/, exports/ or --allow-dir)"
+            )
+            overwrite = gr.Checkbox(False, label="Overwrite")
+            export_button = gr.Button("Export merged model", scale=0, min_width=200)
+        export_status = gr.Markdown()
+
+    def decoding(*values: Any) -> dict:
+        return {column: decoding_for(column, *values) for column in COLUMNS}
+
+    @gpu
+    @friendly
+    def remerge(*values: Any):
+        request = controls.request(values)
+        loaded = dashboard.set_merge(request)
+        status = (
+            f"**Loaded:** {merge_label(loaded)} · re-merged in {loaded.set_ms:.0f} ms "
+            f"(version {loaded.version})"
+        )
+        return status, request
+
+    def show_params(method: str):
+        return [gr.Group(visible=name == method) for name in controls.groups]
+
+    @gpu
+    @friendly
+    def answer(prompt_text: str, turns: list[Turn], request: MergeRequest, *decoding_values):
+        settings = decoding(*decoding_values)
+        partial: Turn | None = None
+        for snapshot in dashboard.chat(turns, prompt_text, request, settings):
+            replies = {column: reply for column, reply in snapshot.items() if reply}
+            partial = Turn(prompt_text, replies)
+            yield *render([*turns, partial]), turns, gr.Textbox()
+        turns = [*turns, partial]
+        yield *render(turns), turns, ""
+
+    def regenerate_last(turns: list[Turn], request: MergeRequest, *decoding_values):
+        if not turns:
+            raise gr.Error("nothing to regenerate yet", print_exception=False)
+        yield from answer(turns[-1].prompt, turns[:-1], request, *decoding_values)
+
+    @friendly
+    def vote(choice: str, turns: list[Turn], voted: int, *decoding_values):
+        if turns and voted == len(turns):
+            gr.Warning("You already voted on this answer.")
+            return voted
+        dashboard.vote(turns, choice, decoding(*decoding_values))
+        gr.Info(f"Vote saved: {VOTE_BUTTONS[choice]} ({dashboard.db.name}).")
+        return len(turns)
+
+    @friendly
+    def export(folder: str, replace_existing: bool, *values: Any):
+        out = dashboard.export(folder, controls.request(values), overwrite=replace_existing)
+        return f"Wrote **{out}** (weights, model card, merge_config.json)."
+
+    chat_outputs = [*chats, *stats, turns_state, prompt]
+    remerge_outputs = [merge_status, request_state]
+    controls.lam.release(remerge, controls.inputs, remerge_outputs, api_name="set_merge")
+    groups = list(controls.groups.values())
+    hidden = dict(api_visibility="undocumented")
+    controls.method.change(show_params, controls.method, groups, queue=False, **hidden).then(
+        remerge, controls.inputs, remerge_outputs, **hidden
+    )
+    apply_button.click(remerge, controls.inputs, remerge_outputs, **hidden)
+    chat_inputs = [prompt, turns_state, request_state, *decoding_inputs]
+    send.click(answer, chat_inputs, chat_outputs, api_name="chat")
+    prompt.submit(answer, chat_inputs, chat_outputs, **hidden)
+    regenerate.click(
+        friendly(regenerate_last),
+        [turns_state, request_state, *decoding_inputs],
+        chat_outputs,
+        api_name="regenerate",
+    )
+    clear.click(lambda: (*render([]), [], ""), None, chat_outputs, queue=False, **hidden)
+    for choice, button in votes.items():
+        button.click(
+            lambda *args, choice=choice: vote(choice, *args),
+            [turns_state, voted_state, *decoding_inputs],
+            voted_state,
+            api_name=f"vote_{choice}",
+        )
+    export_button.click(
+        export, [export_folder, overwrite, *controls.inputs], export_status, api_name="export"
+    )
+    # Each page starts by loading what its controls show.
+    demo.load(remerge, controls.inputs, remerge_outputs, **hidden)
