@@ -13,7 +13,7 @@ import sys
 
 from spectrum.errors import UserError
 
-_COMMAND_MODULES = ("methods", "merge")
+_COMMAND_MODULES = ("methods", "merge", "app", "sweep", "search", "report", "analyze")
 
 
 def build_parser() -> argparse.ArgumentParser:
