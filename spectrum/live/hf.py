@@ -1,0 +1,87 @@
+"""Live re-merge into a loaded transformers model.
+
+The model is loaded once from the direct parent; every checkpoint tensor is then written
+through a view of the parameter that holds it (``spectrum.live.views``), so a ``set()``
+allocates no model, keeps tied weights tied and never re-reads the parents from disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from spectrum.errors import UserError
+from spectrum.live.core import LiveBackend, resolve_device
+from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
+from spectrum.live.prepared import ParentTensors
+from spectrum.live.views import checkpoint_views
+
+
+class LiveMerger(LiveBackend):
+    """A transformers model whose weights ``set()`` re-merges in place."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        parents: ParentTensors,
+        policy: str = "auto",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
+        super().__init__(parents, model.device, policy, chunk_bytes)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.views = checkpoint_views(model)
+        missing = sorted(set(parents.merged_names()) - set(self.views))
+        if missing:
+            raise UserError(f"the loaded model has no parameter for checkpoint tensor {missing[0]}")
+
+    @classmethod
+    def load(
+        cls,
+        direct: str | Path,
+        thinking: str | Path,
+        base: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+        policy: str = "auto",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> LiveMerger:
+        """Read the parents once and load the direct parent as the model to merge into.
+
+        ``policy``: ``auto`` (resident when the prepared tensors fit the device, else
+        streamed), ``resident`` or ``streamed`` (see ``spectrum.live.memory``).
+        """
+        target = resolve_device(device)
+        check_policy(policy)
+        parents = ParentTensors.read(direct, thinking, base)
+        model = AutoModelForCausalLM.from_pretrained(parents.direct_path, dtype=dtype or "auto")
+        model = model.to(target).eval()
+        tokenizer = AutoTokenizer.from_pretrained(parents.direct_path)
+        return cls(model, tokenizer, parents, policy, chunk_bytes)
+
+    @torch.no_grad()
+    def _sink(self, name: str, merged: Tensor) -> None:
+        self.views[name].copy_(merged)
+
+    def _linear_writer(self):
+        @torch.no_grad()
+        def write(name: str, direct: Tensor, thinking: Tensor, lam: float) -> None:
+            view = self.views[name]
+            if view.dtype == direct.dtype:
+                # One kernel straight into the parameter's storage: reads θ_D and θ_T once,
+                # writes once, allocates nothing; reduced-precision inputs are computed in
+                # float32 and rounded once, and λ = 0 / 1 give the parents bit for bit.
+                torch.lerp(direct, thinking, lam, out=view)
+            else:
+                view.copy_(torch.lerp(direct.float(), thinking.float(), lam))
+
+        return write
+
+    def _after_write(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

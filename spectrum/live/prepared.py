@@ -1,0 +1,185 @@
+"""The λ-independent half of a live merge, kept between ``set()`` calls.
+
+``ParentTensors`` holds the parents once, on the host, by checkpoint name (read through
+``spectrum.checkpoint``: the offline merge's reader, so both see the same tensors).
+``PreparedMerge`` runs one method's ``prepare`` over every tensor once and keeps the
+outputs where the memory plan says; ``write`` then costs one ``apply`` pass per λ.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from spectrum.checkpoint import open_checkpoint
+from spectrum.errors import UserError
+from spectrum.live.memory import (
+    DEFAULT_CHUNK_BYTES,
+    MemoryPlan,
+    chunked,
+    host_copy,
+    pinned,
+    plan_memory,
+)
+from spectrum.methods import Parents, get_method, resolve_params
+from spectrum.validate import validate_parents
+
+log = logging.getLogger(__name__)
+
+# A sink receives each merged tensor by checkpoint name (float32, or a parent's own
+# tensor for names outside the merge scope) and writes it into the running model.
+Sink = Callable[[str, Tensor], None]
+# An in-place linear writer: (name, θ_D, θ_T, λ) with the parents in their own dtype.
+LinearWriter = Callable[[str, Tensor, Tensor, float], None]
+
+
+@dataclass
+class ParentTensors:
+    """Both parents (and the optional base) on the host, by checkpoint name."""
+
+    direct: dict[str, Tensor]
+    thinking: dict[str, Tensor]
+    base: dict[str, Tensor] | None
+    config: dict
+    direct_path: Path  # the direct parent's local folder (a hub id resolved)
+
+    @classmethod
+    def read(cls, direct, thinking, base=None, *, allow_pickle: bool = False) -> ParentTensors:
+        checkpoints = [open_checkpoint(p, allow_pickle=allow_pickle) for p in (direct, thinking)]
+        if base is not None:
+            checkpoints.append(open_checkpoint(base, allow_pickle=allow_pickle))
+        for warning in validate_parents(*checkpoints):
+            log.warning(warning)
+        tensors = [
+            {name: pinned(ckpt.get(name)) for name in tqdm(ckpt.names(), desc="read parent")}
+            for ckpt in checkpoints
+        ]
+        base_tensors = tensors[2] if base is not None else None
+        return cls(*tensors[:2], base_tensors, checkpoints[0].config, checkpoints[0].path)
+
+    def merged_names(self) -> list[str]:
+        """Tensors a method merges: the floating-point ones (others keep θ_D)."""
+        return [name for name, t in self.direct.items() if t.is_floating_point()]
+
+    def num_layers(self) -> int:
+        return int(self.config.get("num_hidden_layers") or 1)
+
+
+class PreparedMerge:
+    """One method's prepared tensors, resident on the device or streamed from the host."""
+
+    def __init__(
+        self,
+        parents: ParentTensors,
+        method_name: str,
+        params: dict[str, Any] | None,
+        seed: int,
+        device: torch.device,
+        policy: str = "auto",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: bool = True,
+        linear_writer: LinearWriter | None = None,
+    ):
+        self.method = get_method(method_name)
+        if self.method.needs_base and parents.base is None:
+            raise UserError(f"method {self.method.name} needs a base model; pass base=")
+        self.params = resolve_params(self.method, params)
+        self.seed = seed
+        self.parents = parents
+        self.names = parents.merged_names()
+        # linear needs no preparation: with a backend that can lerp into its parameters,
+        # keep the parents in their own dtype (half the bytes of float32) and skip apply.
+        self.linear_writer = linear_writer if self.method.name == "linear" else None
+        self.plan = self._plan(device, policy, chunk_bytes)
+        keep = (lambda t: t) if self.plan.policy == "resident" else host_copy
+        self.prepared: dict[str, dict[str, Tensor]] = {}
+        for name in tqdm(self.names, desc=f"prepare {self.method.name}", disable=not progress):
+            prepared = self._prepare(name, device)
+            self.prepared[name] = {key: keep(value) for key, value in prepared.items()}
+        self._stats: Any = None
+        self._stats_ready = False
+
+    def _prepare(self, name: str, device: torch.device) -> dict[str, Tensor]:
+        if self.linear_writer is not None:
+            return {
+                "direct": self.parents.direct[name].to(device),
+                "thinking": self.parents.thinking[name].to(device),
+            }
+
+        def on_device(tensors):
+            return None if tensors is None else tensors[name].to(device, torch.float32)
+
+        parents = Parents(
+            name,
+            on_device(self.parents.direct),
+            on_device(self.parents.thinking),
+            on_device(self.parents.base),
+        )
+        return self.method.prepare(parents, self.params, self.seed)
+
+    def _plan(self, device: torch.device, policy: str, chunk_bytes: int) -> MemoryPlan:
+        # Estimate from the largest tensor's prepared size per element, before committing.
+        largest = max(self.names, key=lambda n: self.parents.direct[n].numel())
+        sample = self._prepare(largest, device)
+        per_element = sum(t.numel() * t.element_size() for t in sample.values())
+        per_element /= self.parents.direct[largest].numel()
+        total = sum(self.parents.direct[n].numel() for n in self.names)
+        return plan_memory(int(per_element * total), device, policy, chunk_bytes)
+
+    def _on_device(self, names: list[str]) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        if self.plan.policy == "resident":
+            for name in names:
+                yield name, self.prepared[name]
+            return
+        device = self.plan.device
+        for chunk in chunked(((n, self._bytes(n)) for n in names), self.plan.chunk_bytes):
+            # The whole chunk is queued before use so host→device copies overlap compute.
+            uploaded = {n: _upload(self.prepared[n], device) for n in chunk}
+            yield from uploaded.items()
+
+    def _bytes(self, name: str) -> int:
+        return sum(t.numel() * t.element_size() for t in self.prepared[name].values())
+
+    def stats(self, strengths: tuple[float, ...]) -> Any:
+        """The method's whole-model statistic, computed on the first ``set()`` and kept.
+
+        Stats objects answer strengths they were not prefetched for (Top-K's threshold
+        refines its cached histogram for a new k; EMR's rescalers do not depend on λ), so
+        later λ changes reuse this one instead of paying a new pass.
+        """
+        if self.method.global_stats is not None and not self._stats_ready:
+
+            def stream():
+                return self._on_device(self.names)
+
+            self._stats = self.method.global_stats(stream, strengths, self.params)
+            self._stats_ready = True
+        return self._stats
+
+    def write(self, strength_for: Callable[[str], float | None], sink: Sink) -> None:
+        """Merge every tensor at its strength and hand it to ``sink`` (None → θ_D)."""
+        strengths = {name: strength_for(name) for name in self.names}
+        used = tuple(sorted({s for s in strengths.values() if s is not None}))
+        stats = self.stats(used)
+        # Non-float tensors are never merged: the model still holds θ_D's, so skip them.
+        for name in self.names:
+            if strengths[name] is None:
+                sink(name, self.parents.direct[name])
+        for name, prepared in self._on_device([n for n in self.names if strengths[n] is not None]):
+            lam = strengths[name]
+            if self.linear_writer is not None:
+                self.linear_writer(name, prepared["direct"], prepared["thinking"], lam)
+            else:
+                sink(name, self.method.apply(prepared, lam, self.params, stats))
+
+
+def _upload(prepared: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    # copy=True even on CPU, so a forced streamed run really moves the bytes it would move.
+    return {key: t.to(device, non_blocking=True, copy=True) for key, t in prepared.items()}

@@ -1,0 +1,58 @@
+"""Where each checkpoint tensor lives inside a loaded transformers model.
+
+Merges are defined per *checkpoint* tensor (slerp angles, per-tensor Top-K, SVDs), but
+transformers 5 may rename or fuse tensors on load: Qwen3-MoE's per-expert ``gate_proj`` /
+``up_proj`` / ``down_proj`` become one ``mlp.experts.gate_up_proj`` / ``down_proj`` per
+layer. Rather than re-implement those rules, we ask transformers' own reverse conversion
+(the one ``save_pretrained`` uses) where each checkpoint tensor comes from, by running it
+on integer position probes, and turn the answer into a strided *view* of the parameter.
+Writing a merged checkpoint tensor into its view then updates the model in place, and the
+offline merge's per-tensor semantics are kept exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.core_model_loading import revert_weight_conversion
+
+
+def checkpoint_views(model: nn.Module) -> dict[str, Tensor]:
+    """Checkpoint tensor name → a view into the model's parameter storage holding it.
+
+    Tied parameters appear once (``named_parameters`` drops duplicates), so a tied
+    ``lm_head`` is updated through ``embed_tokens`` and stays tied.
+    """
+    params = {name: param.data for name, param in model.named_parameters()}
+    views: dict[str, Tensor] = {}
+    for name, data in params.items():
+        if not data.is_contiguous():
+            raise ValueError(f"parameter {name} is not contiguous; cannot map it to views")
+        # Positions, not values: the conversion only moves elements, so each output tells
+        # which elements of the parameter it took.
+        probe = torch.arange(data.numel(), dtype=torch.int64).view(data.shape)
+        for ckpt_name, positions in revert_weight_conversion(model, {name: probe}).items():
+            if ckpt_name in views:
+                raise ValueError(f"checkpoint tensor {ckpt_name} spans several parameters")
+            views[ckpt_name] = _strided_view(data, positions, ckpt_name)
+    return views
+
+
+def _strided_view(data: Tensor, positions: Tensor, ckpt_name: str) -> Tensor:
+    """The view of ``data`` whose flat positions are ``positions``, or an error if none is."""
+    if positions.numel() == 0:
+        return data.view(-1)[:0].view(positions.shape)
+    first = positions.reshape(-1)[0]
+    strides = []
+    for dim, size in enumerate(positions.shape):
+        if size == 1:
+            strides.append(1)
+            continue
+        step = positions.narrow(dim, 1, 1).reshape(-1)[0] - first
+        strides.append(int(step))
+    offset = int(first)
+    flat = torch.arange(data.numel(), dtype=torch.int64)
+    expected = flat.as_strided(positions.shape, strides, offset)
+    if not torch.equal(expected, positions):
+        raise ValueError(f"checkpoint tensor {ckpt_name} is not a strided view of one parameter")
+    return data.as_strided(positions.shape, strides, data.storage_offset() + offset)

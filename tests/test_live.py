@@ -1,0 +1,307 @@
+"""Live re-merge on transformers: in place, exact, drift-free, consistent under races.
+
+Expected values come from outside the code under test: the offline engine
+(``spectrum.merge``) over tensors read here with safetensors, formulas written in this file,
+and transformers' own reverse weight conversion to read the model back in checkpoint names.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+from transformers.core_model_loading import revert_weight_conversion
+
+from spectrum.errors import UserError
+from spectrum.live import LiveMerger
+from spectrum.live.memory import plan_memory
+from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
+from spectrum.methods import REGISTRY
+from spectrum.selection import MergeScope
+from spectrum.tiny import save_random_model, tiny_config
+from spectrum.tokenizer import build_char_tokenizer
+
+torch.set_num_threads(1)
+PROMPT = "<|im_start|>user\nwhat is 12+7?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def read_folder(path: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(Path(path).glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
+
+
+def model_in_checkpoint_names(model) -> dict[str, torch.Tensor]:
+    """The model's weights under checkpoint names, by transformers' own reverse conversion."""
+    state = {name: param.data for name, param in model.named_parameters()}
+    return {name: t.clone() for name, t in revert_weight_conversion(model, state).items()}
+
+
+def assert_bytes_equal(actual: dict, expected: dict) -> None:
+    assert set(actual) == set(expected)
+    for name in expected:
+        assert actual[name].dtype == expected[name].dtype, name
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def greedy(model, tokenizer, n_tokens: int = 12) -> list[int]:
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=n_tokens, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.fixture(scope="module")
+def parents(tiny_pair):
+    return {role: read_folder(path) for role, path in tiny_pair.items()}
+
+
+@pytest.fixture(scope="module")
+def merger(tiny_pair):
+    return LiveMerger.load(
+        tiny_pair["direct"], tiny_pair["thinking"], tiny_pair["base"], device="cpu"
+    )
+
+
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_every_method_equals_the_offline_merge(merger, parents, method):
+    pointers = [param.data_ptr() for param in merger.model.parameters()]
+    merge = merger.set(method, 0.3, seed=7)
+    assert (merge.method, merge.lam, merge.seed) == (method, 0.3, 7)
+    expected = merge_tensors(
+        parents["direct"], parents["thinking"], parents["base"], method=method, lam=0.3, seed=7
+    )
+    actual = model_in_checkpoint_names(merger.model)
+    if method == "linear":
+        # The live path is one torch.lerp into the parameter; the engine computes
+        # (1−λ)·θ_D + λ·θ_T. Same value, other rounding order: equal within float32 rounding.
+        for name in expected:
+            torch.testing.assert_close(actual[name], expected[name], rtol=2e-6, atol=1e-7)
+    else:
+        assert_bytes_equal(actual, expected)
+    # In place: every parameter still lives in the storage it was loaded into.
+    assert [param.data_ptr() for param in merger.model.parameters()] == pointers
+
+
+def test_linear_equals_the_spectrum_merge_folder_and_the_formula(merger, tiny_pair, tmp_path):
+    lam = 0.65
+    merger.set("linear", lam)
+    out = merge_checkpoints(
+        MergeConfig(direct=str(tiny_pair["direct"]), thinking=str(tiny_pair["thinking"]), lam=lam),
+        tmp_path / "merged",
+        progress=False,
+    )
+    offline = read_folder(out)
+    direct, thinking = read_folder(tiny_pair["direct"]), read_folder(tiny_pair["thinking"])
+    actual = model_in_checkpoint_names(merger.model)
+    for name, tensor in offline.items():
+        exact = (1 - lam) * direct[name].double() + lam * thinking[name].double()
+        torch.testing.assert_close(actual[name], tensor, rtol=2e-6, atol=1e-7)
+        torch.testing.assert_close(actual[name].double(), exact, rtol=2e-6, atol=1e-7)
+
+
+def test_slerp_matches_the_textbook_formula(merger, parents):
+    lam = 0.4
+    merger.set("slerp", lam)
+    actual = model_in_checkpoint_names(merger.model)
+    for name, direct in parents["direct"].items():
+        a, b = direct.double().flatten(), parents["thinking"][name].double().flatten()
+        cos = torch.dot(a, b) / (a.norm() * b.norm())
+        if cos.abs() > 1 - 1e-6:
+            expected = (1 - lam) * a + lam * b
+        else:
+            omega = torch.arccos(cos)
+            sin = torch.sin(omega)
+            expected = torch.sin((1 - lam) * omega) / sin * a + torch.sin(lam * omega) / sin * b
+        torch.testing.assert_close(actual[name].double().flatten(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "topk_replace", "dare"])
+def test_moving_lam_there_and_back_leaves_no_drift(merger, method):
+    merger.set(method, 0.3)
+    once = model_in_checkpoint_names(merger.model)
+    merger.set(method, 0.9)
+    assert not torch.equal(
+        model_in_checkpoint_names(merger.model)["lm_head.weight"], once["lm_head.weight"]
+    )
+    merger.set(method, 0.3)
+    assert_bytes_equal(model_in_checkpoint_names(merger.model), once)
+
+
+def test_switching_methods_back_and_forth_leaves_no_drift(merger):
+    merger.set("twin", 0.3)
+    once = model_in_checkpoint_names(merger.model)
+    merger.set("slerp", 0.8)
+    merger.set("emr", 0.5)
+    merger.set("twin", 0.3)
+    assert_bytes_equal(model_in_checkpoint_names(merger.model), once)
+
+
+def test_endpoints_generate_like_the_parents_loaded_on_their_own(merger, tiny_pair, parents):
+    for lam, role in ((0.0, "direct"), (1.0, "thinking")):
+        merger.set("linear", lam)
+        # Bit for bit the parent's weights...
+        assert_bytes_equal(model_in_checkpoint_names(merger.model), parents[role])
+        alone = AutoModelForCausalLM.from_pretrained(tiny_pair[role], dtype=torch.float32)
+        # ...so greedy decoding matches the parent loaded alone, token for token.
+        assert greedy(merger.model, merger.tokenizer) == greedy(alone, merger.tokenizer)
+
+
+def test_scope_and_schedule_equal_the_offline_merge(merger, parents):
+    cases = [
+        dict(layers="1-2", modules=("attn", "norm")),
+        dict(lam_schedule=(0.0, 1.0)),
+        dict(layers="0,3", lam_schedule=(0.2, 0.9)),
+    ]
+    for case in cases:
+        merge = merger.set("ties", 0.6, **case)
+        assert merge.layers == case.get("layers")
+        expected = merge_tensors(
+            parents["direct"],
+            parents["thinking"],
+            parents["base"],
+            method="ties",
+            lam=0.6,
+            scope=MergeScope(**case),
+        )
+        assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "topk_replace", "emr"])
+def test_streamed_policy_gives_the_same_bytes_as_resident(tiny_pair, merger, method):
+    streamed = LiveMerger.load(
+        tiny_pair["direct"],
+        tiny_pair["thinking"],
+        tiny_pair["base"],
+        device="cpu",
+        policy="streamed",
+        chunk_bytes=64 * 1024,  # many chunks even for the tiny model
+    )
+    for lam in (0.25, 0.75):
+        merger.set(method, lam)
+        streamed.set(method, lam)
+        assert streamed.memory.policy == "streamed" and merger.memory.policy == "resident"
+        assert "streamed on cpu" in streamed.memory.describe()
+        assert_bytes_equal(
+            model_in_checkpoint_names(streamed.model), model_in_checkpoint_names(merger.model)
+        )
+
+
+def test_memory_plan_compares_prepared_bytes_with_free_memory():
+    cpu = torch.device("cpu")
+    assert plan_memory(10**12, cpu).policy == "resident"  # host and device are one memory
+    assert plan_memory(10, cpu, "streamed").policy == "streamed"
+    with pytest.raises(UserError, match="unknown memory policy"):
+        plan_memory(10, cpu, "swap")
+
+
+def test_tied_embeddings_stay_tied(tmp_path):
+    config = tiny_config(vocab_size=len(build_char_tokenizer()), tie_word_embeddings=True)
+    base = save_random_model(tmp_path / "base", config, 0)
+    direct = save_random_model(tmp_path / "direct", config, 1, like=base)
+    thinking = save_random_model(tmp_path / "thinking", config, 2, like=base)
+    live = LiveMerger.load(direct, thinking, device="cpu")
+    embed, head = live.model.model.embed_tokens.weight, live.model.lm_head.weight
+    pointer = embed.data_ptr()
+    live.set("slerp", 0.5)
+    assert embed.data_ptr() == head.data_ptr() == pointer
+    expected = merge_tensors(read_folder(direct), read_folder(thinking), method="slerp", lam=0.5)
+    assert torch.equal(head, expected["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("method", ["slerp", "ties", "linear"])
+def test_moe_experts_merge_per_checkpoint_tensor(tiny_moe_pair, method):
+    """Fused experts (``gate_up_proj``) are merged per expert tensor, as the offline merge does."""
+    roles = ("direct", "thinking", "base")
+    live = LiveMerger.load(*(tiny_moe_pair[role] for role in roles), device="cpu")
+    assert any("gate_up_proj" in name for name, _ in live.model.named_parameters())
+    live.set(method, 0.4)
+    direct, thinking, base = (read_folder(tiny_moe_pair[role]) for role in roles)
+    expected = merge_tensors(direct, thinking, base, method=method, lam=0.4)
+    actual = model_in_checkpoint_names(live.model)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=2e-6, atol=1e-7)
+    live.set("linear", 1.0)
+    alone = AutoModelForCausalLM.from_pretrained(tiny_moe_pair["thinking"], dtype=torch.float32)
+    for (name, param), (_, reference) in zip(
+        live.model.named_parameters(), alone.named_parameters(), strict=True
+    ):
+        assert torch.equal(param, reference), name
+
+
+def test_bad_input_is_refused_and_leaves_the_weights_alone(merger, tiny_pair):
+    merge = merger.set("linear", 0.5)
+    before = model_in_checkpoint_names(merger.model)
+    bad_calls = [
+        (dict(method="linear", lam=1.5), "outside"),
+        (dict(method="nope", lam=0.5), "unknown merge method"),
+        (dict(method="ties", lam=0.5, params={"density": 5.0}), "density"),
+        (dict(method="slerp", lam=0.5, params={"k": 1}), "no parameter"),
+        (dict(method="linear", lam=0.5, layers="2-9"), "layer"),
+        (dict(method="linear", lam=0.5, modules=("ffn",)), "module"),
+    ]
+    for call, message in bad_calls:
+        with pytest.raises(UserError, match=message):
+            merger.set(**call)
+    assert merger.current == merge
+    assert_bytes_equal(model_in_checkpoint_names(merger.model), before)
+    no_base = LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
+    with pytest.raises(UserError, match="base"):
+        no_base.set("task_arithmetic", 0.5)
+    with pytest.raises(UserError, match="memory policy"):
+        LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], policy="swap")
+    with pytest.raises(UserError, match="no such model folder"):
+        LiveMerger.load(tiny_pair["direct"], tiny_pair["direct"].parent / "missing")
+
+
+def test_a_generation_racing_set_runs_on_one_version_only(merger):
+    """Generations run while another thread keeps calling set(); none sees a mixture.
+
+    A forward pre-hook records, at every decoding step, the merger's version and a
+    fingerprint of the weights; within one generation both must stay constant and equal
+    the merge the session reported, and the tokens must equal that λ's own greedy output.
+    """
+    lams = (0.0, 1.0)
+    reference = {}
+    for lam in lams:
+        merger.set("linear", lam)
+        reference[lam] = greedy(merger.model, merger.tokenizer)
+    assert reference[0.0] != reference[1.0]
+    weight = merger.model.model.layers[0].self_attn.q_proj.weight
+    fingerprints = {}
+    for lam in lams:
+        merger.set("linear", lam)
+        fingerprints[lam] = weight.sum().item()
+    seen: list[tuple[int, float]] = []
+    hook = merger.model.register_forward_pre_hook(
+        lambda module, args: seen.append((merger.current.version, weight.sum().item()))
+    )
+    stop = threading.Event()
+    setter_calls = []
+
+    def keep_setting():
+        i = 0
+        while not stop.is_set():
+            setter_calls.append(merger.set("linear", lams[i % 2]).version)
+            i += 1
+
+    setter = threading.Thread(target=keep_setting)
+    setter.start()
+    try:
+        for _ in range(8):
+            seen.clear()
+            with merger.session() as merge:
+                tokens = greedy(merger.model, merger.tokenizer)
+            assert len(seen) >= 2
+            assert {version for version, _ in seen} == {merge.version}
+            assert {fingerprint for _, fingerprint in seen} == {fingerprints[merge.lam]}
+            assert tokens == reference[merge.lam]
+    finally:
+        stop.set()
+        setter.join()
+        hook.remove()
+    assert len(setter_calls) >= 2  # set() really ran between the generations
