@@ -21,6 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.chat import ChatUpdate, stream_columns, stream_reply
 from spectrum.errors import UserError
+from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
+from spectrum.explorer import analyze_pair
 from spectrum.generate import DecodingSettings
 from spectrum.live import LiveMerger
 from spectrum.merge import MergeConfig, merge_checkpoints
@@ -169,9 +171,16 @@ class Dashboard:
             for role, path in self.sources.items()
         }
         self.merger = LiveMerger.load(direct, thinking, base, device=self.device)
+        self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.
         self._claim = threading.Lock()
+
+    def weight_figures(self) -> dict:
+        """Weight-analysis figures of the loaded pair (computed on first use, then kept)."""
+        if self._weights is None:
+            self._weights = analyze_pair(self.sources["direct"], self.sources["thinking"])
+        return self._weights
 
     def method_names(self) -> list[str]:
         """Registered methods this pair can run (those needing θ_B only with --base)."""
@@ -291,3 +300,41 @@ class Dashboard:
             decoding={column: settings.as_dict() for column, settings in decoding.items()},
         )
         return record_vote(self.db, vote)
+
+    def sweep(
+        self,
+        db: str,
+        methods: Sequence[str],
+        lams: str,
+        benchmark: str,
+        *,
+        limit: int,
+        k: int = 1,
+        max_new_tokens: int = 256,
+    ) -> SweepResult:
+        """Evaluate ``methods`` × ``lams`` on the loaded pair into the results DB ``db``.
+
+        It re-merges the shared live model, so chats in flight keep their truthful labels
+        but a page's next merged answer re-applies that page's own merge first.
+        """
+        path = self.folders.resolve(db, "results database")
+        if not methods:
+            raise UserError("pick at least one method to sweep")
+        for method in methods:
+            self.check(MergeRequest(method, 0.0))
+        if int(limit) < 1 or int(k) < 1 or int(max_new_tokens) < 1:
+            raise UserError("problems, samples and max new tokens must each be at least 1")
+        spec = SweepSpec(
+            direct=self.sources["direct"],
+            thinking=self.sources["thinking"],
+            base=self.base,
+            methods=tuple(methods),
+            lams=parse_lams(lams),
+            benchmarks=(benchmark,),
+            k=int(k),
+            limit=int(limit),
+            decoding={"max_new_tokens": int(max_new_tokens)},
+        )
+        return run_sweep(
+            spec, path, provider_factory=lambda _: self.merger, command="spectrum app (sweep tab)"
+        )

@@ -6,13 +6,22 @@ import gradio as gr
 
 from spectrum.dashboard import Dashboard
 from ui.chat_tab import build_chat_tab
+from ui.explorer_tab import build_explorer_tab
+from ui.sweep_tab import build_sweep_tab
+from ui.weights_tab import build_weights_tab
 
 HEADER = """
-# 🧠 Thinking Spectrum
+# Thinking Spectrum
 Merging a **direct** model's weights with a **thinking** model's at strength **λ** gives every
 model in between: λ = 0 answers at once like the direct parent, λ = 1 reasons inside
 `<think>…</think>` like the thinking parent. Drag λ and watch the reasoning depth change.
 """
+
+# System fonts only: the page must not fetch anything from the internet (Google Fonts).
+THEME = gr.themes.Soft(
+    font=["ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "monospace"],
+)
 
 CSS = """
 .gradio-container { max-width: 1280px !important; }
@@ -26,6 +35,12 @@ def build_app(dashboard: Dashboard) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Merge & chat", id="chat"):
                 build_chat_tab(demo, dashboard)
+            with gr.Tab("Spectrum explorer", id="explorer"):
+                explorer = build_explorer_tab(dashboard)
+            with gr.Tab("Weights", id="weights"):
+                build_weights_tab(dashboard)
+            with gr.Tab("Sweep", id="sweep"):
+                build_sweep_tab(dashboard, explorer)
     return demo
 
 
@@ -37,7 +52,7 @@ def launch(dashboard: Dashboard, *, host: str, port: int) -> None:
     demo.launch(
         server_name=host,
         server_port=port,
-        theme=gr.themes.Soft(),
+        theme=THEME,
         css=CSS,
         footer_links=["api", "gradio"],
     )

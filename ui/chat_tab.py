@@ -25,11 +25,11 @@ from ui.common import friendly, gpu
 
 TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
 VOTE_BUTTONS = {
-    "direct": "👈 Direct is best",
+    "direct": "Direct is best",
     "merged": "Merged is best",
-    "thinking": "Thinking is best 👉",
-    "tie": "🤝 Tie",
-    "all_bad": "👎 All bad",
+    "thinking": "Thinking is best",
+    "tie": "Tie",
+    "all_bad": "All bad",
 }
 
 
@@ -42,6 +42,8 @@ class MergeControls:
     seed: gr.Number
     params: list[tuple[str, str, gr.Component]]  # (method, parameter name, widget)
     groups: dict[str, gr.Group]  # each method's parameter widgets, shown when it is picked
+    status: gr.Markdown  # the merge now loaded, and how long the re-merge took
+    apply: gr.Button
 
     @property
     def inputs(self) -> list[gr.Component]:
@@ -147,6 +149,7 @@ def build_merge_controls(methods: list[str]) -> MergeControls:
             scale=3,
             elem_id="lam-slider",
         )
+        status = gr.Markdown("Loading the first merge…", elem_id="merge-status", scale=2)
     params: list[tuple[str, str, gr.Component]] = []
     groups: dict[str, gr.Group] = {}
     with gr.Accordion("Method parameters and merge scope", open=False):
@@ -164,7 +167,8 @@ def build_merge_controls(methods: list[str]) -> MergeControls:
                 list(MODULE_KINDS), value=list(MODULE_KINDS), label="Modules to merge"
             )
             seed = gr.Number(0, precision=0, label="Merge seed (DARE masks)", minimum=0)
-    return MergeControls(method, lam, layers, modules, seed, params, groups)
+        apply = gr.Button("Apply parameters and scope", size="sm")
+    return MergeControls(method, lam, layers, modules, seed, params, groups, status, apply)
 
 
 def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
@@ -173,9 +177,6 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     voted_state = gr.State(0)  # how many turns had been voted on
 
     controls = build_merge_controls(dashboard.method_names())
-    with gr.Row(equal_height=True):
-        apply_button = gr.Button("Apply parameters", scale=0, min_width=180)
-        merge_status = gr.Markdown("Loading the first merge…", elem_id="merge-status")
 
     with gr.Row(equal_height=True):
         chats, stats = [], []
@@ -184,7 +185,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
                 chats.append(
                     gr.Chatbot(
                         label=TITLES[column],
-                        height=330,
+                        height=300,
                         reasoning_tags=[("<think>", "</think>")],
                         feedback_options=None,
                         elem_id=f"chat-{column}",
@@ -202,8 +203,8 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         )
         send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="send")
     with gr.Row():
-        regenerate = gr.Button("🔄 Regenerate", size="sm")
-        clear = gr.Button("🗑️ Clear", size="sm")
+        regenerate = gr.Button("Regenerate", size="sm")
+        clear = gr.Button("Clear", size="sm")
         votes = {
             choice: gr.Button(text, size="sm", elem_id=f"vote-{choice}")
             for choice, text in VOTE_BUTTONS.items()
@@ -276,14 +277,14 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         return f"Wrote **{out}** (weights, model card, merge_config.json)."
 
     chat_outputs = [*chats, *stats, turns_state, prompt]
-    remerge_outputs = [merge_status, request_state]
+    remerge_outputs = [controls.status, request_state]
     controls.lam.release(remerge, controls.inputs, remerge_outputs, api_name="set_merge")
     groups = list(controls.groups.values())
     hidden = dict(api_visibility="undocumented")
     controls.method.change(show_params, controls.method, groups, queue=False, **hidden).then(
         remerge, controls.inputs, remerge_outputs, **hidden
     )
-    apply_button.click(remerge, controls.inputs, remerge_outputs, **hidden)
+    controls.apply.click(remerge, controls.inputs, remerge_outputs, **hidden)
     chat_inputs = [prompt, turns_state, request_state, *decoding_inputs]
     send.click(answer, chat_inputs, chat_outputs, api_name="chat")
     prompt.submit(answer, chat_inputs, chat_outputs, **hidden)

@@ -1,0 +1,113 @@
+"""What the dashboard's explorer, weights and sweep tabs read and run, without Gradio.
+
+Metrics, Pareto improvements and figures come from ``spectrum.eval`` (the same code as
+``spectrum report``); this module only opens the DB the page names, filters, and pulls
+the stored sample responses of one configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import plotly.graph_objects as go
+
+from spectrum.errors import UserError
+from spectrum.eval import figures, store
+from spectrum.eval.analysis import WeightAnalysis, analyze
+from spectrum.eval.results import improvements, summaries
+
+EXPLORER_METRICS = ("mean", "tokens", "think")
+SAMPLE_COLUMNS = ("problem_id", "sample_idx", "correct", "thinks", "n_tokens", "response")
+
+
+@dataclass(frozen=True)
+class Results:
+    """Per-configuration metrics (with CIs) of one DB, and its Pareto improvements."""
+
+    db: Path
+    table: pd.DataFrame
+    better: pd.DataFrame
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return sorted(self.table["benchmark"].unique())
+
+    def methods(self, benchmark: str) -> list[str]:
+        return sorted(self.table.loc[self.table["benchmark"] == benchmark, "method"].unique())
+
+    def lams(self, benchmark: str, method: str) -> list[float]:
+        rows = self.table[(self.table["benchmark"] == benchmark) & (self.table["method"] == method)]
+        return sorted(float(lam) for lam in rows["lam"].unique())
+
+    def figures(self, benchmark: str, methods: Sequence[str]) -> dict[str, go.Figure]:
+        """The Pareto plot and accuracy / Token#N / Think#R vs λ for ``methods``."""
+        if benchmark not in self.benchmarks:
+            raise UserError(f"{self.db.name} has no results for benchmark {benchmark!r}")
+        chosen = self.table[self.table["method"].isin(methods)]
+        if chosen.empty:
+            raise UserError("pick at least one method that has results")
+        better = self.better
+        if not better.empty:
+            better = better[better["method"].isin(methods)]
+        plots = {"pareto": figures.accuracy_vs_tokens(chosen, benchmark, better)}
+        for metric in EXPLORER_METRICS:
+            plots[metric] = figures.metric_vs_lam(chosen, benchmark, metric)
+        return plots
+
+
+def _connect(db: Path) -> duckdb.DuckDBPyConnection:
+    if not db.is_file():
+        raise UserError(f"no results database at {db}")
+    try:
+        return store.connect(db, read_only=True)
+    except duckdb.Error as error:
+        first_line = str(error).splitlines()[0]
+        raise UserError(f"cannot open {db} read-only ({first_line})") from None
+
+
+def load_results(db: str | Path) -> Results:
+    db = Path(db)
+    con = _connect(db)
+    try:
+        table = summaries(con)
+    except duckdb.CatalogException:
+        raise UserError(f"{db} is not a results database (no samples table)") from None
+    finally:
+        con.close()
+    if table.empty:
+        raise UserError(f"{db} has no samples yet; run a sweep first")
+    return Results(db, table, improvements(table))
+
+
+def sample_responses(
+    db: str | Path, benchmark: str, method: str, lam: float, limit: int = 20
+) -> pd.DataFrame:
+    """Stored responses of one (benchmark, method, λ), first problems first."""
+    con = _connect(Path(db))
+    try:
+        return con.execute(
+            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples "
+            "WHERE benchmark = ? AND method = ? AND lam = ? "
+            "ORDER BY problem_id, sample_idx LIMIT ?",
+            [benchmark, method, float(lam), int(limit)],
+        ).df()
+    finally:
+        con.close()
+
+
+def weight_figures(analysis: WeightAnalysis) -> dict[str, go.Figure]:
+    return {
+        "layer": figures.relative_distance(analysis.stats, "layer"),
+        "module": figures.relative_distance(analysis.stats, "module"),
+        "histogram": figures.delta_histogram(analysis.hist),
+        "energy": figures.delta_energy(analysis.energy),
+    }
+
+
+def analyze_pair(direct: str, thinking: str) -> dict[str, go.Figure]:
+    """The weight-analysis figures of a pair (streamed, one tensor at a time)."""
+    return weight_figures(analyze(direct, thinking, progress=True))
