@@ -23,11 +23,13 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from spectrum.errors import UserError
 from spectrum.eval import results, store
 from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
 from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
 from spectrum.generate import DecodingSettings, Generation, TransformersGenerator
+from spectrum.methods import resolve_params
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
 
@@ -62,8 +64,6 @@ class SweepResult:
 
 def parse_lams(text: str) -> tuple[float, ...]:
     """``0:1:0.1`` (start:stop:step, stop included) or ``0,0.5,1``."""
-    from spectrum.errors import UserError
-
     try:
         if ":" in text:
             start, stop, step = (float(x) for x in text.split(":"))
@@ -116,13 +116,9 @@ def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
 
 
 def resolved_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    from spectrum.errors import UserError
-    from spectrum.live.prepared import resolve_params
-    from spectrum.methods import get_method
-
     try:
-        return resolve_params(get_method(method), params)
-    except ValueError as error:
+        return resolve_params(method, params)
+    except ValueError as error:  # an unknown method name
         raise UserError(str(error)) from None
 
 
