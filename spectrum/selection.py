@@ -14,7 +14,8 @@ head) are outside a layer-restricted scope. Everything outside the scope keeps �
 
 A λ schedule is a list of strengths spread evenly over depth and linearly interpolated in
 between, as mergekit's gradient parameters are: layer i of L gets the schedule's value at
-position i/(L−1). Tensors outside any layer take the plain λ.
+position i/(L−1). Tensors outside any layer take the plain λ (mergekit gives them the
+schedule's first value; a separate λ for embeddings and head is more useful here).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class MergeScope:
             return None
         if self.lam_schedule is None or layer is None:
             return lam
-        position = layer / (num_layers - 1) if num_layers > 1 else 0.0
+        position = layer / (num_layers - 1) if num_layers > 1 else 1.0  # as mergekit
         anchors = np.linspace(0.0, 1.0, len(self.lam_schedule))
         return float(np.interp(position, anchors, self.lam_schedule))
 
