@@ -73,6 +73,16 @@ def _steepest_crossing(
     return max(pairs)[1:] if pairs else None
 
 
+def _bisect(
+    a: float, b: float, past: Callable[[float], bool], resolution: float
+) -> tuple[float, float]:
+    """Halve [a, b] until it is ``resolution`` wide, keeping ``past`` false at a, true at b."""
+    while b - a > resolution + 1e-9:
+        mid = round((a + b) / 2, 6)
+        a, b = (a, mid) if past(mid) else (mid, b)
+    return a, b
+
+
 def _interpolate(a: float, b: float, fa: float, fb: float, level: float) -> float:
     return a + (level - fa) / (fb - fa) * (b - a) if fb != fa else (a + b) / 2
 
@@ -116,13 +126,7 @@ def find_phase(
     if pair is None or values[0] == values[-1]:
         result.note = f"{metric} does not change between λ={lo:g} and λ={hi:g}"
         return result
-    a, b = pair
-    while b - a > resolution + 1e-9:
-        mid = round((a + b) / 2, 6)
-        if sign * f(mid).metric(metric) >= level:
-            b = mid
-        else:
-            a = mid
+    a, b = _bisect(*pair, lambda lam: sign * f(lam).metric(metric) >= level, resolution)
     fa, fb = sign * f(a).metric(metric), sign * f(b).metric(metric)
     result.lam, result.bracket = _interpolate(a, b, fa, fb, level), (a, b)
     return result
@@ -147,13 +151,7 @@ def find_budget(
     a = max(affordable)
     if a < hi:
         b = coarse_lams[coarse_lams.index(a) + 1]
-        while b - a > resolution + 1e-9:
-            mid = round((a + b) / 2, 6)
-            if f(mid).tokens <= max_tokens:
-                a = mid
-            else:
-                b = mid
-        result.bracket = (a, b)
+        result.bracket = _bisect(a, b, lambda lam: f(lam).tokens > max_tokens, resolution)
     best = max(
         (lam for lam, p in result.evaluated.items() if p.tokens <= max_tokens),
         key=lambda lam: (result.evaluated[lam].accuracy, -result.evaluated[lam].tokens),
