@@ -90,3 +90,15 @@ def test_offline_without_local_file_is_one_clear_error():
     assert done.returncode != 0
     assert "UserError: cannot load benchmark 'aime24' from the hub" in done.stderr
     assert "HuggingFaceH4/aime_2024" in done.stderr and "--data" in done.stderr
+
+
+def test_synthetic_wraps_the_toy_task():
+    from spectrum.toy import task
+
+    problems = load_problems("synthetic", limit=3, levels=(1, 4), seed=2)
+    expected = [p for level in (1, 4) for p in task.make_problems(level, 3, seed=2)]
+    assert [p.id for p in problems] == [p.id for p in expected]
+    assert [p.level for p in problems] == [1, 1, 1, 4, 4, 4]
+    assert problems[0].conversation() == expected[0].messages
+    assert [p.gold for p in problems] == [p.answer for p in expected]
+    assert len(load_problems("synthetic", limit=2)) == 2 * len(task.LEVELS)
