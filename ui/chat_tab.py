@@ -115,7 +115,7 @@ def column_messages(turns: list[Turn], column: str) -> list[dict[str, str]]:
 
 
 def render(turns: list[Turn]) -> list[Any]:
-    """Outputs for the three chatbots, then the three stats lines (the last turn's)."""
+    """The three chatbots; the merged one titled with the merge that answered last."""
     last = turns[-1].replies if turns else {}
     merged = last.get("merged")
     merged_title = TITLES["merged"] + (f" — {merge_label(merged.merge)}" if merged else "")
@@ -126,7 +126,7 @@ def render(turns: list[Turn]) -> list[Any]:
         )
         for column in COLUMNS
     ]
-    return [*chats, *(stats_line(last.get(column)) for column in COLUMNS)]
+    return chats
 
 
 def build_merge_controls(methods: list[str]) -> MergeControls:
@@ -179,19 +179,18 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     controls = build_merge_controls(dashboard.method_names())
 
     with gr.Row(equal_height=True):
-        chats, stats = [], []
-        for column in COLUMNS:
-            with gr.Column(min_width=200):
-                chats.append(
-                    gr.Chatbot(
-                        label=TITLES[column],
-                        height=300,
-                        reasoning_tags=[("<think>", "</think>")],
-                        feedback_options=None,
-                        elem_id=f"chat-{column}",
-                    )
-                )
-                stats.append(gr.Markdown(elem_id=f"stats-{column}"))
+        chats = [
+            gr.Chatbot(
+                label=TITLES[column],
+                height=330,
+                min_width=200,
+                reasoning_tags=[("<think>", "</think>")],
+                feedback_options=None,
+                buttons=["copy_all"],
+                elem_id=f"chat-{column}",
+            )
+            for column in COLUMNS
+        ]
     with gr.Row(equal_height=True):
         prompt = gr.Textbox(
             placeholder="Ask all three models — e.g. pick an example below",
@@ -202,9 +201,10 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
             elem_id="prompt",
         )
         send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="send")
-    with gr.Row():
+    with gr.Row(equal_height=True):
         regenerate = gr.Button("Regenerate", size="sm")
         clear = gr.Button("Clear", size="sm")
+        gr.Markdown("**Which answer is best?**", elem_id="vote-label")
         votes = {
             choice: gr.Button(text, size="sm", elem_id=f"vote-{choice}")
             for choice, text in VOTE_BUTTONS.items()
@@ -276,7 +276,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         out = dashboard.export(folder, controls.request(values), overwrite=replace_existing)
         return f"Wrote **{out}** (weights, model card, merge_config.json)."
 
-    chat_outputs = [*chats, *stats, turns_state, prompt]
+    chat_outputs = [*chats, turns_state, prompt]
     remerge_outputs = [controls.status, request_state]
     controls.lam.release(remerge, controls.inputs, remerge_outputs, api_name="set_merge")
     groups = list(controls.groups.values())

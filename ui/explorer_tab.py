@@ -9,7 +9,7 @@ import pandas as pd
 
 from spectrum.dashboard import REPO, Dashboard
 from spectrum.explorer import load_results, sample_responses
-from spectrum.votes import tally
+from spectrum.votes import CHOICES, tally
 from ui.common import friendly
 
 
@@ -33,7 +33,7 @@ def shown_path(path) -> str:
 def votes_frame(db) -> pd.DataFrame:
     counts = tally(db)
     rows = [{"method": m, "λ": lam, **choices} for (m, lam), choices in sorted(counts.items())]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "λ", *CHOICES])
 
 
 def build_explorer_tab(dashboard: Dashboard) -> Explorer:

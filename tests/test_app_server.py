@@ -1,0 +1,182 @@
+"""The dashboard as users reach it: `python app.py` in a subprocess on the embedded pair,
+driven over HTTP with gradio_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+from gradio_client import Client
+
+from spectrum.toy.task import make_problems
+from spectrum.votes import read_votes
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_DB = REPO / "assets" / "spectrum.duckdb"
+ALL_MODULES = ["attn", "mlp", "embed", "norm", "lm_head"]
+STARTUP_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def launch_app(folder: Path, *args: str) -> Iterator[str]:
+    """Run ``python app.py --port P --db folder/results.duckdb ARGS``; yield its URL."""
+    port = free_port()
+    log_path = folder / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env["OMP_NUM_THREADS"] = "1"  # the CI machine has two cores for everything
+    command = [sys.executable, "app.py", "--port", str(port)]
+    command += ["--db", str(folder / "results.duckdb"), *args]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"app.py exited ({server.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not serve {url} in {STARTUP_S} s")
+            time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app_server")
+
+
+@pytest.fixture(scope="module")
+def client(folder) -> Iterator[Client]:
+    with launch_app(folder) as url:  # no --direct/--thinking: the embedded pair
+        yield Client(url, verbose=False)
+
+
+def set_merge(client: Client, method: str, lam: float) -> str:
+    return client.predict(method, lam, "", ALL_MODULES, 0, api_name="/set_merge")
+
+
+def chat(client: Client, prompt: str, tokens: int = 256) -> tuple[dict, dict, dict]:
+    """The three chatbot values after a greedy turn."""
+    out = client.predict(prompt, "greedy", tokens, 0.6, 0.95, 20, api_name="/chat")
+    return out[:3]
+
+
+def texts(chatbot: dict, *, reasoning: bool) -> list[str]:
+    """Assistant message texts of a chatbot value; reasoning or answer parts."""
+    found = []
+    for message in chatbot["value"]:
+        is_reasoning = (message.get("metadata") or {}).get("title") == "Reasoning"
+        if message["role"] == "assistant" and is_reasoning == reasoning:
+            found.append(" ".join(part["text"] for part in message["content"]))
+    return found
+
+
+def footer(chatbot: dict) -> str:
+    """The stats line under the last answer: [merge ·] N tokens · X tok/s."""
+    return re.search(r"<sub>(.*)</sub>", texts(chatbot, reasoning=False)[-1]).group(1)
+
+
+def tokens_of(chatbot: dict) -> int:
+    return int(re.search(r"(\d+) tokens", footer(chatbot)).group(1))
+
+
+def test_a_synthetic_question_gets_three_answers_and_the_thinker_thinks(client, folder):
+    status = set_merge(client, "linear", 0.8)
+    assert "linear · λ 0.80" in status
+    problem = make_problems(3, 1, seed=7)[0]
+    direct, merged, thinking = chat(client, problem.messages[0]["content"])
+    for chatbot in (direct, merged, thinking):
+        assert texts(chatbot, reasoning=False), chatbot  # every column answered
+    assert merged["label"] == "Merged — linear · λ 0.80"
+    assert footer(merged).startswith("linear · λ 0.80 · ")
+    # The thinking parent reasons (a collapsible Reasoning block); the direct one does not.
+    assert texts(thinking, reasoning=True) and not texts(direct, reasoning=True)
+    assert tokens_of(thinking) > tokens_of(direct)
+    assert "\\boxed{" in texts(direct, reasoning=False)[-1]
+
+    client.predict(api_name="/vote_merged")
+    (vote,) = read_votes(folder / "results.duckdb")
+    assert (vote["choice"], vote["method"], vote["lam"]) == ("merged", "linear", 0.8)
+    assert vote["prompt"] == problem.messages[0]["content"]
+
+
+def explorer_lams(out) -> tuple[list[float], dict]:
+    """λ values on the accuracy-vs-λ figure (its line trace), and the Pareto figure."""
+    pareto, accuracy = (json.loads(plot["plot"]) for plot in out[2:4])
+    line = next(trace for trace in accuracy["data"] if trace.get("mode") == "lines+markers")
+    return line["x"], pareto
+
+
+def test_explorer_draws_the_shipped_results_database(client):
+    out = client.predict("assets/spectrum.duckdb", None, [], api_name="/explore")
+    benchmark, methods = out[0]["value"], out[1]["value"]
+    lams, pareto = explorer_lams(out)
+    with duckdb.connect(str(SHIPPED_DB), read_only=True) as con:
+        stored = con.execute(
+            "SELECT DISTINCT lam FROM samples WHERE benchmark = ? AND method = ? ORDER BY lam",
+            [benchmark, methods[0]],
+        ).fetchall()
+    assert lams == [lam for (lam,) in stored]
+    assert any(trace["name"] == "thinking parent" for trace in pareto["data"])
+
+
+def test_sweep_tab_fills_a_database_the_explorer_then_shows(client, folder):
+    db = str(folder / "sweep.duckdb")
+    status, shown = client.predict(db, ["linear"], "0,1", "synthetic", 1, 1, 48, api_name="/sweep")
+    assert status.startswith("Done: 10 samples generated") and shown == db
+    out = client.predict(db, None, [], api_name="/explore")
+    lams, _ = explorer_lams(out)
+    assert lams == [0.0, 1.0]
+    with duckdb.connect(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM samples").fetchone() == (10,)
+
+
+def test_export_writes_a_model_folder(client, folder):
+    out = folder / "exported"
+    args = [str(out), False, "linear", 0.3, "", ALL_MODULES, 0]
+    message = client.predict(*args, api_name="/export")
+    assert str(out) in message
+    record = json.loads((out / "merge_config.json").read_text())
+    assert (record["config"]["method"], record["config"]["lam"]) == ("linear", 0.3)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "args"),
+    [
+        ("/explore", ("/etc/passwd", None, [])),
+        ("/export", ("/etc/spectrum", False, "linear", 0.3, "", ALL_MODULES, 0)),
+    ],
+)
+def test_paths_outside_the_allowed_folders_are_refused(client, endpoint, args):
+    with pytest.raises(Exception, match="outside the allowed folders"):
+        client.predict(*args, api_name=endpoint)
