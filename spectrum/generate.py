@@ -6,12 +6,15 @@ shared/reference/evaluation.md, stops at EOS (``<|im_end|>`` for Qwen3) and coun
 exactly the tokens each response generated, padding excluded. A response that used all
 ``max_new_tokens`` without emitting EOS is *truncated* (``finished=False``).
 
-The vLLM backend of the live merger offers the same ``generate`` signature.
+``VllmGenerator`` offers the same ``generate`` over the live merger's vLLM backend
+(``spectrum.live.vllm.VllmLiveMerger``); ``generator_for(merger)`` picks the one that fits.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -63,7 +66,17 @@ class Generation:
 class TransformersGenerator:
     """Batched sampling from a transformers causal LM and its (chat-template) tokenizer."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 16,
+        session: Callable[[], AbstractContextManager] | None = None,
+    ) -> None:
+        # ``session``: a live merger's session(), held per batch so no re-merge lands
+        # half-way through a generation.
+        self.session = session or nullcontext
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -110,16 +123,17 @@ class TransformersGenerator:
             if settings.do_sample
             else {}
         )
-        started = time.perf_counter()
-        sequences = self.model.generate(
-            **enc,
-            do_sample=settings.do_sample,
-            max_new_tokens=settings.max_new_tokens,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            **sampling,
-        )
-        latency = time.perf_counter() - started
+        with self.session():
+            started = time.perf_counter()
+            sequences = self.model.generate(
+                **enc,
+                do_sample=settings.do_sample,
+                max_new_tokens=settings.max_new_tokens,
+                eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id,
+                **sampling,
+            )
+            latency = time.perf_counter() - started
         new_tokens = sequences[:, enc["input_ids"].shape[1] :].tolist()
         return [self._record(tokens, settings, latency) for tokens in new_tokens]
 
@@ -133,3 +147,55 @@ class TransformersGenerator:
             finished = False
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Generation(text=text, n_tokens=len(tokens), finished=finished, latency_s=latency)
+
+
+class VllmGenerator:
+    """The same ``generate`` on a ``VllmLiveMerger``: vLLM batches and pads by itself.
+
+    vLLM reports why each sequence stopped: ``finish_reason == "length"`` is a truncation.
+    Not exercised by the test suite (vLLM is not installed on the project's machines).
+    """
+
+    def __init__(self, merger) -> None:
+        self.merger = merger
+        self.tokenizer = merger.llm.get_tokenizer()
+
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        settings: DecodingSettings,
+        n: int = 1,
+        *,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+
+        prompts = [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        params = SamplingParams(
+            n=n,
+            temperature=settings.temperature if settings.do_sample else 0.0,
+            top_p=settings.top_p if settings.do_sample else 1.0,
+            top_k=settings.top_k if settings.do_sample else -1,
+            max_tokens=settings.max_new_tokens,
+            seed=seed,
+        )
+        started = time.perf_counter()
+        outputs, _ = self.merger.generate(prompts, params)
+        latency = time.perf_counter() - started
+        return [
+            Generation(o.text, len(o.token_ids), o.finish_reason != "length", latency)
+            for request in outputs
+            for o in request.outputs
+        ]
+
+
+def generator_for(merger, *, batch_size: int = 16):
+    """The generator for a live merger: vLLM when it runs a ``vllm.LLM``, else transformers."""
+    if hasattr(merger, "llm"):
+        return VllmGenerator(merger)
+    return TransformersGenerator(
+        merger.model, merger.tokenizer, batch_size=batch_size, session=merger.session
+    )

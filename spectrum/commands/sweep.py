@@ -58,6 +58,12 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32768)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (use --k 1)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="generation backend of the live merger (vllm needs the vllm package)",
+    )
     parser.add_argument("--db", required=True, help="DuckDB results file (created if missing)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -100,6 +106,7 @@ def spec_from_args(args: argparse.Namespace, methods: tuple[str, ...], lams) -> 
         data_seed=args.data_seed,
         decoding={k: v for k, v in decoding.items() if v is not None},
         batch_size=args.batch_size,
+        backend=args.backend,
     )
 
 

@@ -28,7 +28,7 @@ from spectrum.eval import results, store
 from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
 from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
-from spectrum.generate import DecodingSettings, Generation, TransformersGenerator
+from spectrum.generate import DecodingSettings, Generation, generator_for
 from spectrum.methods import resolve_params
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
@@ -53,6 +53,7 @@ class SweepSpec:
     data_seed: int = 0  # problem generation and GPQA choice shuffles
     decoding: dict[str, Any] = field(default_factory=dict)  # overrides of the per-λ defaults
     batch_size: int = 16
+    backend: str = "transformers"  # or "vllm"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,14 @@ def resolved_params(method: str, params: dict[str, Any] | None) -> dict[str, Any
 
 
 def default_provider(spec: SweepSpec):
+    """The live merger of ``spec.backend``: transformers, or vLLM (needs the vllm package)."""
+    if spec.backend == "vllm":
+        from spectrum.live.vllm import VllmLiveMerger
+
+        try:
+            return VllmLiveMerger.load(spec.direct, spec.thinking, spec.base)
+        except ModuleNotFoundError as error:
+            raise UserError(f"--backend vllm needs the vllm package ({error})") from None
     from spectrum.live import LiveMerger
 
     return LiveMerger.load(spec.direct, spec.thinking, spec.base)
@@ -269,9 +278,7 @@ class Sweeper:
         if self._provider is None:
             self._provider = self._provider_factory(self.spec)
         provider, spec = self._provider, self.spec
-        generator = TransformersGenerator(
-            provider.model, provider.tokenizer, batch_size=spec.batch_size
-        )
+        generator = generator_for(provider, batch_size=spec.batch_size)
         bar = tqdm(
             total=sum(len(w) for _, _, w in todo),
             desc="sweep",
@@ -294,8 +301,7 @@ class Sweeper:
             for start in range(0, len(missing), spec.batch_size):
                 work = missing[start : start + spec.batch_size]
                 conversations = [problem.conversation() for problem, _ in work]
-                with provider.session():
-                    gens = generator.generate(conversations, settings, seed=spec.seed + start)
+                gens = generator.generate(conversations, settings, seed=spec.seed + start)
                 rows = _rows(config, cid, self.run_id, bench, grader, work, gens)
                 store.insert_frame(self.con, "samples", rows)
                 bar.update(len(work))
