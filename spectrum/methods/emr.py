@@ -72,8 +72,10 @@ def global_stats(
 def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
     if not isinstance(stats, Rescalers):
         raise ValueError("emr needs its whole-model rescalers: call global_stats before apply")
-    direct = prepared["unified_direct"] * ((1.0 - lam) * stats.direct)
-    return prepared["base"] + direct + prepared["unified_thinking"] * (lam * stats.thinking)
+    merged = torch.add(
+        prepared["base"], prepared["unified_direct"], alpha=(1.0 - lam) * stats.direct
+    )
+    return merged.add_(prepared["unified_thinking"], alpha=lam * stats.thinking)
 
 
 METHOD = MergeMethod(

@@ -32,17 +32,20 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
 
 
 def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
-    vectors = (prepared["trimmed_direct"], prepared["trimmed_thinking"])
-    weights = (1.0 - lam, lam)
-    elected = torch.sign(vectors[0] * weights[0] + vectors[1] * weights[1])
-    numerator = torch.zeros_like(elected)
-    denominator = torch.zeros_like(elected)
-    for weight, vector in zip(weights, vectors, strict=True):
-        agrees = torch.sign(vector) == elected
-        numerator += torch.where(agrees, vector * weight, 0.0)
-        denominator += agrees * weight
-    merged = torch.where(denominator > 0, numerator / denominator, 0.0)
-    return prepared["base"] + merged
+    direct, thinking = prepared["trimmed_direct"], prepared["trimmed_thinking"]
+    combined = direct * (1.0 - lam) + thinking * lam
+    elected = torch.sign(combined)
+    direct_agrees = torch.sign(direct) == elected
+    thinking_agrees = torch.sign(thinking) == elected
+    # The disjoint mean for two models, without dividing: where both agree the weights sum
+    # to 1 and the mean is `combined`; where one agrees it is that one's value; else 0.
+    # (Zeros agree only with an elected 0, where every term is 0 anyway.)
+    merged = torch.where(
+        direct_agrees,
+        torch.where(thinking_agrees, combined, direct),
+        torch.where(thinking_agrees, thinking, 0.0),
+    )
+    return merged.add_(prepared["base"])
 
 
 METHOD = MergeMethod(
