@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectrum.methods.affine import affine, apply_affine
 from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
 
 
@@ -35,19 +36,14 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
     generator = mask_generator(seed, parents.name)
     kept_direct = _rescaled_keep(parents.direct - parents.base, keep, generator)
     kept_thinking = _rescaled_keep(parents.thinking - parents.base, keep, generator)
-    return {"anchor": parents.base + kept_direct, "step": kept_thinking - kept_direct}
-
-
-def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
-    # One fused pass: the live merger pays only this for a new λ.
-    return torch.add(prepared["anchor"], prepared["step"], alpha=lam)
+    return affine(parents.base + kept_direct, kept_thinking - kept_direct)
 
 
 METHOD = MergeMethod(
     name="dare",
     summary="Drop-and-rescale: seeded random masks on both task vectors, then weighted sum.",
     prepare=prepare,
-    apply=apply,
+    apply=apply_affine,
     params=(
         Param(
             "drop_rate",

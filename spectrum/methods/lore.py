@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectrum.methods.affine import affine, apply_affine
 from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
 from spectrum.methods.lowrank import singular_value_threshold
 
@@ -29,19 +30,14 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
         center = sum(model - delta for model, delta in zip(models, deltas, strict=True))
         center = center / len(models)
         deltas = [_estimate(model - center, params["mu"]) for model in models]
-    return {"anchor": center + deltas[0], "step": deltas[1] - deltas[0]}
-
-
-def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
-    # One fused pass: the live merger pays only this for a new λ.
-    return torch.add(prepared["anchor"], prepared["step"], alpha=lam)
+    return affine(center + deltas[0], deltas[1] - deltas[0])
 
 
 METHOD = MergeMethod(
     name="lore",
     summary="LoRE: shared model + low-rank (singular-value-thresholded) deltas.",
     prepare=prepare,
-    apply=apply,
+    apply=apply_affine,
     params=(
         Param("mu", float, 0.1, "nuclear-norm weight μ: singular values shrink by μ", minimum=0.0),
         Param("iterations", int, 2, "coordinate-descent iterations", minimum=1, maximum=100),

@@ -4,31 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor
-
+from spectrum.methods.affine import affine, apply_affine
 from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
     scale = params["scale"]
     # θ = (θ_B + s·τ_D) + λ·s·(τ_T − τ_D): a new λ is one multiply-add.
-    return {
-        "anchor": parents.base + scale * (parents.direct - parents.base),
-        "step": scale * (parents.thinking - parents.direct),
-    }
-
-
-def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
-    # One fused pass: the live merger pays only this for a new λ.
-    return torch.add(prepared["anchor"], prepared["step"], alpha=lam)
+    return affine(
+        parents.base + scale * (parents.direct - parents.base),
+        scale * (parents.thinking - parents.direct),
+    )
 
 
 METHOD = MergeMethod(
     name="task_arithmetic",
     summary="Base + s·[(1−λ)·τ_direct + λ·τ_thinking] with task vectors τ = parent − base.",
     prepare=prepare,
-    apply=apply,
+    apply=apply_affine,
     params=(Param("scale", float, 1.0, "scale s of the combined task vector", minimum=0.0),),
     needs_base=True,
     # (θ_D − θ_B) + θ_B is θ_D only up to rounding, and s ≠ 1 leaves the segment.

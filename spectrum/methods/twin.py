@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectrum.methods.affine import affine, apply_affine
 from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
 from spectrum.methods.lowrank import keep_top_singular
 from spectrum.methods.magnitude import top_fraction_mask
@@ -41,19 +42,14 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
     shared = shared_model(parents)
     exclusive_direct = sparsify(parents.direct - shared, keep, params["variant"])
     exclusive_thinking = sparsify(parents.thinking - shared, keep, params["variant"])
-    return {"anchor": shared + exclusive_direct, "step": exclusive_thinking - exclusive_direct}
-
-
-def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
-    # One fused pass: the live merger pays only this for a new λ.
-    return torch.add(prepared["anchor"], prepared["step"], alpha=lam)
+    return affine(shared + exclusive_direct, exclusive_thinking - exclusive_direct)
 
 
 METHOD = MergeMethod(
     name="twin",
     summary="TWIN: midpoint + sparsified exclusive vectors (base optional, result independent).",
     prepare=prepare,
-    apply=apply,
+    apply=apply_affine,
     params=(
         Param(
             "mask_rate",
