@@ -163,3 +163,27 @@ def test_parse_lams_rejects(text):
 
     with pytest.raises(UserError, match="--lam"):
         parse_lams(text)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "nope"], "unknown merge method 'nope'"),
+        (["--methods", "ties"], "ties needs a base model"),
+        (["--lam", "0,1.5"], "λ=1.5 is outside [0, 1]"),
+        (["--param", "slerp.nope=1", "--methods", "slerp"], "has no parameter 'nope'"),
+        (["--modules", "heads"], "heads"),
+        (["--bench", "aime30"], "unknown benchmark 'aime30'"),
+    ],
+)
+def test_sweep_bad_input_is_one_line_and_writes_nothing(
+    tiny_pair, tmp_path, capsys, extra, message
+):
+    from spectrum.cli import main
+
+    db = tmp_path / "never.duckdb"
+    argv = ["sweep", "--direct", str(tiny_pair["direct"]), "--thinking", str(tiny_pair["thinking"])]
+    assert main([*argv, "--db", str(db), "--no-progress", *extra]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
+    assert not db.exists()

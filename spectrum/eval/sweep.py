@@ -29,7 +29,8 @@ from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
 from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
 from spectrum.generate import DecodingSettings, Generation, generator_for
-from spectrum.methods import resolve_params
+from spectrum.methods import get_method, resolve_params
+from spectrum.selection import MergeScope
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
 
@@ -139,9 +140,14 @@ def default_provider(spec: SweepSpec):
 
 def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
     """One dict per (method, λ): everything that decides a sample's distribution."""
+    bad = [lam for lam in spec.lams if not 0.0 <= lam <= 1.0]
+    if bad:
+        raise UserError(f"λ={bad[0]:g} is outside [0, 1] (0 = direct, 1 = thinking)")
     configs = []
     for method in spec.methods:
         params = resolved_params(method, spec.params.get(method))
+        if get_method(method).needs_base and spec.base is None:
+            raise UserError(f"method {method} needs a base model: pass --base")
         for lam in spec.lams:
             decoding = DecodingSettings.for_lam(lam, **spec.decoding).as_dict()
             configs.append(
@@ -238,7 +244,9 @@ class Sweeper:
             )
             for b in spec.benchmarks
         }
+        MergeScope(spec.layers, spec.modules)  # a bad scope fails here, before the DB is touched
         self.hashes = parent_hashes(spec)
+        _configurations(spec, self.hashes)  # likewise unknown methods, params and λ
         self.run_id = uuid.uuid4().hex[:16]
         self._provider_factory = provider_factory
         self._provider = None
