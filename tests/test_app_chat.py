@@ -129,3 +129,17 @@ def test_stream_columns_with_real_models(direct):
     final = list(stream_columns(columns))[-1]
     assert final["left"].text == final["right"].text
     assert final["left"].finished and final["right"].finished
+
+
+def test_reply_ends_at_the_end_of_turn_token(direct, tiny_pair):
+    model, tokenizer = direct
+    plain = list(stream_reply(model, tokenizer, CONVERSATION, GREEDY))[-1]
+    # Make the 6th generated character the end-of-turn token: generation must stop there.
+    ids = tokenizer(plain.text, add_special_tokens=False)["input_ids"]
+    position = next(i for i in range(5, len(ids)) if ids[i] not in ids[:i])
+    stopper = AutoTokenizer.from_pretrained(tiny_pair["direct"])
+    stopper.eos_token = tokenizer.convert_ids_to_tokens(ids[position])
+    final = list(stream_reply(model, stopper, CONVERSATION, GREEDY))[-1]
+    assert final.finished and not final.truncated
+    assert final.n_tokens == position
+    assert final.text == tokenizer.decode(ids[:position])

@@ -43,11 +43,14 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         methods = gr.CheckboxGroup([], label="Methods", scale=3)
         load = gr.Button("Load", variant="primary", scale=0, min_width=100, elem_id="explore")
     with gr.Row():
-        pareto = gr.Plot(label="Accuracy vs tokens (stars: parents, rings: Pareto improvements)")
-        accuracy = gr.Plot(label="Accuracy vs λ")
+        pareto = gr.Plot(
+            label="Accuracy vs tokens (stars: parents, rings: Pareto improvements)",
+            show_label=False,
+        )
+        accuracy = gr.Plot(label="Accuracy vs λ", show_label=False)
     with gr.Row():
-        tokens = gr.Plot(label="Token#N vs λ")
-        think = gr.Plot(label="Think#R vs λ")
+        tokens = gr.Plot(label="Token#N vs λ", show_label=False)
+        think = gr.Plot(label="Think#R vs λ", show_label=False)
     gr.Markdown("### Stored responses of one configuration")
     with gr.Row(equal_height=True):
         sample_method = gr.Dropdown([], label="Method", allow_custom_value=True)

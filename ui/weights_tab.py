@@ -16,11 +16,11 @@ def build_weights_tab(dashboard: Dashboard) -> None:
     )
     analyze = gr.Button("Analyze the loaded pair", variant="primary", elem_id="analyze")
     with gr.Row():
-        layer = gr.Plot(label="Relative distance per layer")
-        module = gr.Plot(label="Relative distance per module")
+        layer = gr.Plot(label="Relative distance per layer", show_label=False)
+        module = gr.Plot(label="Relative distance per module", show_label=False)
     with gr.Row():
-        histogram = gr.Plot(label="Histogram of Δ")
-        energy = gr.Plot(label="Cumulative share of Σ Δ² vs Gaussian reference")
+        histogram = gr.Plot(label="Histogram of Δ", show_label=False)
+        energy = gr.Plot(label="Cumulative share of Σ Δ² vs Gaussian reference", show_label=False)
 
     @friendly
     def draw(progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (how Gradio finds it)
