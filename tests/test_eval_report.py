@@ -29,6 +29,7 @@ def _rows(method: str, lam: float) -> list[dict]:
                 dict(
                     config_id=f"{method}-{lam}", run_id="r", method=method, lam=lam,
                     benchmark="synthetic", problem_id=problem, sample_idx=sample,
+                    level=int(problem[1]),
                     response=("<think>..</think>" if thinks else "") + "\\boxed{1}",
                     n_tokens=tokens, finished=True, thinks=thinks,
                     extracted="1" if correct else "2", gold="1", correct=correct,
@@ -85,6 +86,9 @@ def test_report_is_self_contained_with_every_method(db, tmp_path):
     assert {"linear", "ties", "direct parent", "thinking parent"} <= names
     assert "Pareto improvement on a parent" in names
     assert "linear λ=0.75 beats the thinking parent" in page
+    assert {"synthetic:L1", "synthetic:L2"} <= names  # Think#R per level
+    # Both levels start thinking above λ=0.4: half-way between the 0.25 and 0.5 grid points.
+    assert "synthetic:L2: linear Think#R crosses half-way at λ≈0.375" in page
 
 
 def test_report_errors(tmp_path):

@@ -70,6 +70,31 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
     return figure
 
 
+def metric_by_level(levels: pd.DataFrame, method: str, metric: str = "think") -> go.Figure:
+    """``metric`` vs λ of one method, a line per difficulty level (``summaries(by_level=True)``
+    rows, whose benchmark names end in ``:L<level>``)."""
+    figure = go.Figure()
+    rows = levels[(levels["method"] == method) & levels["benchmark"].str.contains(":L")]
+    for i, (bench, group) in enumerate(rows.groupby("benchmark", sort=True)):
+        group = group.sort_values("lam")
+        figure.add_trace(
+            go.Scatter(
+                x=group["lam"],
+                y=group[metric],
+                mode="lines+markers",
+                name=bench,
+                line=dict(color=_color(i)),
+            )
+        )
+    figure.update_layout(
+        title=f"{method}: {METRIC_TITLES.get(metric, metric)} vs λ per level",
+        xaxis_title="λ (0 = direct, 1 = thinking)",
+        yaxis_title=METRIC_TITLES.get(metric, metric),
+        template="plotly_white",
+    )
+    return figure
+
+
 def accuracy_vs_tokens(
     table: pd.DataFrame, benchmark: str, improvements: pd.DataFrame | None = None
 ) -> go.Figure:

@@ -27,9 +27,10 @@ def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFram
                 f"[{parent['mean_low']:.3f}, {parent['mean_high']:.3f}], "
                 f"{parent['tokens']:.1f} tokens, Think#R {parent['think']:.2f}"
             )
-        for _, phase in phases[phases["benchmark"] == bench].iterrows():
+        for _, phase in phases[phases["benchmark"].str.split(":").str[0] == bench].iterrows():
             lines.append(
-                f"{bench}: {phase['method']} Think#R crosses half-way at λ≈{phase['lam']:.3f} "
+                f"{phase['benchmark']}: {phase['method']} Think#R crosses half-way at "
+                f"λ≈{phase['lam']:.3f} "
                 f"(steepest step {phase['low']:g}–{phase['high']:g})"
             )
         bench_better = better[better["benchmark"] == bench] if not better.empty else better
@@ -82,10 +83,16 @@ def build_report(db: str | Path, out: str | Path) -> Path:
         if table.empty:
             raise UserError(f"{db} has no samples; run `spectrum sweep` first")
         better, phases = improvements(table), phase_changes(table)
+        levels = summaries(con, by_level=True)
+        levels = levels[levels["benchmark"].str.contains(":L")]
         figs = []
         for bench in sorted(table["benchmark"].unique()):
             figs += [figures.metric_vs_lam(table, bench, m) for m in ("mean", "tokens", "think")]
             figs.append(figures.accuracy_vs_tokens(table, bench, better))
+        if not levels.empty:
+            method = "linear" if "linear" in set(levels["method"]) else levels["method"].iloc[0]
+            figs += [figures.metric_by_level(levels, method, m) for m in ("think", "mean")]
+            phases = pd.concat([phases, phase_changes(levels[levels["method"] == method])])
         figs += _weight_figures(con)
     finally:
         con.close()

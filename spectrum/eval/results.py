@@ -26,16 +26,28 @@ def point(con: duckdb.DuckDBPyConnection, config_id: str, benchmark: str) -> Poi
     return Point(*row)
 
 
-def summaries(con: duckdb.DuckDBPyConnection, *, seed: int = 0) -> pd.DataFrame:
+def summaries(
+    con: duckdb.DuckDBPyConnection, *, by_level: bool = False, seed: int = 0
+) -> pd.DataFrame:
     """One row per (benchmark, configuration): every metric with its 90 % CI over problems.
+
+    ``by_level``: problems with a difficulty level count as their own benchmark
+    ``<benchmark>:L<level>`` (e.g. ``synthetic:L3``), so harder levels can be compared.
 
     Columns: benchmark, config_id, method, lam, params, n_problems, k, and for each metric
     m in METRICS the columns m, m_low, m_high (Pass@k uses k = the smallest sample count).
     """
     samples = con.execute(
-        f"SELECT benchmark, config_id, method, lam, params, problem_id, {_SAMPLE_COLUMNS} "
+        f"SELECT benchmark, level, config_id, method, lam, params, problem_id, {_SAMPLE_COLUMNS} "
         "FROM samples ORDER BY benchmark, config_id, problem_id, sample_idx"
     ).df()
+    if by_level:
+        leveled = samples["level"].notna()
+        samples.loc[leveled, "benchmark"] = (
+            samples.loc[leveled, "benchmark"]
+            + ":L"
+            + samples.loc[leveled, "level"].astype(int).astype(str)
+        )
     rows = []
     for (bench, cid), config in samples.groupby(["benchmark", "config_id"], sort=False):
         problems = [
