@@ -206,7 +206,7 @@ def _file_sha256(path: Path) -> str:
         return blob.name
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(1 << 24):
+        while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
 

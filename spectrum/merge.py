@@ -10,6 +10,7 @@ The next tensors are read by a background thread while the current one is merged
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from collections import deque
@@ -40,7 +41,7 @@ from spectrum.selection import MergeScope, layer_of
 from spectrum.validate import validate_parents
 
 log = logging.getLogger("spectrum.merge")
-PREFETCH = 2  # tensors read ahead of the one being merged
+PREFETCH = 1  # tensors read ahead of the one being merged: enough to hide reads
 COPY_FROM = ("direct", "thinking")
 
 
@@ -132,32 +133,34 @@ def merge_stream(
         lams = sorted({strengths[name] for name in in_scope})
         stats = method.global_stats(prepared_stream, lams, plan.params)
 
-    bar = tqdm(total=len(names), desc=f"merge {method.name}", unit="tensor", disable=not progress)
-    for name, (raw, tensors) in _read_ahead(names, parents):
+    def merge_one(raw: Tensor, tensors: Parents | None, strength: float | None) -> Tensor:
         if tensors is None:
-            yield name, raw
-        else:
-            prepared = method.prepare(tensors, plan.params, plan.seed)
-            merged = method.apply(prepared, strengths[name], plan.params, stats)
-            yield name, merged.to(dtype=raw.dtype).cpu()
+            return raw
+        merged = method.apply(
+            method.prepare(tensors, plan.params, plan.seed), strength, plan.params, stats
+        )
+        return merged.to(dtype=raw.dtype).cpu()
+
+    bar = tqdm(total=len(names), desc=f"merge {method.name}", unit="tensor", disable=not progress)
+    for name, read in _read_ahead(names, parents):
+        merged = merge_one(*read, strengths[name])
+        del read  # the parents go before the next read lands: peak stays at a few tensors
+        yield name, merged
         bar.update()
     bar.close()
 
 
 def _read_ahead(names: list[str], read: Callable[[str], Any]) -> Iterator[tuple[str, Any]]:
-    """``(name, read(name))`` in order, with the next reads running in a thread."""
+    """``(name, read(name))`` in order, with the next PREFETCH reads running in a thread."""
+    upcoming = iter(names)
     with ThreadPoolExecutor(1, thread_name_prefix="spectrum-read") as pool:
         pending: deque = deque()
-        upcoming = iter(names)
-        for name in upcoming:
-            pending.append((name, pool.submit(read, name)))
-            if len(pending) > PREFETCH:
-                break
-        while pending:
+        while True:
+            while len(pending) <= PREFETCH and (name := next(upcoming, None)) is not None:
+                pending.append((name, pool.submit(read, name)))
+            if not pending:
+                return
             name, future = pending.popleft()
-            next_name = next(upcoming, None)
-            if next_name is not None:
-                pending.append((next_name, pool.submit(read, next_name)))
             yield name, future.result()
 
 
@@ -300,11 +303,25 @@ class MergeConfig:
         return data
 
 
+def _return_freed_tensors_to_os() -> None:
+    """Serve big allocations by mmap, so freed tensors leave RSS at once.
+
+    glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after
+    which tensors come from heap arenas that keep the memory: streaming a model then looks
+    like holding a good part of it. A fixed threshold stops that. No-op off glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD = 4 MiB
+    except (OSError, AttributeError):
+        pass
+
+
 def merge_checkpoints(
     config: MergeConfig, out: str | Path, *, force: bool = False, progress: bool = True
 ) -> Path:
     """Merge the checkpoints ``config`` names into the folder ``out``; return ``out``."""
     plan = config.plan()
+    _return_freed_tensors_to_os()
     out = Path(out)
     check_destination(out, force, [])  # fail fast, before opening (or downloading) parents
     parents = {
