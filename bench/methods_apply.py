@@ -6,7 +6,9 @@ and prints them as ratios to a plain ``a + lam*b`` on the same tensors timed in 
 run. apply is timed at a λ the statistics were built for and, for the global Top-K
 strategies, at a new λ (one refinement pass). Usage:
 
-    python bench/methods_apply.py [--size 4096] [--repeats 3] [--methods linear,ties,...]
+    python bench/methods_apply.py [--size 4096] [--repeats 3] [--methods "linear;ties;..."]
+
+A method may carry parameters, separated by ";": --methods "twin:variant=svd;lore:mu=0.2".
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ def best_of(repeats: int, work: Callable[[], object]) -> float:
     return min(times)
 
 
-def measure(name: str, parents: Parents, repeats: int) -> dict[str, float]:
+def measure(spec: str, parents: Parents, repeats: int) -> dict[str, float]:
+    """``spec`` is a method name, optionally with parameters: ``twin:variant=svd``."""
+    name, _, given = spec.partition(":")
     method = get_method(name)
-    params = resolve_params(method)
+    params = resolve_params(method, dict(item.split("=", 1) for item in given.split(",") if item))
     start = time.perf_counter()
     prepared = method.prepare(parents, params, 0)
     figures = {"prepare": time.perf_counter() - start}
@@ -64,7 +68,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--methods", default=",".join(REGISTRY))
+    parser.add_argument("--methods", default=";".join(REGISTRY))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -78,10 +82,10 @@ def main() -> None:
     print(f"baseline a + lam*b: {baseline * 1e3:.1f} ms\n")
     print("| method | prepare s | prepare ×base | stats ×base | apply ×base | apply new λ ×base |")
     print("|---|---|---|---|---|---|")
-    for name in args.methods.split(","):
-        figures = measure(name, parents, args.repeats)
+    for spec in args.methods.split(";"):
+        figures = measure(spec, parents, args.repeats)
         ratios = [ratio(figures, key, baseline) for key in RATIO_KEYS]
-        print(f"| {name} | {figures['prepare']:.2f} | {' | '.join(ratios)} |", flush=True)
+        print(f"| {spec} | {figures['prepare']:.2f} | {' | '.join(ratios)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -498,3 +498,9 @@ def test_resolve_params_fills_defaults_and_converts_cli_strings():
 def test_resolve_params_rejects_bad_values(method, given, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
         resolve_params(method, given)
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+def test_topk_strength_outside_unit_interval_is_a_user_error(scope):
+    with pytest.raises(UserError, match=r"top-k fraction \(k = λ\) must lie in \[0, 1\], got 1.2"):
+        merge("topk_replace", make_model(), 1.2, {"scope": scope})

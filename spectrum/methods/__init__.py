@@ -94,7 +94,9 @@ def _check(method: MergeMethod, param: Param, value: Any) -> Any:
     return value
 
 
-def resolve_params(method: MergeMethod | str, given: Mapping[str, Any] | None = None) -> dict:
+def resolve_params(
+    method: MergeMethod | str, given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Every declared parameter of ``method``: ``given`` values checked and typed, else defaults."""
     method = get_method(method) if isinstance(method, str) else method
     given = dict(given or {})

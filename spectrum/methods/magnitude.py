@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from spectrum.errors import UserError
+
 _BITS = 16
 _BUCKETS = 1 << _BITS
 _LOW_MASK = _BUCKETS - 1
@@ -42,7 +44,8 @@ Magnitudes = Callable[[], Iterable[Tensor]]
 def selected_count(fraction: float, total: int) -> int:
     """How many of ``total`` positions a fraction selects: round half up."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"a top-k fraction must lie in [0, 1], got {fraction}")
+        # k = λ for the Top-K strategies: a λ beyond [0, 1] has no meaning there.
+        raise UserError(f"a top-k fraction (k = λ) must lie in [0, 1], got {fraction}")
     return min(total, math.floor(fraction * total + 0.5))
 
 
