@@ -59,6 +59,9 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         expect(status).to_contain_text("re-merged in")
         lam = re.search(r"λ (0\.\d\d)", status.inner_text()).group(1)
 
+        # Greedy decoding, so the page shows the same answers every run.
+        page.get_by_text("Decoding", exact=True).click()
+        page.get_by_label("greedy").check()
         prompt = make_problems(2, 1, seed=3)[0].messages[0]["content"]
         page.locator("#prompt textarea").fill(prompt)
         page.locator("#send").click()

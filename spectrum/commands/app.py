@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{role} {source} is not a model folder")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number")
+    if (args.direct is None) != (args.thinking is None):
+        raise UserError("give both --direct and --thinking, or neither (the embedded pair)")
     # Gradio and the models load only now, so `spectrum --help` stays fast.
     from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, Dashboard
     from ui.app import launch
 
-    if (args.direct is None) != (args.thinking is None):
-        raise UserError("give both --direct and --thinking, or neither (the embedded pair)")
     if args.direct is None and not (DEFAULT_PAIR / "direct").is_dir():
         raise UserError(
             f"the embedded pair is missing from {DEFAULT_PAIR}; pass --direct/--thinking"
