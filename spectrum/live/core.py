@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from spectrum.errors import UserError
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, MemoryPlan, check_policy
@@ -78,6 +77,11 @@ class LiveBackend:
         """The memory plan of the current method (None before the first ``set()``)."""
         return None if self._prepared is None else self._prepared.plan
 
+    @property
+    def prepared_bytes(self) -> int:
+        """Bytes the current method keeps prepared (0 before the first ``set()``)."""
+        return 0 if self._prepared is None else self._prepared.nbytes()
+
     @contextmanager
     def session(self) -> Iterator[LoadedMerge]:
         """Hold the weights still for one generation; yields the merge it runs on."""
@@ -108,8 +112,10 @@ class LiveBackend:
         with self._lock:
             start = time.perf_counter()
             prepared = self._prepared_for(method, params, seed)
-            prepared.write(lambda name: scope.strength_for(name, lam, num_layers), self._sink)
-            self._after_write()
+            if scope == MergeScope():
+                self._write(prepared, lambda name: lam)  # skips a regex per tensor
+            else:
+                self._write(prepared, lambda name: scope.strength_for(name, lam, num_layers))
             self._current = LoadedMerge(
                 method=prepared.method.name,
                 lam=float(lam),
@@ -143,12 +149,10 @@ class LiveBackend:
         )
         return self._prepared
 
-    def _sink(self, name: str, merged: Tensor) -> None:
+    def _write(self, prepared: PreparedMerge, strength_for: Callable[[str], float | None]) -> None:
+        """Write the merge into the running model (called with the lock held)."""
         raise NotImplementedError
 
     def _linear_writer(self) -> LinearWriter | None:
         """An in-place ``linear`` writer, when the backend has one (None: the generic path)."""
         return None
-
-    def _after_write(self) -> None:
-        """Hook run after every tensor is written (flush batches, drop stale caches)."""

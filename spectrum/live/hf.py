@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from spectrum.errors import UserError
 from spectrum.live.core import LiveBackend, resolve_device
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
-from spectrum.live.prepared import ParentTensors
+from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.live.views import checkpoint_views
 
 
@@ -65,11 +65,13 @@ class LiveMerger(LiveBackend):
         return cls(model, tokenizer, parents, policy, chunk_bytes)
 
     @torch.no_grad()
-    def _sink(self, name: str, merged: Tensor) -> None:
-        self.views[name].copy_(merged)
+    def _write(self, prepared: PreparedMerge, strength_for) -> None:
+        prepared.write(strength_for, lambda name, merged: self.views[name].copy_(merged))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _linear_writer(self):
-        @torch.no_grad()
+        # Runs inside _write's no_grad; a decorator here would cost more than the kernel.
         def write(name: str, direct: Tensor, thinking: Tensor, lam: float) -> None:
             view = self.views[name]
             if view.dtype == direct.dtype:
@@ -81,7 +83,3 @@ class LiveMerger(LiveBackend):
                 view.copy_(torch.lerp(direct.float(), thinking.float(), lam))
 
         return write
-
-    def _after_write(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)

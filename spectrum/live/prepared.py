@@ -48,7 +48,7 @@ class ParentTensors:
     thinking: dict[str, Tensor]
     base: dict[str, Tensor] | None
     config: dict
-    direct_path: Path  # the direct parent's local folder (a hub id resolved)
+    direct_path: Path | None = None  # the direct parent's folder (None: built in memory)
 
     @classmethod
     def read(cls, direct, thinking, base=None, *, allow_pickle: bool = False) -> ParentTensors:
@@ -144,6 +144,10 @@ class PreparedMerge:
             uploaded = {n: _upload(self.prepared[n], device) for n in chunk}
             yield from uploaded.items()
 
+    def nbytes(self) -> int:
+        """Bytes of prepared tensors kept between ``set()`` calls (on the device or host)."""
+        return sum(self._bytes(name) for name in self.names)
+
     def _bytes(self, name: str) -> int:
         return sum(t.numel() * t.element_size() for t in self.prepared[name].values())
 
@@ -163,21 +167,41 @@ class PreparedMerge:
             self._stats_ready = True
         return self._stats
 
-    def write(self, strength_for: Callable[[str], float | None], sink: Sink) -> None:
-        """Merge every tensor at its strength and hand it to ``sink`` (None → θ_D)."""
+    def merged(self, strength_for: Callable[[str], float | None]) -> Iterator[tuple[str, Tensor]]:
+        """``(checkpoint name, merged float32 tensor)`` at each tensor's strength.
+
+        Names outside the scope (strength None) yield θ_D's own tensor; non-float tensors
+        are never merged, and the running model already holds θ_D's, so they are skipped.
+        """
         strengths = {name: strength_for(name) for name in self.names}
-        used = tuple(sorted({s for s in strengths.values() if s is not None}))
-        stats = self.stats(used)
-        # Non-float tensors are never merged: the model still holds θ_D's, so skip them.
+        stats = self.stats(tuple(sorted({s for s in strengths.values() if s is not None})))
+        for name, prepared, lam in self._scoped(strengths):
+            if prepared is None:
+                yield name, self.parents.direct[name]
+            else:
+                yield name, self.method.apply(prepared, lam, self.params, stats)
+
+    def write(self, strength_for: Callable[[str], float | None], sink: Sink) -> None:
+        """Hand every merged tensor to ``sink``; linear goes straight to the linear writer."""
+        if self.linear_writer is None:
+            for name, tensor in self.merged(strength_for):
+                sink(name, tensor)
+            return
+        strengths = {name: strength_for(name) for name in self.names}
+        for name, prepared, lam in self._scoped(strengths):
+            if prepared is None:
+                sink(name, self.parents.direct[name])
+            else:
+                self.linear_writer(name, prepared["direct"], prepared["thinking"], lam)
+
+    def _scoped(self, strengths: dict[str, float | None]):
+        """Out-of-scope names first as ``(name, None, None)``, then ``(name, prepared, λ)``."""
         for name in self.names:
             if strengths[name] is None:
-                sink(name, self.parents.direct[name])
-        for name, prepared in self._on_device([n for n in self.names if strengths[n] is not None]):
-            lam = strengths[name]
-            if self.linear_writer is not None:
-                self.linear_writer(name, prepared["direct"], prepared["thinking"], lam)
-            else:
-                sink(name, self.method.apply(prepared, lam, self.params, stats))
+                yield name, None, None
+        in_scope = [name for name in self.names if strengths[name] is not None]
+        for name, prepared in self._on_device(in_scope):
+            yield name, prepared, strengths[name]
 
 
 def _upload(prepared: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:

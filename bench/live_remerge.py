@@ -1,0 +1,159 @@
+"""Milliseconds per live ``set()`` for every merge method, beside the memory-bandwidth bound.
+
+A λ change must at least read the method's prepared tensors and write every merged
+parameter once; ``bound_ms`` is those bytes divided by the copy bandwidth measured in the
+same run: ``dst.copy_(src)`` (its read and its write counted) of a buffer that moves as
+many bytes as the update, so both sit in the same cache level. ``ms`` is the median
+``LoadedMerge.set_ms`` over a sweep of distinct λ values (each a new slider position, so
+the Top-K strategies pay for their new thresholds), after one warm-up ``set()`` that
+prepares the method.
+
+Models: ``tiny`` is spectrum.tiny's random Qwen3 written to disk and loaded as a user
+would; ``small`` (CPU-sized) and ``qwen3-4b`` (Qwen3-4B's shapes, bf16) are random parents
+built in memory (no disk: 3 × 8 GB of checkpoints would only time the disk). Usage:
+
+    python bench/live_remerge.py [--device cpu|cuda] [--shape tiny|small|qwen3-4b]
+                                 [--methods linear,slerp] [--repeats 9] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from spectrum.live import LiveMerger
+from spectrum.live.prepared import ParentTensors
+from spectrum.live.views import checkpoint_views
+from spectrum.methods import REGISTRY
+from spectrum.tiny import save_tiny_pair
+
+SHAPES = {
+    "small": dict(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        vocab_size=8192,
+        tie_word_embeddings=False,
+    ),
+    # Qwen3-4B's config.json shapes.
+    "qwen3-4b": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+def copy_bandwidth(device: torch.device, n_bytes: int) -> float:
+    """Bytes per second of a plain device copy (read + write counted), best of nine."""
+    src = torch.empty(max(n_bytes, 2**20) // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(9):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n_bytes / best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_merger(shape: str, device: torch.device, dtype: torch.dtype) -> LiveMerger:
+    """A random base and two children differing from it, as a real pair, built in memory."""
+    config = Qwen3Config(**SHAPES[shape], eos_token_id=2, pad_token_id=0, bos_token_id=None)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    views = checkpoint_views(model)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def child(base: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(base.shape, generator=generator, device=device, dtype=base.dtype)
+        return (base + 0.05 * base.abs().mean() * noise).cpu()
+
+    base = {name: view.cpu() for name, view in views.items()}
+    direct = {name: child(view) for name, view in views.items()}
+    thinking = {name: child(view) for name, view in views.items()}
+    with torch.no_grad():
+        for name, view in views.items():
+            view.copy_(direct[name])
+    parents = ParentTensors(direct, thinking, base, config.to_dict())
+    return LiveMerger(model, None, parents)
+
+
+def file_merger(device: torch.device, folder: str) -> LiveMerger:
+    pair = save_tiny_pair(folder, "qwen3", seed=0)
+    return LiveMerger.load(pair["direct"], pair["thinking"], pair["base"], device=device)
+
+
+def measure(merger: LiveMerger, method: str, repeats: int) -> dict:
+    merger.set(method, 0.5)  # prepares the method (and its whole-model statistics)
+    lams = [0.05 + 0.9 * i / max(repeats - 1, 1) for i in range(repeats)]
+    times = [merger.set(method, lam).set_ms for lam in lams]
+    written = sum(v.numel() * v.element_size() for v in merger.views.values())
+    moved = merger.prepared_bytes + written
+    bandwidth = copy_bandwidth(merger.device, moved // 2)
+    return {
+        "method": method,
+        "device": merger.device.type,
+        "ms": statistics.median(times),
+        "min_ms": min(times),
+        "bound_ms": moved / bandwidth * 1e3,
+        "bytes_moved": moved,
+        "copy_gbps": bandwidth / 1e9,
+        "policy": merger.memory.policy,
+        "repeats": repeats,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--shape", choices=("tiny", *SHAPES), default=None)
+    parser.add_argument("--methods", default=",".join(REGISTRY))
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    shape = args.shape or ("tiny" if device.type == "cpu" else "qwen3-4b")
+    dtype = torch.bfloat16 if shape == "qwen3-4b" else torch.float32
+    with tempfile.TemporaryDirectory() as folder:
+        if shape == "tiny":
+            merger = file_merger(device, folder)
+        else:
+            merger = random_merger(shape, device, dtype)
+        for method in args.methods.split(","):
+            row = measure(merger, method, args.repeats)
+            row.update(shape=shape, dtype=str(dtype).removeprefix("torch."))
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(
+                    f"{method:18s} {row['device']:4s} {shape:8s} {row['ms']:9.2f} ms"
+                    f"  bound {row['bound_ms']:8.3f} ms  ({row['policy']})",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
