@@ -25,9 +25,9 @@ from ui.common import friendly, gpu
 
 TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
 VOTE_BUTTONS = {
-    "direct": "Direct is best",
-    "merged": "Merged is best",
-    "thinking": "Thinking is best",
+    "direct": "Direct",
+    "merged": "Merged",
+    "thinking": "Thinking",
     "tie": "Tie",
     "all_bad": "All bad",
 }
@@ -202,11 +202,12 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         )
         send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="send")
     with gr.Row(equal_height=True):
-        regenerate = gr.Button("Regenerate", size="sm")
-        clear = gr.Button("Clear", size="sm")
-        gr.Markdown("**Which answer is best?**", elem_id="vote-label")
+        small = dict(size="sm", min_width=100)
+        regenerate = gr.Button("Regenerate", **small)
+        clear = gr.Button("Clear", **small)
+        gr.Markdown("**Best answer?**", min_width=100, elem_id="vote-label")
         votes = {
-            choice: gr.Button(text, size="sm", elem_id=f"vote-{choice}")
+            choice: gr.Button(text, elem_id=f"vote-{choice}", **small)
             for choice, text in VOTE_BUTTONS.items()
         }
     gr.Examples(example_prompts(), inputs=prompt, label="Synthetic benchmark, levels 1–5")
@@ -268,7 +269,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
             gr.Warning("You already voted on this answer.")
             return voted
         dashboard.vote(turns, choice, decoding(*decoding_values))
-        gr.Info(f"Vote saved: {VOTE_BUTTONS[choice]} ({dashboard.db.name}).")
+        gr.Info(f"Vote saved ({VOTE_BUTTONS[choice]}) in {dashboard.db.name}.")
         return len(turns)
 
     @friendly
