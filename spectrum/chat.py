@@ -97,10 +97,18 @@ class _StopOnEvents(StoppingCriteria):
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
+# Encoding may reconfigure a fast tokenizer's Rust backend (padding/truncation), which
+# fails with "Already borrowed" when columns sharing one tokenizer encode at once.
+_ENCODE_LOCK = threading.Lock()
+
+
 def prompt_ids(tokenizer: Any, conversation: list[dict], device: torch.device) -> torch.Tensor:
     """The chat-template prompt for ``conversation``, as a (1, n) tensor of ids."""
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with _ENCODE_LOCK:
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        encoded = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     return encoded["input_ids"].to(device)
 
 
