@@ -174,7 +174,7 @@ def build_merge_controls(methods: list[str]) -> MergeControls:
 def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     request_state = gr.State(MergeRequest())
     turns_state = gr.State([])
-    voted_state = gr.State(0)  # how many turns had been voted on
+    voted_state = gr.State(None)  # the turn this page last voted on
 
     controls = build_merge_controls(dashboard.method_names())
 
@@ -264,13 +264,13 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         yield from answer(turns[-1].prompt, turns[:-1], request, *decoding_values)
 
     @friendly
-    def vote(choice: str, turns: list[Turn], voted: int, *decoding_values):
-        if turns and voted == len(turns):
-            gr.Warning("You already voted on this answer.")
+    def vote(choice: str, turns: list[Turn], voted: Turn | None, *decoding_values):
+        if turns and turns[-1] == voted:
+            gr.Warning("You already voted on these answers.")
             return voted
         dashboard.vote(turns, choice, decoding(*decoding_values))
         gr.Info(f"Vote saved ({VOTE_BUTTONS[choice]}) in {dashboard.db.name}.")
-        return len(turns)
+        return turns[-1]
 
     @friendly
     def export(folder: str, replace_existing: bool, *values: Any):
