@@ -3,7 +3,7 @@
 A λ change must at least read the method's prepared tensors and write every merged
 parameter once; ``bound_ms`` is those bytes divided by the copy bandwidth measured in the
 same run: ``dst.copy_(src)`` (its read and its write counted) of a buffer that moves as
-many bytes as the update, so both sit in the same cache level. ``ms`` is the median
+many bytes as the update (at most 1 GiB), so both sit in the same cache level. ``ms`` is the median
 ``LoadedMerge.set_ms`` over a sweep of distinct λ values (each a new slider position, so
 the Top-K strategies pay for their new thresholds), after one warm-up ``set()`` that
 prepares the method.
@@ -110,7 +110,8 @@ def measure(merger: LiveMerger, method: str, repeats: int) -> dict:
     times = [merger.set(method, lam).set_ms for lam in lams]
     written = sum(v.numel() * v.element_size() for v in merger.views.values())
     moved = merger.prepared_bytes + written
-    bandwidth = copy_bandwidth(merger.device, moved // 2)
+    # Capped: 1 GiB is far past every cache, and a bigger buffer could exhaust the GPU.
+    bandwidth = copy_bandwidth(merger.device, min(moved // 2, 2**30))
     return {
         "method": method,
         "device": merger.device.type,

@@ -18,7 +18,7 @@ from transformers.core_model_loading import revert_weight_conversion
 
 from spectrum.errors import UserError
 from spectrum.live import LiveMerger
-from spectrum.live.memory import plan_memory
+from spectrum.live.memory import choose_policy, plan_memory
 from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
 from spectrum.methods import REGISTRY
 from spectrum.selection import MergeScope
@@ -192,11 +192,25 @@ def test_streamed_policy_gives_the_same_bytes_as_resident(tiny_pair, merger, met
 
 
 def test_memory_plan_compares_prepared_bytes_with_free_memory():
+    gib = 2**30
+    # 30B-A3B-sized prepared tensors against an 80 GB GPU's free memory: streamed.
+    assert choose_policy("auto", 120 * gib, 70 * gib) == "streamed"
+    assert choose_policy("auto", 16 * gib, 70 * gib) == "resident"
+    assert choose_policy("auto", 69 * gib, 70 * gib) == "streamed"  # no room for activations
+    assert choose_policy("resident", 120 * gib, 70 * gib) == "resident"  # the caller's call
     cpu = torch.device("cpu")
     assert plan_memory(10**12, cpu).policy == "resident"  # host and device are one memory
     assert plan_memory(10, cpu, "streamed").policy == "streamed"
     with pytest.raises(UserError, match="unknown memory policy"):
         plan_memory(10, cpu, "swap")
+
+
+def test_set_inside_the_same_threads_session_is_refused(merger):
+    with merger.session() as merge:
+        with pytest.raises(RuntimeError, match="session"):
+            merger.set("linear", 0.5)
+        assert merger.current == merge
+    assert merger.set("linear", 0.5).version == merge.version + 1
 
 
 def test_tied_embeddings_stay_tied(tmp_path):

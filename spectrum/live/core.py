@@ -65,6 +65,7 @@ class LiveBackend:
         self.chunk_bytes = chunk_bytes
         self._prepared: PreparedMerge | None = None
         self._lock = threading.Lock()
+        self._session_thread: int | None = None  # the thread inside session(), if any
         # The model starts as the direct parent, which is what λ = 0 means for every method.
         self._current = LoadedMerge(method="linear", lam=0.0)
 
@@ -86,7 +87,11 @@ class LiveBackend:
     def session(self) -> Iterator[LoadedMerge]:
         """Hold the weights still for one generation; yields the merge it runs on."""
         with self._lock:
-            yield self._current
+            self._session_thread = threading.get_ident()
+            try:
+                yield self._current
+            finally:
+                self._session_thread = None
 
     def set(
         self,
@@ -109,6 +114,9 @@ class LiveBackend:
         )
         num_layers = self.parents.num_layers()
         scope.check_layers(num_layers)
+        if self._session_thread == threading.get_ident():
+            # The lock is not re-entrant on purpose: waiting here would wait forever.
+            raise RuntimeError("set() inside this thread's own session(); leave the session first")
         with self._lock:
             start = time.perf_counter()
             prepared = self._prepared_for(method, params, seed)

@@ -60,12 +60,18 @@ def plan_memory(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> MemoryPlan:
     """Choose resident vs streamed for ``needed_bytes`` of prepared tensors on ``device``."""
-    check_policy(policy)
     free = free_device_bytes(device)
-    if policy == "auto":
-        fits = free is None or needed_bytes <= DEVICE_HEADROOM * free
-        policy = "resident" if fits else "streamed"
-    return MemoryPlan(policy, device, needed_bytes, free, chunk_bytes)
+    chosen = choose_policy(policy, needed_bytes, free)
+    return MemoryPlan(chosen, device, needed_bytes, free, chunk_bytes)
+
+
+def choose_policy(policy: str, needed_bytes: int, free_bytes: int | None) -> str:
+    """``auto`` → resident when the bytes fit the free memory with headroom (or on CPU)."""
+    check_policy(policy)
+    if policy != "auto":
+        return policy
+    fits = free_bytes is None or needed_bytes <= DEVICE_HEADROOM * free_bytes
+    return "resident" if fits else "streamed"
 
 
 def pinned(host: torch.Tensor) -> torch.Tensor:
