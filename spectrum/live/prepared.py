@@ -98,20 +98,21 @@ class PreparedMerge:
         # keep the parents in their own dtype (half the bytes of float32) and skip apply.
         self.linear_writer = linear_writer if self.method.name == "linear" else None
         self.plan = self._plan(device, policy, chunk_bytes)
-        keep = (lambda t: t) if self.plan.policy == "resident" else host_copy
+        streamed = self.plan.policy == "streamed"
         self.prepared: dict[str, dict[str, Tensor]] = {}
         for name in tqdm(self.names, desc=f"prepare {self.method.name}", disable=not progress):
+            if streamed and self.linear_writer is not None:
+                # linear's "prepared" tensors are the host parents: stream them, copy nothing.
+                self.prepared[name] = self._linear_parents(name, torch.device("cpu"))
+                continue
             prepared = self._prepare(name, device)
-            self.prepared[name] = {key: keep(value) for key, value in prepared.items()}
+            self.prepared[name] = {k: host_copy(v) if streamed else v for k, v in prepared.items()}
         self._stats: Any = None
         self._stats_ready = False
 
     def _prepare(self, name: str, device: torch.device) -> dict[str, Tensor]:
         if self.linear_writer is not None:
-            return {
-                "direct": self.parents.direct[name].to(device),
-                "thinking": self.parents.thinking[name].to(device),
-            }
+            return self._linear_parents(name, device)
 
         def on_device(tensors):
             return None if tensors is None else tensors[name].to(device, torch.float32)
@@ -123,6 +124,12 @@ class PreparedMerge:
             on_device(self.parents.base),
         )
         return self.method.prepare(parents, self.params, self.seed)
+
+    def _linear_parents(self, name: str, device: torch.device) -> dict[str, Tensor]:
+        return {
+            "direct": self.parents.direct[name].to(device),
+            "thinking": self.parents.thinking[name].to(device),
+        }
 
     def _plan(self, device: torch.device, policy: str, chunk_bytes: int) -> MemoryPlan:
         # Estimate from the largest tensor's prepared size per element, before committing.
