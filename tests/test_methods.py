@@ -360,8 +360,9 @@ def test_twin_matches_two_model_closed_form(lam, variant, with_base):
     assert_matches(merged, expected, atol=5e-6)
 
 
+@pytest.mark.parametrize("iterations", [1, 2, 3])
 @pytest.mark.parametrize("lam", LAMS)
-def test_lore_matches_two_model_closed_form(lam):
+def test_lore_matches_two_model_closed_form(lam, iterations):
     model = make_model(9, spread=0.3)
     mu = 0.25  # shrinks some singular values of Δ/2 to zero, leaves others
     expected = {}
@@ -369,12 +370,28 @@ def test_lore_matches_two_model_closed_form(lam):
         half = (t - d) / 2
         shrunk = svd_map(half, lambda s: np.maximum(s - mu, 0)) if half.ndim >= 2 else half
         expected[n] = (d + t) / 2 + (2 * lam - 1) * shrunk
-    merged = merge("lore", model, lam, {"mu": mu, "iterations": 2})
+    merged = merge("lore", model, lam, {"mu": mu, "iterations": iterations})
     assert_matches(merged, expected, atol=5e-6)
     # The threshold bites: some but not all singular values of Δ/2 fall below μ.
     d, t, _ = as_numpy(model)["model.layers.1.mlp.down_proj.weight"]
     singular = np.linalg.svd((t - d) / 2, compute_uv=False)
     assert (singular < mu).any() and (singular > mu).any()
+
+
+def test_lore_descent_stops_once_the_shared_model_settles(monkeypatch):
+    """Two models settle after one iteration: 2 SVDs per tensor, not 2 per iteration."""
+    import spectrum.methods.lore as lore
+
+    estimates = []
+    real_estimate = lore._estimate
+
+    def counted(residual, mu):
+        estimates.append(residual.shape)
+        return real_estimate(residual, mu)
+
+    monkeypatch.setattr(lore, "_estimate", counted)
+    merge("lore", make_model(9, spread=0.3), 0.5, {"iterations": 5})
+    assert len(estimates) == 2 * len(SHAPES)
 
 
 # ---------------------------------------------------------------- Top-K strategies
