@@ -519,5 +519,9 @@ def test_resolve_params_rejects_bad_values(method, given, message):
 
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
 def test_topk_strength_outside_unit_interval_is_a_user_error(scope):
+    method = get_method("topk_replace")
+    params = resolve_params(method, {"scope": scope})
     with pytest.raises(UserError, match=r"top-k fraction \(k = λ\) must lie in \[0, 1\], got 1.2"):
-        merge("topk_replace", make_model(), 1.2, {"scope": scope})
+        method.global_stats(lambda: iter(()), [0.5, 1.2], params)  # before any apply
+    with pytest.raises(UserError, match=r"must lie in \[0, 1\], got -0.1"):
+        merge("topk_replace", make_model(), -0.1, {"scope": scope})

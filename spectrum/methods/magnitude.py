@@ -41,11 +41,15 @@ _HIGH_MASK = 0x7FFF
 Magnitudes = Callable[[], Iterable[Tensor]]
 
 
-def selected_count(fraction: float, total: int) -> int:
-    """How many of ``total`` positions a fraction selects: round half up."""
+def check_fraction(fraction: float) -> None:
     if not 0.0 <= fraction <= 1.0:
         # k = λ for the Top-K strategies: a λ beyond [0, 1] has no meaning there.
         raise UserError(f"a top-k fraction (k = λ) must lie in [0, 1], got {fraction}")
+
+
+def selected_count(fraction: float, total: int) -> int:
+    """How many of ``total`` positions a fraction selects: round half up."""
+    check_fraction(fraction)
     return min(total, math.floor(fraction * total + 0.5))
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from spectrum.methods.base import MergeMethod, Param, Parents, Prepared, PreparedStream
-from spectrum.methods.magnitude import MagnitudeThreshold
+from spectrum.methods.magnitude import MagnitudeThreshold, check_fraction
 
 SCOPES = ("global", "per_tensor")
 SCOPE_PARAM = Param(
@@ -44,6 +44,9 @@ def midpoint(direct: Tensor, thinking: Tensor) -> Tensor:
 def _global_stats(
     stream: PreparedStream, lams: Iterable[float], params: dict[str, Any]
 ) -> MagnitudeThreshold | None:
+    lams = list(lams)
+    for lam in lams:  # fail before the engine writes anything, whatever the scope
+        check_fraction(lam)
     if params["scope"] != "global":
         return None
     threshold = MagnitudeThreshold(lambda: (prepared["magnitude"] for _, prepared in stream()))
