@@ -68,6 +68,8 @@ def test_summaries_improvements_and_phase(db):
         ("ties", 0.75, "thinking"),  # as accurate as the thinking parent, 25 tokens fewer
     }
     assert sorted(pareto) == [("linear", 0.0), ("linear", 0.75)]
+    none = improvements(table[table["lam"].isin([0.0, 1.0])])  # parents only
+    assert none.empty and "clear" in none.columns
     phases = phase_changes(table).set_index("method")
     assert phases.loc["linear", "low"] == 0.25 and phases.loc["linear", "high"] == 0.5
     assert phases.loc["linear", "lam"] == pytest.approx(0.375)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
+import torch
 
+from spectrum.cli import main
 from spectrum.eval.search import GRID_STEP, Point, find_budget, find_phase, grid, phase_from_grid
+from spectrum.eval.sweep import Sweeper, SweepSpec
 
 
 def _sigmoid_pair(center: float, width: float = 0.03):
@@ -52,3 +57,41 @@ def test_budget_picks_the_most_accurate_affordable_lam():
     assert found.evaluations <= 101 / 3
     nothing = find_budget(evaluate, max_tokens=5)
     assert nothing.lam is None and "stays under" in nothing.note
+
+
+PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
+PAIR_ARGS = ["--limit", "8", "--greedy", "--max-new-tokens", "96", "--batch-size", "40"]
+
+
+def test_phase_search_on_the_embedded_pair(tmp_path, capsys):
+    """`spectrum search` on the shipped pair lands within ±0.05 of the phase change that a
+    0.01 grid shows, with fewer than a third of the grid's evaluations."""
+    torch.set_num_threads(1)
+    db = tmp_path / "search.duckdb"
+    models = ["--direct", str(PAIR / "direct"), "--thinking", str(PAIR / "thinking")]
+    argv = ["search", *models, "--target", "phase", "--db", str(db), "--no-progress"]
+    assert main([*argv, *PAIR_ARGS]) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"at λ≈([\d.]+) .*; (\d+) evaluations vs 101", out)
+    assert found, out
+    lam, evaluations = float(found[1]), int(found[2])
+    assert evaluations <= 101 / 3
+
+    # The dense grid: every 0.01 step within ±0.1 of the answer, plus both ends (which set
+    # the half-way level). Evaluations already in the DB are read back, not regenerated.
+    spec = SweepSpec(
+        direct=str(PAIR / "direct"),
+        thinking=str(PAIR / "thinking"),
+        limit=8,
+        decoding=dict(do_sample=False, max_new_tokens=96),
+        batch_size=40,
+    )
+    sweeper = Sweeper(spec, db, progress=False)
+    try:
+        window = [x for x in grid(0, 1, GRID_STEP) if abs(x - lam) <= 0.1]
+        lams = sorted({0.0, *window, 1.0})
+        values = [sweeper.point("linear", x, "synthetic").think_rate for x in lams]
+    finally:
+        sweeper.close()
+    dense = phase_from_grid(lams, values)
+    assert dense is not None and abs(dense[0] - lam) <= 0.05, (lam, dense, values)

@@ -136,7 +136,8 @@ def improvements(table: pd.DataFrame) -> pd.DataFrame:
                         "clear": bool(clear),
                     }
                 )
-    return pd.DataFrame(found)
+    columns = [*table.columns, "parent", "parent_mean", "parent_tokens", "clear"]
+    return pd.DataFrame(found, columns=columns)
 
 
 def phase_changes(table: pd.DataFrame, metric: str = "think") -> pd.DataFrame:

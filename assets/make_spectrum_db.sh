@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerates assets/spectrum.duckdb from the embedded pair in assets/pair:
+#   1. every registered merge method over λ = 0, 0.1, …, 1 on the synthetic task;
+#   2. linear on a fine 0.01 grid around the phase change (λ = LO…HI below);
+#   3. the weight analysis of the pair.
+# Greedy decoding (k = 1), PER_LEVEL held-out problems per level (5 levels), at most
+# MAX_NEW new tokens. Every step is resumable: killed, it picks up where it stopped.
+# Usage: assets/make_spectrum_db.sh [DB]   (default assets/spectrum.duckdb; an existing DB
+# is completed, not redone: delete it first to regenerate from scratch)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DB="${1:-assets/spectrum.duckdb}"
+PAIR="${PAIR:-assets/pair}"
+PER_LEVEL="${PER_LEVEL:-20}"
+MAX_NEW="${MAX_NEW:-128}"
+FINE_LO=0.40
+FINE_HI=0.70
+PY="${SPECTRUM_VENV:-.venv}/bin/python"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
+METHODS=$("$PY" -c "from spectrum.methods import method_names; print(','.join(method_names()))")
+COMMON=(--direct "$PAIR/direct" --thinking "$PAIR/thinking" --base "$PAIR/base"
+        --bench synthetic --limit "$PER_LEVEL" --greedy --max-new-tokens "$MAX_NEW"
+        --batch-size 100 --db "$DB")
+"$PY" -m spectrum sweep "${COMMON[@]}" --methods "$METHODS" --lam 0:1:0.1
+"$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "$FINE_LO:$FINE_HI:0.01"
+"$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" --db "$DB"
