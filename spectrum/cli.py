@@ -13,7 +13,17 @@ import sys
 
 from spectrum.errors import UserError
 
-_COMMAND_MODULES = ("methods", "merge", "app", "sweep", "search", "report", "analyze")
+_COMMAND_MODULES = (
+    "methods",
+    "merge",
+    "app",
+    "sweep",
+    "search",
+    "report",
+    "analyze",
+    "toy",
+    "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

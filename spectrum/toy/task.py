@@ -1,8 +1,9 @@
 """The synthetic reasoning task the embedded pair is trained and measured on.
 
 A problem is a chain of one-digit additions and subtractions on a two-digit number,
-``37 + 5 - 8 + 2``; level L has L operations, so later levels need more steps. Every
-running value stays in 10..99, so each number is exactly two characters wide. That
+``32 + 5 - 6 + 2``; level L has L operations, so later levels need more steps. Every
+running value stays within the starting ten (no carries or borrows: each step is
+one-digit arithmetic a tiny model learns quickly) and so is exactly two characters wide. That
 fixed-width layout matters: a tiny RoPE model learns to copy at a fixed offset quickly
 and at variable offsets hardly at all, so each step of the worked trace
 (`` +5=42``: one op-digit word token, ``=``, two digits) is exactly as many tokens as
@@ -28,12 +29,11 @@ from dataclasses import dataclass, field
 from spectrum.errors import UserError
 
 LEVELS = (1, 2, 3, 4, 5)
-MIN_VALUE, MAX_VALUE = 10, 99
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 CHECK_HEADER = "\nCheck: "
-# One test problem in TEST_SHARE of all problems: level 1 has about 1,500 problems in
-# all, so this leaves about 300 distinct held-out ones there.
-TEST_SHARE = 5
+# One problem in TEST_SHARE is held out: level 1 has 810 problems in all, which leaves
+# about 270 distinct held-out ones there.
+TEST_SHARE = 3
 SPLITS = ("train", "test")
 
 # Word tokens the toy tokenizer adds on top of its characters.
@@ -78,11 +78,12 @@ def split_of(question: str) -> str:
 
 
 def random_problem(level: int, rng: random.Random) -> Problem:
-    value = rng.randint(MIN_VALUE, MAX_VALUE)
+    value = rng.randint(10, 99)
     start, steps = value, []
     for _ in range(level):
-        choices = [("+", d) for d in range(1, 10) if value + d <= MAX_VALUE]
-        choices += [("-", d) for d in range(1, 10) if value - d >= MIN_VALUE]
+        units = value % 10
+        choices = [("+", d) for d in range(1, 10 - units)]
+        choices += [("-", d) for d in range(1, units + 1)]
         op, digit = rng.choice(choices)
         value = value + digit if op == "+" else value - digit
         steps.append((op, digit))
@@ -126,7 +127,7 @@ def training_problem(rng: random.Random, levels: tuple[int, ...] = LEVELS) -> Pr
 
 
 def worked_steps(problem: Problem) -> str:
-    """``37 +5=42 -8=34``: step i sits as many tokens in as the question's slot i."""
+    """``32 +5=37 -6=31``: step i sits as many tokens in as the question's slot i."""
     values = running_values(problem)
     return f"{problem.start}" + "".join(
         f" {op}{digit}={value}"

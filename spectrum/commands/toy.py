@@ -1,0 +1,80 @@
+"""`spectrum toy train|measure`: train the embedded pair; measure its λ spectrum."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from spectrum.errors import UserError
+from spectrum.toy import cards, measure, task
+from spectrum.toy.train import PAIR_MODELS, Recipe, train_pair
+
+DEFAULT_LAMS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("toy", help="the embedded toy model pair")
+    actions = parser.add_subparsers(dest="action", required=True)
+
+    train = actions.add_parser("train", help="train base, direct and thinking from scratch")
+    train.add_argument("--out", type=Path, required=True, help="folder for the pair")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--tiny", action="store_true", help="a few steps of a tiny model (CI)")
+    train.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    train.add_argument("--force", action="store_true", help="replace an existing pair")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    train.set_defaults(func=run_train)
+
+    sweep = actions.add_parser("measure", help="sweep linear merges over λ on held-out problems")
+    sweep.add_argument("--pair", type=Path, default=Path("assets/pair"))
+    sweep.add_argument("--thinking", default="thinking", help="thinking child folder name")
+    sweep.add_argument("--lams", default=DEFAULT_LAMS, help="comma-separated λ values")
+    sweep.add_argument("--n", type=int, default=200, help="problems per level")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--levels", default=",".join(map(str, task.LEVELS)))
+    sweep.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    sweep.add_argument("--write-cards", action="store_true", help="put the table in the cards")
+    sweep.set_defaults(func=run_measure)
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    recipe = Recipe.tiny() if args.tiny else Recipe()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = train_pair(args.out, recipe, seed=args.seed, device=args.device, force=args.force)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    lams = parse_floats(args.lams, "--lams")
+    levels = [int(level) for level in parse_floats(args.levels, "--levels")]
+    for level in levels:
+        task.check_level(level)
+    if any(not 0.0 <= lam <= 1.0 for lam in lams):
+        raise UserError(f"λ values must lie in [0, 1], got {args.lams}")
+    direct, thinking = args.pair / "direct", args.pair / args.thinking
+    for path in (direct, thinking):
+        if not (path / "config.json").is_file():
+            raise UserError(f"no model at {path} (config.json missing)")
+    rows = measure.sweep(direct, thinking, lams, n=args.n, seed=args.seed, levels=levels)
+    table = cards.markdown_table(rows) + "\n\n" + cards.summary(rows)
+    print(table)
+    if args.json:
+        cards.write_rows(rows, args.json)
+    if args.write_cards:
+        command = cards.measure_command(args)
+        for name in PAIR_MODELS:
+            if (args.pair / name).is_dir():
+                cards.insert_table(args.pair / name / "README.md", table, command, args.thinking)
+    return 0
