@@ -151,20 +151,24 @@ def test_endpoints_generate_like_the_parents_loaded_on_their_own(merger, tiny_pa
         assert greedy(merger.model, merger.tokenizer) == greedy(alone, merger.tokenizer)
 
 
-def test_scope_and_schedule_equal_the_offline_merge(merger, parents):
+@pytest.mark.parametrize("method", ["ties", "topk_replace", "emr"])
+def test_scope_and_schedule_equal_the_offline_merge(merger, parents, method):
+    # topk_replace and emr have whole-model statistics: over the in-scope tensors only.
     cases = [
+        dict(),
         dict(layers="1-2", modules=("attn", "norm")),
         dict(lam_schedule=(0.0, 1.0)),
         dict(layers="0,3", lam_schedule=(0.2, 0.9)),
+        dict(),
     ]
     for case in cases:
-        merge = merger.set("ties", 0.6, **case)
+        merge = merger.set(method, 0.6, **case)
         assert merge.layers == case.get("layers")
         expected = merge_tensors(
             parents["direct"],
             parents["thinking"],
             parents["base"],
-            method="ties",
+            method=method,
             lam=0.6,
             scope=MergeScope(**case),
         )

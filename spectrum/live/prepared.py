@@ -108,7 +108,7 @@ class PreparedMerge:
             prepared = self._prepare(name, device)
             self.prepared[name] = {k: host_copy(v) if streamed else v for k, v in prepared.items()}
         self._stats: Any = None
-        self._stats_ready = False
+        self._stats_scope: tuple[str, ...] | None = None  # the names _stats was computed over
 
     def _prepare(self, name: str, device: torch.device) -> dict[str, Tensor]:
         if self.linear_writer is not None:
@@ -158,20 +158,25 @@ class PreparedMerge:
     def _bytes(self, name: str) -> int:
         return sum(t.numel() * t.element_size() for t in self.prepared[name].values())
 
-    def stats(self, strengths: tuple[float, ...]) -> Any:
-        """The method's whole-model statistic, computed on the first ``set()`` and kept.
+    def stats(self, strengths: dict[str, float | None]) -> Any:
+        """The method's whole-model statistic over the in-scope tensors, kept between sets.
 
         Stats objects answer strengths they were not prefetched for (Top-K's threshold
-        refines its cached histogram for a new k; EMR's rescalers do not depend on λ), so
-        later λ changes reuse this one instead of paying a new pass.
+        refines its cached histogram for a new k; EMR's rescalers do not depend on λ), so a
+        λ change reuses them; a change of scope (which tensors count) recomputes them, as
+        the offline merge computes them over the in-scope tensors only.
         """
-        if self.method.global_stats is not None and not self._stats_ready:
+        if self.method.global_stats is None:
+            return None
+        in_scope = tuple(name for name in self.names if strengths[name] is not None)
+        if self._stats_scope != in_scope:
+            lams = sorted({strengths[name] for name in in_scope})
 
             def stream():
-                return self._on_device(self.names)
+                return self._on_device(list(in_scope))
 
-            self._stats = self.method.global_stats(stream, strengths, self.params)
-            self._stats_ready = True
+            self._stats = self.method.global_stats(stream, lams, self.params)
+            self._stats_scope = in_scope
         return self._stats
 
     def merged(self, strength_for: Callable[[str], float | None]) -> Iterator[tuple[str, Tensor]]:
@@ -181,7 +186,7 @@ class PreparedMerge:
         are never merged, and the running model already holds θ_D's, so they are skipped.
         """
         strengths = {name: strength_for(name) for name in self.names}
-        stats = self.stats(tuple(sorted({s for s in strengths.values() if s is not None})))
+        stats = self.stats(strengths)
         for name, prepared, lam in self._scoped(strengths):
             if prepared is None:
                 yield name, self.parents.direct[name]
