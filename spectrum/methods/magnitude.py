@@ -54,6 +54,9 @@ def selected_count(fraction: float, total: int) -> int:
 
 
 def _bits(magnitude: Tensor) -> Tensor:
+    # The ordering trick holds for float32 only; a half-precision view would pair values.
+    if magnitude.dtype != torch.float32:
+        raise TypeError(f"magnitudes must be float32, got {magnitude.dtype}")
     return magnitude.detach().contiguous().view(torch.int32).reshape(-1)
 
 
