@@ -22,7 +22,7 @@ from spectrum.live.memory import choose_policy, plan_memory
 from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
 from spectrum.methods import REGISTRY
 from spectrum.selection import MergeScope
-from spectrum.tiny import save_random_model, tiny_config
+from spectrum.tiny import save_random_model, save_tiny_pair, tiny_config
 from spectrum.tokenizer import build_char_tokenizer
 
 torch.set_num_threads(1)
@@ -323,3 +323,58 @@ def test_a_generation_racing_set_runs_on_one_version_only(merger):
         setter.join()
         hook.remove()
     assert len(setter_calls) >= 2  # set() really ran between the generations
+
+
+@pytest.fixture(scope="module")
+def bf16_pair(tmp_path_factory):
+    """The real checkpoints' dtype: the linear writer lerps in bf16 storage directly."""
+    root = tmp_path_factory.mktemp("tiny_bf16")
+    return save_tiny_pair(root, "qwen3", seed=3, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp", "ties"])
+def test_bf16_parents_equal_the_offline_merge(bf16_pair, method):
+    live = LiveMerger.load(
+        bf16_pair["direct"], bf16_pair["thinking"], bf16_pair["base"], device="cpu"
+    )
+    live.set(method, 0.3)
+    direct, thinking, base = (
+        read_folder(bf16_pair[role]) for role in ("direct", "thinking", "base")
+    )
+    expected = merge_tensors(direct, thinking, base, method=method, lam=0.3)
+    actual = model_in_checkpoint_names(live.model)
+    if method != "linear":
+        assert_bytes_equal(actual, expected)
+        return
+    # Both compute in float32 and round to bf16 once; the float32 values differ in their
+    # last bits (lerp vs two products), which moves a rounding only on an exact bf16 tie.
+    for name in expected:
+        assert actual[name].dtype == torch.bfloat16
+        gap = (actual[name].float() - expected[name].float()).abs()
+        ulp = expected[name].float().abs() * 2**-7
+        assert bool((gap <= ulp).all()), name
+        assert (gap > 0).float().mean().item() < 1e-3, name
+
+
+def test_a_bf16_model_from_float32_parents_takes_the_rounded_merge(tiny_pair, parents):
+    live = LiveMerger.load(
+        tiny_pair["direct"],
+        tiny_pair["thinking"],
+        tiny_pair["base"],
+        device="cpu",
+        dtype=torch.bfloat16,
+    )
+    assert next(live.model.parameters()).dtype == torch.bfloat16
+    for method in ("ties", "linear"):
+        live.set(method, 0.45)
+        expected = merge_tensors(
+            parents["direct"], parents["thinking"], parents["base"], method=method, lam=0.45
+        )
+        actual = model_in_checkpoint_names(live.model)
+        for name in expected:
+            rounded = expected[name].to(torch.bfloat16)
+            if method == "ties":
+                assert torch.equal(actual[name], rounded), name
+            else:
+                gap = (actual[name].float() - rounded.float()).abs()
+                assert bool((gap <= rounded.float().abs() * 2**-7).all()), name
