@@ -56,7 +56,14 @@ METHOD = MergeMethod(
     apply=apply_affine,
     params=(
         Param("mu", float, 0.1, "nuclear-norm weight μ: singular values shrink by μ", minimum=0.0),
-        Param("iterations", int, 2, "coordinate-descent iterations", minimum=1, maximum=100),
+        Param(
+            "iterations",
+            int,
+            2,
+            "most coordinate-descent iterations (stops once θ_0 settles)",
+            minimum=1,
+            maximum=100,
+        ),
     ),
     interpolates=False,
 )

@@ -5,7 +5,8 @@ for a fraction k of N values, ``count = floor(k·N + 0.5)`` (round half up); the
 positions are those whose magnitude is ``>=`` the count-th largest magnitude. Ties *at*
 the threshold are all selected, so when several values equal the threshold slightly more
 than ``count`` positions are chosen (never fewer). k = 0 selects nothing (the threshold
-is ``None``); k = 1 selects everything.
+is ``None``); k = 1 selects everything. "Per tensor" means per stored tensor: Qwen3-MoE's
+fused experts (``mlp.experts.gate_up_proj``, [experts, 2I, H]) are one tensor.
 
 The count-th largest value is found exactly without sorting and without concatenating
 tensors: the bit pattern of a non-negative float32, read as an int32, orders the same way
