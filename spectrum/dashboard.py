@@ -164,10 +164,17 @@ class Dashboard:
         self.db = Path(db).resolve()
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
-        load = dict(dtype="auto", trust_remote_code=trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(thinking, **load)
+        remote = dict(trust_remote_code=trust_remote_code)
+        # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
+        # the generation prompt, which must not be forced on the direct model.
+        self.tokenizers = {
+            role: AutoTokenizer.from_pretrained(path, **remote)
+            for role, path in self.sources.items()
+        }
         self.parents = {
-            role: AutoModelForCausalLM.from_pretrained(path, **load).to(self.device).eval()
+            role: AutoModelForCausalLM.from_pretrained(path, dtype="auto", **remote)
+            .to(self.device)
+            .eval()
             for role, path in self.sources.items()
         }
         self.merger = LiveMerger.load(direct, thinking, base, device=self.device)
@@ -234,7 +241,7 @@ class Dashboard:
                 conversation = conversation_for(turns, column, prompt)
                 model = self.parents[column]
                 for update in stream_reply(
-                    model, self.tokenizer, conversation, decoding[column], stop=stop
+                    model, self.tokenizers[column], conversation, decoding[column], stop=stop
                 ):
                     yield Reply(update)
 
@@ -249,7 +256,12 @@ class Dashboard:
                         self._set(resolved, params)
                     merge = held.enter_context(self.merger.session())
                 for update in stream_reply(
-                    self.merger.model, self.tokenizer, conversation, decoding["merged"], stop=stop
+                    self.merger.model,
+                    # The merger's own (the direct parent's), as sweeps of the merge use.
+                    self.merger.tokenizer,
+                    conversation,
+                    decoding["merged"],
+                    stop=stop,
                 ):
                     yield Reply(update, merge)
 

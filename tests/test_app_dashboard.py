@@ -4,6 +4,7 @@ allowed folders — on a real tiny pair, checked against merges computed here.""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -212,3 +213,40 @@ def test_decoding_modes():
         decoding_for("direct", "hot", 10)
     with pytest.raises(UserError, match="at least 1"):
         decoding_for("direct", "greedy", 0)
+
+
+def test_each_column_uses_its_own_models_chat_template(pair, tmp_path):
+    """A Qwen3-2507-style thinking template opens <think> itself; the direct one must not."""
+    thinking = tmp_path / "thinking"
+    shutil.copytree(pair["thinking"], thinking)
+    tokenizer = AutoTokenizer.from_pretrained(thinking)
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'"
+    )
+    tokenizer.save_pretrained(thinking)
+    board = Dashboard(pair["direct"], thinking, device="cpu", db=tmp_path / "votes.duckdb")
+    conversation = [{"role": "user", "content": PROMPT}]
+    prompts = {
+        column: board.tokenizers[column].apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        for column in ("direct", "thinking")
+    }
+    assert prompts["thinking"].endswith("assistant\n<think>\n")
+    assert prompts["direct"].endswith("assistant\n")
+    merged_prompt = board.merger.tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True
+    )
+    assert merged_prompt == prompts["direct"]  # the merger's (direct) template, as sweeps use
+    replies = list(board.chat([], PROMPT, MergeRequest("linear", 1.0), GREEDY))[-1]
+    # λ = 1 is the thinking weights in both columns; only the template differs.
+    model = board.parents["thinking"]
+
+    def greedy(prompt: str) -> str:
+        encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**encoded, max_new_tokens=TOKENS, do_sample=False)
+        new = out[0, encoded["input_ids"].shape[1] :]
+        return tokenizer.decode(new[new != tokenizer.eos_token_id], skip_special_tokens=True)
+
+    assert replies["thinking"].update.text == greedy(prompts["thinking"])
+    assert replies["merged"].update.text == greedy(prompts["direct"])
