@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import duckdb
@@ -70,7 +71,19 @@ def _connect(db: Path) -> duckdb.DuckDBPyConnection:
 
 
 def load_results(db: str | Path) -> Results:
+    """Summaries (with bootstrap CIs) of ``db``; recomputed only when the file changes."""
     db = Path(db)
+    if not db.is_file():
+        raise UserError(f"no results database at {db}")
+    wal = db.with_name(db.name + ".wal")
+    versions = tuple(
+        (path.stat().st_mtime_ns, path.stat().st_size) for path in (db, wal) if path.exists()
+    )
+    return _load_results(db.resolve(), versions)
+
+
+@lru_cache(maxsize=8)
+def _load_results(db: Path, versions: tuple) -> Results:
     con = _connect(db)
     try:
         table = summaries(con)
