@@ -20,7 +20,7 @@ from spectrum.errors import UserError
 from spectrum.live import LiveMerger
 from spectrum.live.memory import choose_policy, plan_memory
 from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
-from spectrum.methods import REGISTRY
+from spectrum.methods import REGISTRY, MergeMethod
 from spectrum.selection import MergeScope
 from spectrum.tiny import save_random_model, save_tiny_pair, tiny_config
 from spectrum.tokenizer import build_char_tokenizer
@@ -274,6 +274,29 @@ def test_bad_input_is_refused_and_leaves_the_weights_alone(merger, tiny_pair):
         LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], policy="swap")
     with pytest.raises(UserError, match="no such model folder"):
         LiveMerger.load(tiny_pair["direct"], tiny_pair["direct"].parent / "missing")
+
+
+def test_a_write_that_fails_midway_leaves_the_direct_parent(merger, parents, monkeypatch):
+    """A method whose apply fails on the 20th tensor (a real method, registered for the
+    test): the model must not keep the half-written mixture; θ_D is put back, reported."""
+    calls = []
+
+    def failing_apply(prepared, lam, params, stats):
+        calls.append(1)
+        if len(calls) == 20:
+            raise RuntimeError("out of memory, say")
+        return prepared["direct"] + lam * (prepared["thinking"] - prepared["direct"])
+
+    linear = REGISTRY["linear"]
+    method = MergeMethod("failing", "fails midway", linear.prepare, failing_apply)
+    monkeypatch.setitem(REGISTRY, "failing", method)
+    before = merger.set("slerp", 0.7)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        merger.set("failing", 0.5)
+    assert len(calls) == 20
+    assert (merger.current.method, merger.current.lam) == ("linear", 0.0)
+    assert merger.current.version == before.version + 1
+    assert_bytes_equal(model_in_checkpoint_names(merger.model), parents["direct"])
 
 
 def test_a_generation_racing_set_runs_on_one_version_only(merger):

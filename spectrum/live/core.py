@@ -120,10 +120,17 @@ class LiveBackend:
         with self._lock:
             start = time.perf_counter()
             prepared = self._prepared_for(method, params, seed)
-            if scope == MergeScope():
-                self._write(prepared, lambda name: lam)  # skips a regex per tensor
-            else:
-                self._write(prepared, lambda name: scope.strength_for(name, lam, num_layers))
+            whole_model = scope == MergeScope()
+
+            def strength_for(name: str) -> float | None:
+                # The whole-model case skips the scope's regex per tensor.
+                return lam if whole_model else scope.strength_for(name, lam, num_layers)
+
+            try:
+                self._write(prepared, strength_for)
+            except BaseException:
+                self._restore_direct(prepared)
+                raise
             self._current = LoadedMerge(
                 method=prepared.method.name,
                 lam=float(lam),
@@ -136,6 +143,11 @@ class LiveBackend:
                 lam_schedule=scope.lam_schedule,
             )
             return self._current
+
+    def _restore_direct(self, prepared: PreparedMerge) -> None:
+        """After a failed write, put θ_D back everywhere so no mixture is ever served."""
+        self._write(prepared, lambda name: None)
+        self._current = LoadedMerge(method="linear", lam=0.0, version=self._current.version + 1)
 
     def _prepared_for(self, method: str, params: dict[str, Any] | None, seed: int) -> PreparedMerge:
         """The resident prepared tensors, re-prepared only when method, params or seed change."""

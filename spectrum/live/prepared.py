@@ -166,9 +166,9 @@ class PreparedMerge:
         λ change reuses them; a change of scope (which tensors count) recomputes them, as
         the offline merge computes them over the in-scope tensors only.
         """
-        if self.method.global_stats is None:
-            return None
         in_scope = tuple(name for name in self.names if strengths[name] is not None)
+        if self.method.global_stats is None or not in_scope:
+            return None
         if self._stats_scope != in_scope:
             lams = sorted({strengths[name] for name in in_scope})
 
