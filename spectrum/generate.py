@@ -153,7 +153,7 @@ class VllmGenerator:
     """The same ``generate`` on a ``VllmLiveMerger``: vLLM batches and pads by itself.
 
     vLLM reports why each sequence stopped: ``finish_reason == "length"`` is a truncation.
-    Not exercised by the test suite (vLLM is not installed on the project's machines).
+    tests/test_eval_generate_vllm.py checks it decodes as the transformers generator does.
     """
 
     def __init__(self, merger) -> None:
@@ -174,6 +174,8 @@ class VllmGenerator:
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
             for c in conversations
         ]
+        if not settings.do_sample:  # vLLM refuses n > 1 with greedy decoding: repeat instead
+            prompts, n = [p for p in prompts for _ in range(n)], 1
         params = SamplingParams(
             n=n,
             temperature=settings.temperature if settings.do_sample else 0.0,
