@@ -14,12 +14,14 @@ built in memory (no disk: 3 × 8 GB of checkpoints would only time the disk). Us
 
     python bench/live_remerge.py [--device cpu|cuda] [--shape tiny|small|qwen3-4b]
                                  [--methods linear,slerp] [--repeats 9] [--json]
+    PYTHONPATH=. .venv-vllm/bin/python bench/live_remerge.py --backend vllm   # vLLM, tiny
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -28,10 +30,12 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from spectrum.live import LiveMerger
+from spectrum.live.core import LiveBackend
 from spectrum.live.prepared import ParentTensors
 from spectrum.live.views import checkpoint_views
 from spectrum.methods import REGISTRY
-from spectrum.tiny import save_tiny_pair
+from spectrum.tiny import save_random_model, save_tiny_pair, tiny_config
+from spectrum.tokenizer import build_char_tokenizer
 
 SHAPES = {
     "small": dict(
@@ -99,16 +103,36 @@ def random_merger(shape: str, device: torch.device, dtype: torch.dtype) -> LiveM
     return LiveMerger(model, None, parents)
 
 
-def file_merger(device: torch.device, folder: str) -> LiveMerger:
-    pair = save_tiny_pair(folder, "qwen3", seed=0)
-    return LiveMerger.load(pair["direct"], pair["thinking"], pair["base"], device=device)
+def file_merger(device: torch.device, folder: str, backend: str) -> LiveBackend:
+    if backend == "transformers":
+        pair = save_tiny_pair(folder, "qwen3", seed=0)
+        return LiveMerger.load(pair["direct"], pair["thinking"], pair["base"], device=device)
+    # vLLM logs to stdout; keep it to errors so --json stays one object per line.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from spectrum.live.vllm import VllmLiveMerger
+
+    # vLLM's CPU attention has no kernel for the tiny model's head_dim 16.
+    config = tiny_config(vocab_size=len(build_char_tokenizer()), head_dim=32)
+    base = save_random_model(f"{folder}/base", config, 0)
+    direct = save_random_model(f"{folder}/direct", config, 1, like=base)
+    thinking = save_random_model(f"{folder}/thinking", config, 2, like=base)
+    return VllmLiveMerger.load(
+        direct,
+        thinking,
+        base,
+        device=device,
+        dtype="float32",
+        max_model_len=128,
+        enforce_eager=True,
+    )
 
 
-def measure(merger: LiveMerger, method: str, repeats: int) -> dict:
+def measure(merger: LiveBackend, method: str, repeats: int) -> dict:
     merger.set(method, 0.5)  # prepares the method (and its whole-model statistics)
     lams = [0.05 + 0.9 * i / max(repeats - 1, 1) for i in range(repeats)]
     times = [merger.set(method, lam).set_ms for lam in lams]
-    written = sum(v.numel() * v.element_size() for v in merger.views.values())
+    direct = merger.parents.direct
+    written = sum(direct[name].numel() * direct[name].element_size() for name in merger.names)
     moved = merger.prepared_bytes + written
     # Capped: 1 GiB is far past every cache, and a bigger buffer could exhaust the GPU.
     bandwidth = copy_bandwidth(merger.device, min(moved // 2, 2**30))
@@ -121,6 +145,7 @@ def measure(merger: LiveMerger, method: str, repeats: int) -> dict:
         "bytes_moved": moved,
         "copy_gbps": bandwidth / 1e9,
         "policy": merger.memory.policy,
+        "backend": type(merger).__name__,
         "repeats": repeats,
     }
 
@@ -128,6 +153,13 @@ def measure(merger: LiveMerger, method: str, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="vllm needs the vLLM venv (tiny model only): "
+        "PYTHONPATH=. .venv-vllm/bin/python bench/live_remerge.py --backend vllm",
+    )
     parser.add_argument("--shape", choices=("tiny", *SHAPES), default=None)
     parser.add_argument("--methods", default=",".join(REGISTRY))
     parser.add_argument("--repeats", type=int, default=9)
@@ -140,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     dtype = torch.bfloat16 if shape == "qwen3-4b" else torch.float32
     with tempfile.TemporaryDirectory() as folder:
         if shape == "tiny":
-            merger = file_merger(device, folder)
+            merger = file_merger(device, folder, args.backend)
         else:
             merger = random_merger(shape, device, dtype)
         for method in args.methods.split(","):

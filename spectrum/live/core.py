@@ -79,6 +79,11 @@ class LiveBackend:
         return None if self._prepared is None else self._prepared.plan
 
     @property
+    def names(self) -> list[str]:
+        """Checkpoint names of the tensors every ``set()`` merges and writes."""
+        return self.parents.merged_names()
+
+    @property
     def prepared_bytes(self) -> int:
         """Bytes the current method keeps prepared (0 before the first ``set()``)."""
         return 0 if self._prepared is None else self._prepared.nbytes()
