@@ -97,7 +97,11 @@ class PreparedMerge:
         # linear needs no preparation: with a backend that can lerp into its parameters,
         # keep the parents in their own dtype (half the bytes of float32) and skip apply.
         self.linear_writer = linear_writer if self.method.name == "linear" else None
-        self.plan = self._plan(device, policy, chunk_bytes)
+        # The plan is estimated from the largest tensor's prepared size, before committing;
+        # that tensor's preparation is then kept rather than redone (an SVD can be costly).
+        largest = max(self.names, key=lambda n: self.parents.direct[n].numel())
+        sample = self._prepare(largest, device)
+        self.plan = self._plan(largest, sample, device, policy, chunk_bytes)
         streamed = self.plan.policy == "streamed"
         self.prepared: dict[str, dict[str, Tensor]] = {}
         for name in tqdm(self.names, desc=f"prepare {self.method.name}", disable=not progress):
@@ -105,8 +109,9 @@ class PreparedMerge:
                 # linear's "prepared" tensors are the host parents: stream them, copy nothing.
                 self.prepared[name] = self._linear_parents(name, torch.device("cpu"))
                 continue
-            prepared = self._prepare(name, device)
+            prepared = sample if name == largest else self._prepare(name, device)
             self.prepared[name] = {k: host_copy(v) if streamed else v for k, v in prepared.items()}
+        del sample
         self._stats: Any = None
         self._stats_scope: tuple[str, ...] | None = None  # the names _stats was computed over
 
@@ -131,10 +136,14 @@ class PreparedMerge:
             "thinking": self.parents.thinking[name].to(device),
         }
 
-    def _plan(self, device: torch.device, policy: str, chunk_bytes: int) -> MemoryPlan:
-        # Estimate from the largest tensor's prepared size per element, before committing.
-        largest = max(self.names, key=lambda n: self.parents.direct[n].numel())
-        sample = self._prepare(largest, device)
+    def _plan(
+        self,
+        largest: str,
+        sample: dict[str, Tensor],
+        device: torch.device,
+        policy: str,
+        chunk_bytes: int,
+    ) -> MemoryPlan:
         per_element = sum(t.numel() * t.element_size() for t in sample.values())
         per_element /= self.parents.direct[largest].numel()
         total = sum(self.parents.direct[n].numel() for n in self.names)
