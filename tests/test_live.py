@@ -141,9 +141,15 @@ def test_switching_methods_back_and_forth_leaves_no_drift(merger):
     assert_bytes_equal(model_in_checkpoint_names(merger.model), once)
 
 
-def test_endpoints_generate_like_the_parents_loaded_on_their_own(merger, tiny_pair, parents):
+INTERPOLATING = [name for name, method in REGISTRY.items() if method.interpolates]
+
+
+@pytest.mark.parametrize("method", INTERPOLATING)
+def test_endpoints_generate_like_the_parents_loaded_on_their_own(
+    merger, tiny_pair, parents, method
+):
     for lam, role in ((0.0, "direct"), (1.0, "thinking")):
-        merger.set("linear", lam)
+        merger.set(method, lam)
         # Bit for bit the parent's weights...
         assert_bytes_equal(model_in_checkpoint_names(merger.model), parents[role])
         alone = AutoModelForCausalLM.from_pretrained(tiny_pair[role], dtype=torch.float32)
