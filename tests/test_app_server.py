@@ -198,22 +198,24 @@ def test_paths_outside_the_allowed_folders_are_refused(client, endpoint, args):
 
 
 def test_a_release_from_another_page_mid_stream_never_mislabels(client):
-    """Page A streams at λ=0.2; page B releases its slider at 0.9 meanwhile."""
-    other_page = Client(client.src, verbose=False)
-    set_merge(client, "linear", 0.2)
+    """Page A streams at λ=0.8 (a thinking merge: a long answer); page B releases its
+    slider at 0.3 meanwhile."""
+    page_a, page_b, page_c = (Client(client.src, verbose=False) for _ in range(3))
+    set_merge(page_a, "linear", 0.8)
     prompt = make_problems(5, 1, seed=11)[0].messages[0]["content"]
-    job = client.submit(prompt, "greedy", 200, 0.6, 0.95, 20, api_name="/chat")
+    job = page_a.submit(prompt, "greedy", 200, 0.6, 0.95, 20, api_name="/chat")
     deadline = time.monotonic() + 120
     while not any(texts(out[1], reasoning=False) for out in job.outputs()):
         assert time.monotonic() < deadline and not job.done(), "the merged column never streamed"
-        time.sleep(0.05)
-    status = set_merge(other_page, "linear", 0.9)  # waits for A's generation to end
-    assert "λ 0.90" in status
+        time.sleep(0.02)
+    assert not job.done()  # A is mid-stream as B releases
+    status = set_merge(page_b, "linear", 0.3)  # waits for A's generation to end
+    assert "λ 0.30" in status
     merged = job.result()[1]
-    assert merged["label"] == "Merged — linear · λ 0.20"
-    # What A got is exactly what λ = 0.2 answers (greedy), asked again with nothing racing.
-    fresh_page = Client(client.src, verbose=False)
-    set_merge(fresh_page, "linear", 0.2)
-    alone = chat(fresh_page, prompt, 200)[1]
+    assert merged["label"] == "Merged — linear · λ 0.80"
+    assert texts(merged, reasoning=True)  # it did think: the stream was long, not a race lost
+    # What A got is exactly what λ = 0.8 answers (greedy), asked again with nothing racing.
+    set_merge(page_c, "linear", 0.8)
+    alone = chat(page_c, prompt, 200)[1]
     assert alone["label"] == merged["label"]
     assert without_footers(alone) == without_footers(merged)

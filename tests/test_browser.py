@@ -73,9 +73,11 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         expect(page.locator("#chat-merged")).to_contain_text(f"linear · λ {lam} · ")
         expect(page.locator("#chat-thinking")).to_contain_text("Reasoning")
 
+        page.evaluate("window.scrollTo(0, 0)")
         screenshot = tmp_path / "dashboard.png"
         page.screenshot(path=str(screenshot))
-        print(f"screenshot: {screenshot}")
+        page.screenshot(path=str(tmp_path / "dashboard-full.png"), full_page=True)
+        print(f"screenshots: {screenshot}, {tmp_path / 'dashboard-full.png'}")
         browser.close()
     assert screenshot.stat().st_size > 10_000
     assert not problems, "\n".join(problems)
