@@ -8,6 +8,7 @@ and transformers' own reverse weight conversion to read the model back in checkp
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -335,6 +336,7 @@ def test_a_generation_racing_set_runs_on_one_version_only(merger):
         while not stop.is_set():
             setter_calls.append(merger.set("linear", lams[i % 2]).version)
             i += 1
+            time.sleep(0.001)  # locks are not fair: give the generating thread its turn
 
     setter = threading.Thread(target=keep_setting)
     setter.start()
