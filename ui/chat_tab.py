@@ -84,9 +84,12 @@ def param_widget(param: Param) -> gr.Component:
     return gr.Textbox(**common)
 
 
-def example_prompts() -> list[str]:
-    """One held-out problem per level of the synthetic benchmark."""
-    return [make_problems(level, 1, seed=0)[0].messages[0]["content"] for level in LEVELS]
+def example_prompts() -> tuple[list[str], list[str]]:
+    """One held-out problem per level of the synthetic benchmark: (prompts, short labels)."""
+    problems = [make_problems(level, 1, seed=0)[0] for level in LEVELS]
+    prompts = [problem.messages[0]["content"] for problem in problems]
+    labels = [f"Level {problem.level}: {problem.question}" for problem in problems]
+    return prompts, labels
 
 
 def stats_line(reply: Reply | None) -> str:
@@ -210,7 +213,8 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
             choice: gr.Button(text, elem_id=f"vote-{choice}", **small)
             for choice, text in VOTE_BUTTONS.items()
         }
-    gr.Examples(example_prompts(), inputs=prompt, label="Synthetic benchmark, levels 1–5")
+    prompts, labels = example_prompts()
+    gr.Examples(prompts, inputs=prompt, example_labels=labels, label="Synthetic benchmark examples")
     with gr.Accordion("Decoding", open=False):
         with gr.Row():
             mode = gr.Radio(list(SAMPLING_MODES), value="per-model defaults", label="Sampling")
