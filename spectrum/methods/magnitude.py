@@ -89,6 +89,8 @@ class MagnitudeThreshold:
         self._coarse = coarse
         self.total = int(coarse.sum())
         self._fine: dict[int, Tensor] = {}
+        # apply() asks once per tensor for the same k: answer repeats from here.
+        self._thresholds: dict[float, float | None] = {}
         self._lock = threading.Lock()
 
     def _bucket_for(self, fraction: float) -> tuple[int, int] | None:
@@ -112,6 +114,11 @@ class MagnitudeThreshold:
 
     def threshold(self, fraction: float) -> float | None:
         """The count-th largest magnitude for this fraction; ``None`` when nothing is selected."""
+        if fraction not in self._thresholds:
+            self._thresholds[fraction] = self._locate_threshold(fraction)
+        return self._thresholds[fraction]
+
+    def _locate_threshold(self, fraction: float) -> float | None:
         hit = self._bucket_for(fraction)
         if hit is None:
             return None
