@@ -219,3 +219,8 @@ def test_a_release_from_another_page_mid_stream_never_mislabels(client):
     alone = chat(page_c, prompt, 200)[1]
     assert alone["label"] == merged["label"]
     assert without_footers(alone) == without_footers(merged)
+
+
+def test_the_embedded_pairs_base_makes_every_method_available(client):
+    for method in ("dare", "ties", "emr", "task_arithmetic"):  # the methods that need θ_B
+        assert f"{method} · λ 0.50" in set_merge(client, method, 0.5)

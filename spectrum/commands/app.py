@@ -79,10 +79,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"the embedded pair is missing from {DEFAULT_PAIR}; pass --direct/--thinking"
         )
+    base = args.base
+    if args.direct is None and base is None and (DEFAULT_PAIR / "base").is_dir():
+        base = DEFAULT_PAIR / "base"  # the embedded pair has one: every method is available
     dashboard = Dashboard(
         args.direct or DEFAULT_PAIR / "direct",
         args.thinking or DEFAULT_PAIR / "thinking",
-        args.base,
+        base,
         device=args.device,
         db=args.db or DEFAULT_DB,
         allowed_folders=args.allow_dir,
