@@ -10,7 +10,6 @@ The next tensors are read by a background thread while the current one is merged
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 from collections import deque
@@ -107,45 +106,44 @@ def merge_stream(
     strengths = {name: plan.scope.strength_for(name, plan.lam, num_layers) for name in names}
     in_scope = [name for name in names if strengths[name] is not None]
 
-    def parents(name: str) -> tuple[Tensor, Parents | None]:
+    def prepared(name: str) -> tuple[Tensor | torch.dtype, dict[str, Tensor] | None]:
+        """The direct tensor itself when it is kept, else its dtype and the prepared tensors.
+
+        Runs in the read-ahead thread: the next tensor is read *and* prepared while the
+        current one is applied, and the float32 parents are dropped as soon as prepared.
+        """
         raw = direct.get(name)
         if strengths[name] is None or not raw.is_floating_point():
             return raw, None
         as32 = dict(device=plan.device, dtype=torch.float32)
-        return raw, Parents(
+        parents = Parents(
             name,
             raw.to(**as32),
             thinking.get(name).to(**as32),
             base.get(name).to(**as32) if base is not None else None,
         )
+        return raw.dtype, method.prepare(parents, plan.params, plan.seed)
 
     stats = None
     if method.global_stats is not None:
 
         def prepared_stream() -> Iterator[tuple[str, dict[str, Tensor]]]:
             bar = tqdm(total=len(in_scope), desc="statistics", unit="tensor", disable=not progress)
-            for name, (_, tensors) in _read_ahead(in_scope, parents):
+            for name, (_, tensors) in _read_ahead(in_scope, prepared):
                 if tensors is not None:
-                    yield name, method.prepare(tensors, plan.params, plan.seed)
+                    yield name, tensors
                 bar.update()
             bar.close()
 
         lams = sorted({strengths[name] for name in in_scope})
         stats = method.global_stats(prepared_stream, lams, plan.params)
 
-    def merge_one(raw: Tensor, tensors: Parents | None, strength: float | None) -> Tensor:
-        if tensors is None:
-            return raw
-        merged = method.apply(
-            method.prepare(tensors, plan.params, plan.seed), strength, plan.params, stats
-        )
-        return merged.to(dtype=raw.dtype).cpu()
-
     bar = tqdm(total=len(names), desc=f"merge {method.name}", unit="tensor", disable=not progress)
-    for name, read in _read_ahead(names, parents):
-        merged = merge_one(*read, strengths[name])
-        del read  # the parents go before the next read lands: peak stays at a few tensors
-        yield name, merged
+    for name, (kept, tensors) in _read_ahead(names, prepared):
+        if tensors is not None:
+            kept = method.apply(tensors, strengths[name], plan.params, stats).to(dtype=kept).cpu()
+        del tensors  # gone before the next read lands: the peak stays at a few tensors
+        yield name, kept
         bar.update()
     bar.close()
 
@@ -303,25 +301,11 @@ class MergeConfig:
         return data
 
 
-def _return_freed_tensors_to_os() -> None:
-    """Serve big allocations by mmap, so freed tensors leave RSS at once.
-
-    glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after
-    which tensors come from heap arenas that keep the memory: streaming a model then looks
-    like holding a good part of it. A fixed threshold stops that. No-op off glibc.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD = 4 MiB
-    except (OSError, AttributeError):
-        pass
-
-
 def merge_checkpoints(
     config: MergeConfig, out: str | Path, *, force: bool = False, progress: bool = True
 ) -> Path:
     """Merge the checkpoints ``config`` names into the folder ``out``; return ``out``."""
     plan = config.plan()
-    _return_freed_tensors_to_os()
     out = Path(out)
     check_destination(out, force, [])  # fail fast, before opening (or downloading) parents
     parents = {

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from spectrum.checkpoint import open_checkpoint
 from spectrum.cli import main
@@ -37,11 +38,7 @@ def _random_model(seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
 
 
 def _read_folder(folder) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
-    return tensors
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

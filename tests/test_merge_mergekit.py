@@ -13,7 +13,7 @@ import pytest
 import torch
 from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
-from safetensors import safe_open
+from safetensors.torch import load_file
 
 from spectrum.merge import merge_tensors
 
@@ -21,11 +21,7 @@ MERGEKIT_LINEAR_THRESHOLD = 0.9995
 
 
 def _read_folder(folder) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(file, framework="pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})
-    return tensors
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 def _mergekit(pair, method: str, lam: float, out) -> dict[str, torch.Tensor]:

@@ -1,0 +1,157 @@
+"""Merge throughput: `spectrum merge` against mergekit on the same ≥ 1 GB random Qwen3 files.
+
+Writes a random bf16 Qwen3-shaped base/direct/thinking triple (sharded safetensors) once into
+a cache folder, warms the page cache, then runs each merge as a separate process and reports
+wall seconds, GB/s (one parent's bytes per second) and peak RSS, with spectrum ÷ mergekit
+ratios from the same run. Usage:
+
+    python bench/merge_throughput.py [--cache /tmp/spectrum-bench] [--methods linear,ties]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from spectrum.output import ShardWriter, plan_shards
+from spectrum.tiny import tiny_config
+
+# ~534 M parameters: 1.07 GB per parent in bf16.
+SHAPE = dict(
+    hidden_size=2048, intermediate_size=6144, num_hidden_layers=8, num_attention_heads=16,
+    num_key_value_heads=8, head_dim=128, vocab_size=32000, architectures=["Qwen3ForCausalLM"],
+)  # fmt: skip
+LAM = 0.7
+# A bare Python parent: its child's ru_maxrss is the child's own peak (a child forked from a
+# big process would report the parent's pre-exec pages too).
+LAUNCHER = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
+    "_, status, usage = os.wait4(p.pid, 0); "
+    "print(usage.ru_maxrss, usage.ru_utime + usage.ru_stime); sys.exit(status >> 8)"
+)
+
+
+def write_parents(cache: Path) -> dict[str, Path]:
+    """base, direct, thinking: direct/thinking = base + 5 % seeded noise. Written once."""
+    config = tiny_config("qwen3", **SHAPE)
+    with torch.device("meta"):
+        shapes = {
+            n: tuple(t.shape)
+            for n, t in AutoModelForCausalLM.from_config(config).state_dict().items()
+        }
+    shards = plan_shards([(n, s, torch.bfloat16) for n, s in shapes.items()], 400 * 10**6)
+    paths = {role: cache / role for role in ("base", "direct", "thinking")}
+    if (cache / "complete").exists():
+        return paths
+    shutil.rmtree(cache, ignore_errors=True)
+    for seed, (role, path) in enumerate(paths.items()):
+        path.mkdir(parents=True)
+        config.save_pretrained(path)
+        writer = ShardWriter(path, shards)
+        for name, shape, _ in (entry for shard in shards for entry in shard):
+            key = zlib.crc32(name.encode())
+            tensor = torch.randn(shape, generator=torch.Generator().manual_seed(key))
+            if role != "base":
+                noise = torch.Generator().manual_seed(key + seed * 7919)
+                tensor += 0.05 * torch.randn(shape, generator=noise)
+            writer.add(name, tensor.to(torch.bfloat16))
+        writer.close()
+    (cache / "complete").touch()
+    return paths
+
+
+def mergekit_config(method: str, paths: dict[str, Path]) -> dict:
+    direct, thinking, base = (str(paths[r]) for r in ("direct", "thinking", "base"))
+    if method == "linear":
+        models = [{"model": direct, "parameters": {"weight": 1 - LAM}}]
+        models += [{"model": thinking, "parameters": {"weight": LAM}}]
+        return {"merge_method": "linear", "models": models, "dtype": "bfloat16"}
+    if method == "slerp":
+        models = [{"model": direct}, {"model": thinking}]
+        return {"merge_method": "slerp", "base_model": direct, "models": models,
+                "parameters": {"t": LAM}, "dtype": "bfloat16"}  # fmt: skip
+    if method == "ties":  # the same weights and density as spectrum's ties
+        models = [{"model": direct, "parameters": {"weight": 1 - LAM, "density": 0.8}}]
+        models += [{"model": thinking, "parameters": {"weight": LAM, "density": 0.8}}]
+        return {"merge_method": "ties", "base_model": base, "models": models, "dtype": "bfloat16"}
+    raise KeyError(method)
+
+
+def measure(command: list[str], out: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS bytes of one command; its output is removed."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed:\n{result.stderr[-2000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    peak, cpu = result.stdout.split()[-2:]
+    return seconds, float(cpu), int(peak) * 1024
+
+
+def _cells(size: int, run: tuple[float, float, int]) -> str:
+    seconds, cpu, rss = run
+    return f" {seconds:.1f} | {cpu:.1f} | {size / seconds / 1e9:.3f} | {rss / 2**20:.0f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/spectrum-bench"))
+    parser.add_argument("--methods", default="linear,slerp,ties,topk_replace")
+    args = parser.parse_args()
+    paths = write_parents(args.cache)
+    size = sum(f.stat().st_size for f in paths["direct"].glob("*.safetensors"))
+    for path in paths.values():  # warm the page cache so no run pays for the disk
+        for file in path.glob("*.safetensors"):
+            file.read_bytes()
+    out = args.cache / "out"
+    spectrum = [sys.executable, "-m", "spectrum", "merge"]
+    mergekit = [str(Path(sys.executable).parent / "mergekit-yaml")]
+    shards = len(list(paths["direct"].glob("*.safetensors")))
+    print(
+        f"parents: {size / 1e9:.2f} GB each (bf16, {shards} shards), λ = {LAM}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start\n"
+    )
+    print("| method | spectrum wall s | CPU s | GB/s | peak RSS MiB | mergekit wall s | CPU s "
+          "| GB/s | peak RSS MiB | throughput × (wall) | CPU × | RSS × |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    # Start-up alone (imports, argument parsing): part of every figure below.
+    ours, theirs = measure([*spectrum, "--help"], out), measure([*mergekit, "--help"], out)
+    print(f"| (start-up: --help) |{_cells(size, ours)}{_cells(size, theirs)} — | — | — |")
+    for method in args.methods.split(","):
+        command = [*spectrum, "--method", method, "--lam", str(LAM), "--device", "cpu"]
+        command += ["--direct", str(paths["direct"]), "--thinking", str(paths["thinking"])]
+        if method not in ("linear", "slerp"):
+            command += ["--base", str(paths["base"])]
+        ours = measure([*command, "--quiet", "--out", str(out)], out)
+        row = f"| {method} |{_cells(size, ours)}"
+        if method not in ("linear", "slerp", "ties"):  # mergekit has no global Top-K
+            print(row + " — | — | — | — | — | — | — |", flush=True)
+            continue
+        config_file = args.cache / f"mergekit-{method}.yaml"
+        config_file.write_text(yaml.safe_dump(mergekit_config(method, paths)))
+        theirs = measure([*mergekit, str(config_file), str(out), "--quiet"], out)
+        ratios = (
+            f" {theirs[0] / ours[0]:.2f} | {theirs[1] / ours[1]:.2f} | {ours[2] / theirs[2]:.2f} |"
+        )
+        print(row + _cells(size, theirs) + ratios, flush=True)
+    print(
+        f"\ntorch threads: {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} at end"
+    )
+
+
+if __name__ == "__main__":
+    main()
