@@ -125,3 +125,14 @@ def test_extrapolation_is_allowed_when_asked(tiny_pair, tmp_path):
     out = tmp_path / "merged"
     assert main([*args, "--lam", "1.5", "--allow-extrapolation", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "merge_config.json").read_text())["lam"] == 1.5
+
+
+def test_different_chat_template_is_only_a_warning(tiny_pair, tmp_path, caplog):
+    thinking = _copy(tiny_pair["thinking"], tmp_path, "t")
+    (thinking / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    args = ["merge", "--direct", str(tiny_pair["direct"]), "--thinking", str(thinking)]
+    out = tmp_path / "merged"
+    with caplog.at_level("WARNING", logger="spectrum.merge"):
+        assert main([*args, "--lam", "0.5", "--out", str(out), "--quiet"]) == 0
+    assert any("different chat templates" in record.message for record in caplog.records)
+    assert (out / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
