@@ -13,11 +13,14 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from spectrum.checkpoint import open_checkpoint
 from spectrum.cli import main
 from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
 from spectrum.selection import MergeScope
+from spectrum.tiny import save_random_model, tiny_config
+from spectrum.tokenizer import build_char_tokenizer
 
 LAYERS = 4
 
@@ -167,3 +170,18 @@ def test_force_replaces_the_folder_and_stale_staging_is_cleaned(tiny_pair, tmp_p
     assert not stale.exists() and live.exists()
     shutil.rmtree(live)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+def test_tied_embeddings_merge_once_and_stay_tied(tmp_path):
+    config = tiny_config("qwen3", vocab_size=len(build_char_tokenizer()), tie_word_embeddings=True)
+    direct = save_random_model(tmp_path / "direct", config, 1)
+    thinking = save_random_model(tmp_path / "thinking", config, 2, like=direct)
+    out = tmp_path / "merged"
+    args = ["merge", "--direct", str(direct), "--thinking", str(thinking), "--lam", "0.5"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    assert "lm_head.weight" not in _read_folder(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    parents = [_read_folder(p)["model.embed_tokens.weight"].double() for p in (direct, thinking)]
+    expected = (0.5 * parents[0] + 0.5 * parents[1]).float()
+    torch.testing.assert_close(model.lm_head.weight.detach(), expected, rtol=1e-6, atol=1e-6)
