@@ -11,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DB="${1:-assets/spectrum.duckdb}"
 PAIR="${PAIR:-assets/pair}"
-PER_LEVEL="${PER_LEVEL:-20}"
+PER_LEVEL="${PER_LEVEL:-10}"
 MAX_NEW="${MAX_NEW:-128}"
 FINE_LO=0.40
-FINE_HI=0.70
+FINE_HI=0.60
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 

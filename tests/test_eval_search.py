@@ -60,7 +60,7 @@ def test_budget_picks_the_most_accurate_affordable_lam():
 
 
 PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
-PAIR_ARGS = ["--limit", "8", "--greedy", "--max-new-tokens", "96", "--batch-size", "40"]
+PAIR_ARGS = ["--limit", "5", "--greedy", "--max-new-tokens", "96", "--batch-size", "25"]
 
 
 def test_phase_search_on_the_embedded_pair(tmp_path, capsys):
@@ -77,18 +77,18 @@ def test_phase_search_on_the_embedded_pair(tmp_path, capsys):
     lam, evaluations = float(found[1]), int(found[2])
     assert evaluations <= 101 / 3
 
-    # The dense grid: every 0.01 step within ±0.1 of the answer, plus both ends (which set
+    # The dense grid: every 0.01 step within ±0.06 of the answer, plus both ends (which set
     # the half-way level). Evaluations already in the DB are read back, not regenerated.
     spec = SweepSpec(
         direct=str(PAIR / "direct"),
         thinking=str(PAIR / "thinking"),
-        limit=8,
+        limit=5,
         decoding=dict(do_sample=False, max_new_tokens=96),
-        batch_size=40,
+        batch_size=25,
     )
     sweeper = Sweeper(spec, db, progress=False)
     try:
-        window = [x for x in grid(0, 1, GRID_STEP) if abs(x - lam) <= 0.1]
+        window = [x for x in grid(0, 1, GRID_STEP) if abs(x - lam) <= 0.06]
         lams = sorted({0.0, *window, 1.0})
         values = [sweeper.point("linear", x, "synthetic").think_rate for x in lams]
     finally:
