@@ -55,6 +55,7 @@ def test_score_table_and_summary():
     text = cards.summary(rows)
     assert "Think#R goes from < 10 % (λ=0) to > 90 % (λ=0.6)" in text
     assert (
-        "Level 5: accuracy 0.10 at λ=0, 0.90 at λ=1; half-way (0.50) first reached at λ=0.6" in text
+        "Level 5: accuracy 0.10 at λ=0, 0.90 at λ=1; half-way (0.50) first reached at λ=0.6; "
+        "Think#R ≥ 0.5 from λ=0.6" in text
     )
     assert "Pareto improvement: λ=0.6 has mean accuracy 0.950 with 25.0 tokens" in text

@@ -131,6 +131,9 @@ def summary(rows: list[Row]) -> str:
         if last > first + 0.1:
             on = next(lam for lam in lams if by_key[(lam, level)].accuracy >= halfway)
             text += f"; half-way ({halfway:.2f}) first reached at λ={on:g}"
+        thinking_from = next((lam for lam in lams if by_key[(lam, level)].think_rate >= 0.5), None)
+        if thinking_from is not None:
+            text += f"; Think#R ≥ 0.5 from λ={thinking_from:g}"
         lines.append(text + ".")
     better = [
         lam

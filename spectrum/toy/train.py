@@ -47,7 +47,7 @@ class Recipe:
     """Steps per stage and optimiser settings; ``Recipe.tiny()`` is the CI size."""
 
     base_steps: int = 1500
-    direct_steps: int = 400
+    direct_steps: int = 800
     concise_steps: int = 400
     verbose_steps: int = 300
     batch_size: int = 32
