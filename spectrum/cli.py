@@ -26,16 +26,24 @@ _COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = _COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spectrum", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in _COMMAND_MODULES:
+    for module in commands:
         importlib.import_module(f"spectrum.commands.{module}").register(subparsers)
     return parser
 
 
+def _commands_for(argv: list[str]) -> tuple[str, ...]:
+    # Importing every command pulls in transformers, gradio and the toy trainer (seconds):
+    # when the command is named, register only that one; otherwise (help, typos) all.
+    named = next((arg for arg in argv if not arg.startswith("-")), None)
+    return (named,) if named in _COMMAND_MODULES else _COMMAND_MODULES
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_commands_for(argv)).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as error:
