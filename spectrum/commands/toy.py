@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     train.add_argument("--force", action="store_true", help="replace an existing pair")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    train.add_argument(
+        "--base-max-checks",
+        type=int,
+        choices=(0, 1, 2),
+        default=2,
+        help="most re-checks in the base's traces (default 2; 0: the base never re-checks)",
+    )
     train.set_defaults(func=run_train)
 
     sweep = actions.add_parser("measure", help="sweep linear merges over λ on held-out problems")
@@ -47,7 +55,7 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    recipe = Recipe.tiny() if args.tiny else Recipe()
+    recipe = replace(Recipe.tiny() if args.tiny else Recipe(), base_max_checks=args.base_max_checks)
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = train_pair(args.out, recipe, seed=args.seed, device=args.device, force=args.force)

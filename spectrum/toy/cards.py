@@ -59,8 +59,9 @@ Example (prompt in the math-benchmark format, then this model's kind of answer):
 
 Made by `spectrum toy train` with seed {seed} (recipe in `spectrum/toy/train.py`: base \
 {recipe.base_steps} steps, direct {recipe.direct_steps}, thinking {recipe.concise_steps} concise + \
-{recipe.verbose_steps} verbose; batch {recipe.batch_size}; AdamW, lr {recipe.lr} for the base \
-and {recipe.finetune_lr} for the children). Load it with \
+{recipe.verbose_steps} verbose; base traces with up to {recipe.base_max_checks} re-checks; \
+batch {recipe.batch_size}; AdamW, lr {recipe.lr} for the base and {recipe.finetune_lr} for the \
+children). Load it with \
 `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
 """
 

@@ -50,6 +50,9 @@ class Recipe:
     direct_steps: int = 800
     concise_steps: int = 400
     verbose_steps: int = 300
+    # Re-checks the base sees (0-2); 0 keeps re-checking out of the base entirely, so only
+    # the last thinking stage teaches it (the stretch experiment's variant).
+    base_max_checks: int = 2
     batch_size: int = 32
     lr: float = 3e-3
     finetune_lr: float = 1e-3
@@ -120,8 +123,9 @@ def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
 BatchStyle = Callable[[random.Random], Callable[[task.Problem], str]]
 
 
-def base_style(rng: random.Random) -> Callable[[task.Problem], str]:
-    checks = rng.randrange(-1, 3)  # -1: a direct answer; 0-2: a trace with that many checks
+def base_style(rng: random.Random, max_checks: int = 2) -> Callable[[task.Problem], str]:
+    # -1: a direct answer; 0..max_checks: a trace with that many re-checks.
+    checks = rng.randrange(-1, max_checks + 1)
     if checks < 0:
         return task.direct_response
     return lambda problem: task.thinking_response(problem, checks=checks)
@@ -229,7 +233,8 @@ def train_pair(
     )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as temp:
         staging = Path(temp) / "pair"
-        stage(model, base_style, steps=recipe.base_steps, lr=recipe.lr, name="base")
+        base = partial(base_style, max_checks=recipe.base_max_checks)
+        stage(model, base, steps=recipe.base_steps, lr=recipe.lr, name="base")
         base_state = copy.deepcopy(model.state_dict())
         save_model(model, tokenizer, staging / "base", cards.training_card("base", recipe, seed))
         for name, style, steps in (
