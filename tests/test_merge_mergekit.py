@@ -1,7 +1,7 @@
 """Differential test against mergekit (a dev dependency) on the same tiny Qwen3 pair.
 
 `linear`: mergekit accumulates (1−λ)·θ_D and λ·θ_T with a fused multiply-add, spectrum
-computes θ_D + λ·Δ, so the two agree to float32 rounding (not bit for bit), and exactly at
+uses one torch.lerp, so the two agree to float32 rounding (not bit for bit), and exactly at
 λ = 0. `slerp`: mergekit's t is our λ with the direct model as its base; both slerp the
 flattened tensor, but mergekit falls back to linear interpolation already at
 |cos Ω| > 0.9995 (ours at 1 − 1e-6), so only tensors below that are compared as slerp.
