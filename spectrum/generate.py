@@ -63,6 +63,14 @@ class Generation:
         return THINK_END in self.text
 
 
+def chat_prompts(tokenizer, conversations: list[list[dict]]) -> list[str]:
+    """Each conversation through the model's chat template, ready for the assistant turn."""
+    return [
+        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
+
+
 class TransformersGenerator:
     """Batched sampling from a transformers causal LM and its (chat-template) tokenizer."""
 
@@ -83,12 +91,6 @@ class TransformersGenerator:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
-    def prompts(self, conversations: list[list[dict]]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
-
     def generate(
         self,
         conversations: list[list[dict]],
@@ -101,7 +103,7 @@ class TransformersGenerator:
 
         ``latency_s`` is the wall time of the batch a sample was generated in.
         """
-        texts = [p for p in self.prompts(conversations) for _ in range(n)]
+        texts = [p for p in chat_prompts(self.tokenizer, conversations) for _ in range(n)]
         out: list[Generation] = []
         for start in range(0, len(texts), self.batch_size):
             batch_seed = None if seed is None else seed + start
@@ -170,10 +172,7 @@ class VllmGenerator:
     ) -> list[Generation]:
         from vllm import SamplingParams
 
-        prompts = [
-            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
+        prompts = chat_prompts(self.tokenizer, conversations)
         if not settings.do_sample:  # vLLM refuses n > 1 with greedy decoding: repeat instead
             prompts, n = [p for p in prompts for _ in range(n)], 1
         params = SamplingParams(
