@@ -92,6 +92,11 @@ def example_prompts() -> tuple[list[str], list[str]]:
     return prompts, labels
 
 
+def milliseconds(value: float) -> str:
+    """3 significant digits below 100 ms (a tiny model re-merges in well under 1 ms)."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
 def stats_line(reply: Reply | None) -> str:
     if reply is None:
         return ""
@@ -242,7 +247,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         request = controls.request(values)
         loaded = dashboard.set_merge(request)
         status = (
-            f"**Loaded:** {merge_label(loaded)} · re-merged in {loaded.set_ms:.0f} ms "
+            f"**Loaded:** {merge_label(loaded)} · re-merged in {milliseconds(loaded.set_ms)} ms "
             f"(version {loaded.version})"
         )
         return status, request
