@@ -67,6 +67,10 @@ def test_existing_output_is_refused_and_left_alone(tiny_trained, capsys):
     missing = tiny_trained / "no" / "such" / "pair"
     assert main(["toy", "train", "--tiny", "--out", str(missing)]) == 2
     assert not (tiny_trained / "no").exists()
+    a_file = tiny_trained / "file"
+    a_file.write_text("x")
+    assert main(["toy", "train", "--tiny", "--out", str(a_file), "--force"]) == 2
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "x"
 
 
 def test_loss_covers_the_assistant_turn_only():

@@ -32,6 +32,7 @@ from spectrum.tokenizer import build_char_tokenizer
 from spectrum.toy import cards, task
 
 Example = tuple[task.Problem, str]  # a problem and the assistant response to learn
+PAIR_MODELS = ("base", "direct", "thinking_concise", "thinking")
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,9 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def save_model(model: Qwen3ForCausalLM, tokenizer, out: Path, card: str) -> Path:
+def save_model(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path, card: str
+) -> Path:
     out.mkdir(parents=True)
     model.to("cpu").save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -220,6 +223,8 @@ def train_pair(
     """
     recipe = recipe or Recipe()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder for the pair")
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
     if not out.parent.is_dir():
@@ -251,6 +256,3 @@ def train_pair(
             shutil.rmtree(out)
         staging.rename(out)
     return {name: out / name for name in PAIR_MODELS}
-
-
-PAIR_MODELS = ("base", "direct", "thinking_concise", "thinking")
