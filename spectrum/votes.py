@@ -115,13 +115,18 @@ def read_votes(db_path: str | Path) -> list[dict[str, Any]]:
     db_path = Path(db_path)
     if not db_path.is_file():
         return []
-    with duckdb.connect(str(db_path)) as connection:
-        tables = {row[0] for row in connection.execute("SHOW TABLES").fetchall()}
-        if "votes" not in tables:
-            return []
-        cursor = connection.execute("SELECT * FROM votes ORDER BY created_at, id")
-        names = [column[0] for column in cursor.description]
-        rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    try:
+        # Read-only: another process (a sweep) may be writing the same file.
+        with duckdb.connect(str(db_path), read_only=True) as connection:
+            tables = {row[0] for row in connection.execute("SHOW TABLES").fetchall()}
+            if "votes" not in tables:
+                return []
+            cursor = connection.execute("SELECT * FROM votes ORDER BY created_at, id")
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    except duckdb.Error as error:
+        first_line = str(error).splitlines()[0]
+        raise UserError(f"cannot read votes from {db_path} ({first_line})") from None
     for row in rows:
         for key in ("history", "params", "decoding"):
             row[key] = json.loads(row[key])

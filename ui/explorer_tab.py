@@ -8,6 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from spectrum.dashboard import REPO, Dashboard
+from spectrum.errors import UserError
 from spectrum.explorer import load_results, sample_responses
 from spectrum.votes import CHOICES, tally
 from ui.common import friendly
@@ -31,7 +32,11 @@ def shown_path(path) -> str:
 
 
 def votes_frame(db) -> pd.DataFrame:
-    counts = tally(db)
+    try:
+        counts = tally(db)
+    except UserError as error:  # the plots do not depend on the votes: warn, go on
+        gr.Warning(str(error))
+        counts = {}
     rows = [{"method": m, "λ": lam, **choices} for (m, lam), choices in sorted(counts.items())]
     return pd.DataFrame(rows, columns=["method", "λ", *CHOICES])
 
