@@ -9,6 +9,8 @@ streams (by this page or another) cannot mislabel it: ``set()`` waits for the se
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -33,9 +35,21 @@ from spectrum.votes import COLUMNS, Vote, record_vote
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
 DEFAULT_PAIR = ASSETS / "pair"
-DEFAULT_DB = ASSETS / "spectrum.duckdb"
+SHIPPED_DB = ASSETS / "spectrum.duckdb"
+# Votes and page-launched sweeps are written here, never into the tracked shipped file.
+DEFAULT_DB = REPO / "results" / "spectrum.duckdb"
 EXPORTS = REPO / "exports"
 SAMPLING_MODES = ("per-model defaults", "greedy", "custom")
+
+
+def working_db(db: Path) -> Path:
+    """The default results DB starts as a copy of the shipped one (explorer shows its data)."""
+    if db == DEFAULT_DB.resolve() and not db.exists() and SHIPPED_DB.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        partial = db.with_name(f".{db.name}.tmp-{os.getpid()}")
+        shutil.copyfile(SHIPPED_DB, partial)
+        os.replace(partial, db)  # atomic: a crash never leaves a half-copied DB
+    return db
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,7 @@ class Dashboard:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         self.base = None if base is None else str(base)
         self.device = pick_device(device)
-        self.db = Path(db).resolve()
+        self.db = working_db(Path(db).resolve())
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
         remote = dict(trust_remote_code=trust_remote_code)

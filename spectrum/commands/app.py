@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=env("SPECTRUM_DB"),
-        help="results and votes DuckDB file (default: assets/spectrum.duckdb)",
+        help="results and votes DuckDB file (default: results/spectrum.duckdb, "
+        "created as a copy of the shipped assets/spectrum.duckdb)",
     )
     parser.add_argument(
         "--host",
