@@ -8,10 +8,11 @@ the path is printed) and fails on any browser console error or uncaught page err
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
-from test_app_server import launch_app
+from test_app_server import SHIPPED_DB, launch_app
 
 from spectrum.toy.task import make_problems
 
@@ -33,6 +34,8 @@ GENERATION_TIMEOUT_MS = 240_000
 def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
     assert Path(CHROMIUM).is_file(), "run.sh installs Debian's chromium; it is missing"
     problems: list[str] = []
+    # The results DB starts as the shipped one, as the app's default working copy does.
+    shutil.copyfile(SHIPPED_DB, tmp_path / "results.duckdb")
     with launch_app(tmp_path) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)
@@ -78,6 +81,12 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         page.screenshot(path=str(screenshot))
         page.screenshot(path=str(tmp_path / "dashboard-full.png"), full_page=True)
         print(f"screenshots: {screenshot}, {tmp_path / 'dashboard-full.png'}")
+
+        # Opening the explorer draws the stored results without pressing "Load".
+        page.get_by_role("tab", name="Spectrum explorer").click()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot")).to_have_count(4)
+        page.screenshot(path=str(tmp_path / "explorer.png"))
         browser.close()
     assert screenshot.stat().st_size > 10_000
     assert not problems, "\n".join(problems)

@@ -35,12 +35,16 @@ def build_app(dashboard: Dashboard) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Merge & chat", id="chat"):
                 build_chat_tab(demo, dashboard)
-            with gr.Tab("Spectrum explorer", id="explorer"):
+            with gr.Tab("Spectrum explorer", id="explorer") as explorer_tab:
                 explorer = build_explorer_tab(dashboard)
             with gr.Tab("Weights", id="weights"):
                 build_weights_tab(dashboard)
             with gr.Tab("Sweep", id="sweep"):
                 build_sweep_tab(dashboard, explorer)
+        # Opening the explorer draws the results at once; "Load" is for another DB file.
+        explorer_tab.select(
+            explorer.refresh, explorer.inputs, explorer.outputs, api_visibility="undocumented"
+        )
     return demo
 
 
