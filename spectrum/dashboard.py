@@ -191,7 +191,9 @@ class Dashboard:
             .eval()
             for role, path in self.sources.items()
         }
-        self.merger = LiveMerger.load(direct, thinking, base, device=self.device)
+        self.merger = LiveMerger.load(
+            direct, thinking, base, device=self.device, trust_remote_code=trust_remote_code
+        )
         self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.

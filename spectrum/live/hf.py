@@ -50,18 +50,23 @@ class LiveMerger(LiveBackend):
         dtype: torch.dtype | None = None,
         policy: str = "auto",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        trust_remote_code: bool = False,
     ) -> LiveMerger:
         """Read the parents once and load the direct parent as the model to merge into.
 
         ``policy``: ``auto`` (resident when the prepared tensors fit the device, else
         streamed), ``resident`` or ``streamed`` (see ``spectrum.live.memory``).
+        ``trust_remote_code`` runs a hub repo's own model code: off unless asked for.
         """
         target = resolve_device(device)
         check_policy(policy)
         parents = ParentTensors.read(direct, thinking, base)
-        model = AutoModelForCausalLM.from_pretrained(parents.direct_path, dtype=dtype or "auto")
+        remote = dict(trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            parents.direct_path, dtype=dtype or "auto", **remote
+        )
         model = model.to(target).eval()
-        tokenizer = AutoTokenizer.from_pretrained(parents.direct_path)
+        tokenizer = AutoTokenizer.from_pretrained(parents.direct_path, **remote)
         return cls(model, tokenizer, parents, policy, chunk_bytes)
 
     @torch.no_grad()
