@@ -21,21 +21,24 @@ COLLINEAR = 1.0 - 1e-6
 _CHUNK = 1 << 22
 
 
-def _dot64(a: Tensor, b: Tensor) -> float:
-    a, b = a.reshape(-1), b.reshape(-1)
-    total = 0.0
-    for start in range(0, a.numel(), _CHUNK):
-        stop = start + _CHUNK
-        total += float(torch.dot(a[start:stop].double(), b[start:stop].double()))
-    return total
+def _gram64(direct: Tensor, thinking: Tensor) -> tuple[float, float, float]:
+    """⟨D,D⟩, ⟨T,T⟩, ⟨D,T⟩ in float64, one pass: each slice is widened once, not per dot."""
+    direct, thinking = direct.reshape(-1), thinking.reshape(-1)
+    dd = tt = dt = 0.0
+    for start in range(0, direct.numel(), _CHUNK):
+        d = direct[start : start + _CHUNK].double()
+        t = thinking[start : start + _CHUNK].double()
+        dd, tt, dt = dd + float(d @ d), tt + float(t @ t), dt + float(d @ t)
+    return dd, tt, dt
 
 
 def angle(direct: Tensor, thinking: Tensor) -> float:
     """Ω in radians; 0.0 means "interpolate linearly" (collinear or a zero tensor)."""
-    norms = math.sqrt(_dot64(direct, direct) * _dot64(thinking, thinking))
+    dd, tt, dt = _gram64(direct, thinking)
+    norms = math.sqrt(dd * tt)
     if norms == 0.0:
         return 0.0
-    cos = _dot64(direct, thinking) / norms
+    cos = dt / norms
     return 0.0 if abs(cos) > COLLINEAR else math.acos(max(-1.0, min(1.0, cos)))
 
 
