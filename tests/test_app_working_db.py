@@ -1,9 +1,10 @@
 """The app's default results DB is a working copy: votes never write the shipped file."""
 
 import duckdb
+from test_app_votes import make_vote
 
 from spectrum import dashboard
-from spectrum.votes import Vote, read_votes, record_vote
+from spectrum.votes import read_votes, record_vote
 
 
 def test_default_db_is_seeded_from_the_shipped_one_and_votes_stay_there(tmp_path, monkeypatch):
@@ -21,17 +22,7 @@ def test_default_db_is_seeded_from_the_shipped_one_and_votes_stay_there(tmp_path
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT answer FROM marker").fetchone() == (42,)
 
-    answers = {"direct": "a", "merged": "b", "thinking": "c"}
-    vote = Vote(
-        choice="merged",
-        prompt="1+1",
-        answers=answers,
-        method="linear",
-        lam=0.5,
-        direct_model="d",
-        thinking_model="t",
-    )
-    record_vote(db, vote)
+    record_vote(db, make_vote())
     assert len(read_votes(db)) == 1
     assert shipped.read_bytes() == shipped_bytes
     # A second launch keeps the working copy (and its votes) instead of re-seeding it.
