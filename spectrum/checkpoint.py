@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -80,15 +81,26 @@ class _SafetensorsFile:
             if entry.get("dtype") not in DTYPES:
                 raise UserError(f"unsupported dtype {entry.get('dtype')!r} of {name} in {path}")
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, span: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor ``name``, or elements ``span = (start, stop)`` of it, flattened."""
         entry = self.tensors[name]
+        dtype = DTYPES[entry["dtype"]]
         start, end = entry["data_offsets"]
-        out = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
-        buffer = out.view(-1).view(torch.uint8).numpy() if out.numel() else bytearray()
+        if span is None:
+            out = torch.empty(entry["shape"], dtype=dtype)
+        else:
+            if not 0 <= span[0] <= span[1] <= math.prod(entry["shape"]):
+                raise ValueError(f"elements {span} are outside {name} {entry['shape']}")
+            out = torch.empty(span[1] - span[0], dtype=dtype)
+            start, end = start + span[0] * out.element_size(), start + span[1] * out.element_size()
+        buffer = memoryview(out.view(-1).view(torch.uint8).numpy() if out.numel() else b"")
+        done, size = 0, end - start
         with open(self.path, "rb", buffering=0) as handle:
-            handle.seek(self.data_start + start)
-            if handle.readinto(buffer) != end - start:
-                raise UserError(f"truncated safetensors file {self.path} while reading {name}")
+            while done < size:  # one read(2) returns at most ~2 GiB
+                got = os.preadv(handle.fileno(), [buffer[done:]], self.data_start + start + done)
+                if got == 0:
+                    raise UserError(f"truncated safetensors file {self.path} while reading {name}")
+                done += got
         return out
 
 
@@ -169,6 +181,16 @@ class Checkpoint:
         file = self._where[name]
         if file in self._files:
             return self._files[file].read(name)
+        return self._pickle_tensor(file, name)
+
+    def get_slice(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``start:stop`` of the flattened tensor, reading only those bytes."""
+        file = self._where[name]
+        if file in self._files:
+            return self._files[file].read(name, (start, stop))
+        return self._pickle_tensor(file, name).reshape(-1)[start:stop]
+
+    def _pickle_tensor(self, file: str, name: str) -> torch.Tensor:
         path = self._pickle_files[file]
         if self._pickle_cache is None or self._pickle_cache[0] != path:
             self._pickle_cache = (path, self._load_pickle(path))

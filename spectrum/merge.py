@@ -2,16 +2,21 @@
 
 Both APIs share one loop (``merge_stream``): for each tensor, read the parents, cast to
 float32 on the merge device, ``prepare`` then ``apply`` at the tensor's strength, cast back
-to the direct parent's dtype. Tensors outside the scope (and non-float tensors) are the
-direct parent's tensor untouched, bytes included. Methods with ``global_stats`` first get
-streaming statistics passes that re-read the parents, so no pass ever holds the model.
-The next tensors are read by a background thread while the current one is merged.
+to the direct parent's dtype. Elementwise methods (linear, slerp, task_arithmetic) and
+copied tensors go through in slices of ``CHUNK`` elements, read straight from the files,
+so memory holds a few slices whatever the model and the float32 copies stay in cache; the
+others get whole tensors. Tensors outside the scope (and non-float tensors) are the direct
+parent's bytes untouched. Methods with ``global_stats`` first get streaming statistics
+passes that re-read the parents, so no pass ever holds the model. The next pieces are read
+(and prepared) by a background thread while the current one is merged, and a writer
+thread puts finished bytes on disk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +33,7 @@ from spectrum import __version__
 from spectrum.checkpoint import Checkpoint, open_checkpoint
 from spectrum.errors import UserError
 from spectrum.methods import MergeMethod, Parents, get_method, resolve_params
+from spectrum.methods.base import CHUNK, sum_over_chunks
 from spectrum.output import (
     ShardWriter,
     check_destination,
@@ -40,13 +46,17 @@ from spectrum.selection import MergeScope, layer_of
 from spectrum.validate import validate_parents
 
 log = logging.getLogger("spectrum.merge")
-PREFETCH = 1  # tensors read ahead of the one being merged: enough to hide reads
+PREFETCH = 1  # whole tensors read ahead of the one being merged: enough to hide reads
+CHUNK_PREFETCH = 4  # slices read ahead in the chunked path
 COPY_FROM = ("direct", "thinking")
 
 
 class TensorSource(Protocol):
     def names(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> torch.dtype: ...
     def get(self, name: str) -> Tensor: ...
+    def get_slice(self, name: str, start: int, stop: int) -> Tensor: ...
 
 
 class _MappingSource:
@@ -56,8 +66,17 @@ class _MappingSource:
     def names(self) -> list[str]:
         return list(self._tensors)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._tensors[name].dtype
+
     def get(self, name: str) -> Tensor:
         return self._tensors[name]
+
+    def get_slice(self, name: str, start: int, stop: int) -> Tensor:
+        return self._tensors[name].reshape(-1)[start:stop]
 
 
 @dataclass(frozen=True)
@@ -101,65 +120,116 @@ def merge_stream(
     *,
     progress: bool = False,
 ) -> Iterator[tuple[str, Tensor]]:
-    """Yield ``(name, merged tensor)`` in the order of ``names``, one tensor at a time."""
+    """Yield ``(name, piece)`` in the order of ``names``: each tensor whole, or as flat pieces
+    (consecutive slices of its flattened elements) when it is copied or the method is
+    elementwise. Everything runs one piece at a time; see the module docstring."""
     method = plan.method
     strengths = {name: plan.scope.strength_for(name, plan.lam, num_layers) for name in names}
-    in_scope = [name for name in names if strengths[name] is not None]
+    merged = {n for n in names if strengths[n] is not None and direct.dtype(n).is_floating_point}
+    as32 = dict(device=plan.device, dtype=torch.float32)
+    sums = _SumsCache(method, direct, thinking, plan.device)
 
-    def prepared(name: str) -> tuple[Tensor | torch.dtype, dict[str, Tensor] | None]:
-        """The direct tensor itself when it is kept, else its dtype and the prepared tensors.
+    def load(item: tuple[str, tuple[int, int] | None]) -> tuple[Tensor | torch.dtype, Any]:
+        """The raw piece when it is copied, else its dtype and the method's prepared tensors.
 
-        Runs in the read-ahead thread: the next tensor is read *and* prepared while the
+        Runs in the read-ahead thread: the next piece is read *and* prepared while the
         current one is applied, and the float32 parents are dropped as soon as prepared.
         """
-        raw = direct.get(name)
-        if strengths[name] is None or not raw.is_floating_point():
+        name, span = item
+        read = (lambda s: s.get(name)) if span is None else (lambda s: s.get_slice(name, *span))
+        raw = read(direct)
+        if name not in merged:
             return raw, None
-        as32 = dict(device=plan.device, dtype=torch.float32)
         parents = Parents(
             name,
             raw.to(**as32),
-            thinking.get(name).to(**as32),
-            base.get(name).to(**as32) if base is not None else None,
+            read(thinking).to(**as32),
+            read(base).to(**as32) if base is not None else None,
+            sums.of(name) if span is not None else None,
         )
         return raw.dtype, method.prepare(parents, plan.params, plan.seed)
 
     stats = None
     if method.global_stats is not None:
+        in_scope = [name for name in names if name in merged]
 
         def prepared_stream() -> Iterator[tuple[str, dict[str, Tensor]]]:
-            bar = tqdm(total=len(in_scope), desc="statistics", unit="tensor", disable=not progress)
-            for name, (_, tensors) in _read_ahead(in_scope, prepared):
-                if tensors is not None:
-                    yield name, tensors
+            items = [(name, None) for name in in_scope]
+            bar = tqdm(total=len(items), desc="statistics", unit="tensor", disable=not progress)
+            for (name, _), (_, tensors) in _read_ahead(items, load, PREFETCH):
+                yield name, tensors
                 bar.update()
             bar.close()
 
         lams = sorted({strengths[name] for name in in_scope})
         stats = method.global_stats(prepared_stream, lams, plan.params)
 
-    bar = tqdm(total=len(names), desc=f"merge {method.name}", unit="tensor", disable=not progress)
-    for name, (kept, tensors) in _read_ahead(names, prepared):
+    items = [item for name in names for item in _pieces(name, direct, name in merged, method)]
+    total = sum(_nbytes(direct, name) for name in names)
+    bar = tqdm(total=total, desc=f"merge {method.name}", unit="B", unit_scale=True,
+               disable=not progress)  # fmt: skip
+    prefetch = CHUNK_PREFETCH if method.elementwise else PREFETCH
+    for (name, _), (kept, tensors) in _read_ahead(items, load, prefetch):
         if tensors is not None:
             kept = method.apply(tensors, strengths[name], plan.params, stats).to(dtype=kept).cpu()
-        del tensors  # gone before the next read lands: the peak stays at a few tensors
+        del tensors  # gone before the next read lands: the peak stays at a few pieces
         yield name, kept
-        bar.update()
+        bar.update(kept.numel() * kept.element_size())
     bar.close()
 
 
-def _read_ahead(names: list[str], read: Callable[[str], Any]) -> Iterator[tuple[str, Any]]:
-    """``(name, read(name))`` in order, with the next PREFETCH reads running in a thread."""
-    upcoming = iter(names)
+def _pieces(
+    name: str, source: TensorSource, is_merged: bool, method: MergeMethod
+) -> list[tuple[str, tuple[int, int] | None]]:
+    """Work items for one tensor: whole when the method needs it whole, else CHUNK slices."""
+    if is_merged and not method.elementwise:
+        return [(name, None)]
+    numel = math.prod(source.shape(name))
+    return [(name, (start, min(start + CHUNK, numel))) for start in range(0, numel, CHUNK)] or [
+        (name, None)
+    ]
+
+
+def _nbytes(source: TensorSource, name: str) -> int:
+    return math.prod(source.shape(name)) * source.dtype(name).itemsize
+
+
+class _SumsCache:
+    """An elementwise method's ``tensor_sums`` over the tensor in hand (one extra pass)."""
+
+    def __init__(self, method: MergeMethod, direct: TensorSource, thinking: TensorSource, device):
+        self._method, self._direct, self._thinking, self._device = method, direct, thinking, device
+        self._name: str | None = None
+        self._sums: Tensor | None = None
+
+    def of(self, name: str) -> Tensor | None:
+        if self._method.tensor_sums is None:
+            return None
+        if name != self._name:
+            numel = math.prod(self._direct.shape(name))
+            slices = (
+                tuple(s.get_slice(name, start, min(start + CHUNK, numel)).to(self._device)
+                      for s in (self._direct, self._thinking))
+                for start in range(0, max(numel, 1), CHUNK)
+            )  # fmt: skip
+            self._name, self._sums = name, sum_over_chunks(self._method.tensor_sums, slices)
+        return self._sums
+
+
+def _read_ahead(
+    items: list, read: Callable[[Any], Any], prefetch: int
+) -> Iterator[tuple[Any, Any]]:
+    """``(item, read(item))`` in order, with the next ``prefetch`` reads running in a thread."""
+    upcoming = iter(items)
     with ThreadPoolExecutor(1, thread_name_prefix="spectrum-read") as pool:
         pending: deque = deque()
         while True:
-            while len(pending) <= PREFETCH and (name := next(upcoming, None)) is not None:
-                pending.append((name, pool.submit(read, name)))
+            while len(pending) <= prefetch and (item := next(upcoming, None)) is not None:
+                pending.append((item, pool.submit(read, item)))
             if not pending:
                 return
-            name, future = pending.popleft()
-            yield name, future.result()
+            item, future = pending.popleft()
+            yield item, future.result()
 
 
 def merge_tensors(
@@ -196,7 +266,22 @@ def merge_tensors(
     layers = [layer for layer in map(layer_of, direct) if layer is not None]
     sources = [_MappingSource(t) if t is not None else None for t in (direct, thinking, base)]
     stream = merge_stream(*sources, plan, list(direct), max(layers, default=0) + 1)
-    return dict(stream)
+    return _assemble(stream, {name: tuple(t.shape) for name, t in direct.items()})
+
+
+def _assemble(stream: Iterator[tuple[str, Tensor]], shapes: dict[str, tuple]) -> dict[str, Tensor]:
+    """Whole tensors from the stream's pieces."""
+    merged: dict[str, Tensor] = {}
+    filled: dict[str, int] = {}
+    for name, piece in stream:
+        if name not in merged and tuple(piece.shape) == shapes[name]:
+            merged[name] = piece  # a whole tensor
+            continue
+        if name not in merged:
+            merged[name], filled[name] = torch.empty(shapes[name], dtype=piece.dtype), 0
+        merged[name].view(-1)[filled[name] : filled[name] + piece.numel()] = piece
+        filled[name] += piece.numel()
+    return merged
 
 
 def _method(name: str, has_base: bool) -> MergeMethod:
@@ -343,8 +428,12 @@ def merge_checkpoints(
                 num_layers,
                 progress=progress,
             )
-            for name, tensor in stream:
-                writer.add(name, tensor)
+            try:
+                for name, piece in stream:
+                    writer.add(name, piece)
+            except BaseException:
+                writer.abort()
+                raise
             writer.close()
             copied = copy_side_files(parents[config.copy_from].path, staging)
             record = merge_record(

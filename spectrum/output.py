@@ -13,6 +13,7 @@ destination removes leftovers whose process is gone.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import json
@@ -20,6 +21,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,7 @@ _COPIED = re.compile(r".*\.(json|jinja|txt|model|tiktoken)$")
 _OWN_FILES = {"README.md", "merge_config.json"}
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
 _UNITS["GIB"] = 2**30
+QUEUED_BYTES = 64 << 20  # written bytes the merge may run ahead of the disk
 
 
 def parse_size(size: str | int) -> int:
@@ -70,7 +73,14 @@ def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
 
 
 class ShardWriter:
-    """Writes planned shards in order; ``add`` must receive tensors in plan order."""
+    """Writes planned shards in order, from a background thread.
+
+    ``add`` takes each tensor in plan order, whole or as consecutive flat pieces of it,
+    checks it against the plan and queues its bytes; the thread writes them and flushes
+    each shard to disk (``fsync``) while the merge goes on. Queued bytes are bounded, so
+    a slow disk slows the merge instead of filling memory. A write error surfaces in the
+    next ``add`` or in ``close``.
+    """
 
     def __init__(self, folder: Path, shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]]):
         self.folder = folder
@@ -83,21 +93,87 @@ class ShardWriter:
         )
         self._order = [(shard, entry) for shard, entries in enumerate(shards) for entry in entries]
         self._position = 0
-        self._handle = None
+        self._filled = 0  # bytes of the current tensor queued so far
         self._open_shard = -1
+        self._queue = _ByteQueue(QUEUED_BYTES)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="spectrum-write", daemon=True)
+        self._thread.start()
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue ``tensor``: the whole of ``name`` or its next flat piece."""
+        self._raise_error()
+        if self._position >= len(self._order):
+            raise RuntimeError(f"writer got {name} after the last planned tensor")
         shard, (expected, shape, dtype) = self._order[self._position]
-        if name != expected or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        size = _nbytes(shape, dtype)
+        piece = tensor.numel() * tensor.element_size()
+        if name != expected or tensor.dtype != dtype or self._filled + piece > size:
             raise RuntimeError(f"writer expected {expected} {shape} {dtype}, got {name}")
+        if tensor.dim() > 1 and tuple(tensor.shape) != shape:  # whole, so shaped
+            raise RuntimeError(f"writer expected {expected} {shape}, got {tuple(tensor.shape)}")
         if shard != self._open_shard:
-            self._start_shard(shard)
-        if tensor.numel():
-            self._handle.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
-        self._position += 1
+            self._queue.put(("shard", shard), 0)
+            self._open_shard = shard
+        if piece:
+            self._queue.put(("bytes", tensor.contiguous().view(-1).view(torch.uint8)), piece)
+        self._filled += piece
+        if self._filled == size:
+            self._position += 1
+            self._filled = 0
 
-    def _start_shard(self, shard: int) -> None:
-        self._close_handle()
+    def close(self) -> None:
+        """Wait for every byte to reach disk, then write the index."""
+        self._queue.put(("end", None), 0)
+        self._thread.join()
+        self._raise_error()
+        if self._position != len(self._order):
+            raise RuntimeError(
+                f"writer closed after {self._position} of {len(self._order)} tensors"
+            )
+        if len(self.shards) > 1:
+            weight_map = {
+                name: self.file_names[shard]
+                for shard, entries in enumerate(self.shards)
+                for name, _, _ in entries
+            }
+            total = sum(_nbytes(shape, dtype) for e in self.shards for _, shape, dtype in e)
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+    def abort(self) -> None:
+        """Stop writing (the merge failed): drop queued bytes, close the open shard."""
+        self._queue.fail()
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _drain(self) -> None:
+        handle = None
+        try:
+            while True:
+                kind, item = self._queue.get()
+                if kind == "abort":
+                    return
+                if kind == "bytes":
+                    handle.write(item.numpy().data)
+                    continue
+                if handle is not None:
+                    _flush(handle)
+                    handle = None
+                if kind == "end":
+                    return
+                handle = self._open(item)
+        except BaseException as error:  # re-raised in the merging thread
+            self._error = error
+            self._queue.fail()
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def _open(self, shard: int):
         header: dict = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, shape, dtype in self.shards[shard]:
@@ -110,32 +186,53 @@ class ShardWriter:
             offset = end
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors does
-        self._handle = open(self.folder / self.file_names[shard], "wb")
-        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
-        self._open_shard = shard
+        handle = open(self.folder / self.file_names[shard], "wb")
+        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        return handle
 
-    def _close_handle(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
 
-    def close(self) -> None:
-        if self._position != len(self._order):
-            raise RuntimeError(
-                f"writer closed after {self._position} of {len(self._order)} tensors"
-            )
-        self._close_handle()
-        if len(self.shards) > 1:
-            weight_map = {
-                name: self.file_names[shard]
-                for shard, entries in enumerate(self.shards)
-                for name, _, _ in entries
-            }
-            total = sum(_nbytes(shape, dtype) for e in self.shards for _, shape, dtype in e)
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+def _flush(handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+class _ByteQueue:
+    """A FIFO that blocks ``put`` while more than ``limit`` bytes wait (one item may pass)."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._items: collections.deque = collections.deque()
+        self._waiting = 0
+        self._failed = False
+        self._ready = threading.Condition()
+
+    def put(self, item, size: int) -> None:
+        with self._ready:
+            while self._waiting and self._waiting + size > self._limit and not self._failed:
+                self._ready.wait()
+            if self._failed:  # the writer stopped: nothing drains, the error is re-raised
+                return
+            self._items.append((item, size))
+            self._waiting += size
+            self._ready.notify_all()
+
+    def get(self):
+        with self._ready:
+            while not self._items and not self._failed:
+                self._ready.wait()
+            if self._failed:
+                return ("abort", None)
+            item, size = self._items.popleft()
+            self._waiting -= size
+            self._ready.notify_all()
+            return item
+
+    def fail(self) -> None:
+        with self._ready:
+            self._failed = True
+            self._items.clear()
+            self._ready.notify_all()
 
 
 def copy_side_files(source: Path, folder: Path) -> list[str]:

@@ -18,6 +18,7 @@ from spectrum.live.core import LiveBackend, resolve_device
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.live.views import checkpoint_views
+from spectrum.methods.linear import weighted_sum
 
 
 class LiveMerger(LiveBackend):
@@ -79,12 +80,9 @@ class LiveMerger(LiveBackend):
         # Runs inside _write's no_grad; a decorator here would cost more than the kernel.
         def write(name: str, direct: Tensor, thinking: Tensor, lam: float) -> None:
             view = self.views[name]
-            if view.dtype == direct.dtype:
-                # One kernel straight into the parameter's storage: reads θ_D and θ_T once,
-                # writes once, allocates nothing; reduced-precision inputs are computed in
-                # float32 and rounded once, and λ = 0 / 1 give the parents bit for bit.
-                torch.lerp(direct, thinking, lam, out=view)
-            else:
-                view.copy_(torch.lerp(direct.float(), thinking.float(), lam))
+            if view.dtype == torch.float32:
+                weighted_sum(direct, thinking, lam, out=view)  # in place, no temporary
+            else:  # float32 math, rounded once to the model's dtype, as the offline merge
+                view.copy_(weighted_sum(direct, thinking, lam))
 
         return write

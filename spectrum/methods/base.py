@@ -17,6 +17,13 @@ threshold) also define ``global_stats``. It receives a factory that yields
 that ``apply`` receives. ``lams`` is every strength ``apply`` will be called with, so a
 threshold that depends on k = λ can be computed exactly for each.
 
+Methods that are *elementwise* (each output element depends on the same element of the
+parents only, plus per-tensor sums) declare it, and the engine then runs ``prepare`` and
+``apply`` on flat slices of ``CHUNK`` elements: memory stays at a few slices and the
+float32 copies stay in cache. A per-tensor reduction they need (slerp's dot products) is a
+``tensor_sums`` of one slice; ``sum_over_chunks`` adds it up over the same slices in the
+same order wherever it runs, so a chunked merge and a whole-tensor one agree bit for bit.
+
 All tensors handed to a method are float32 on the merge device; casting back to the
 parents' dtype is the engine's job. λ convention (shared/reference/methods.md):
 λ = 0 gives the direct parent, λ = 1 the thinking parent.
@@ -31,6 +38,9 @@ from typing import Any
 from torch import Tensor
 
 Prepared = dict[str, Tensor]
+# Elements per slice in the chunked path: 1 MiB of float32, 2 MiB widened to float64.
+# Small enough that the allocator recycles slices instead of mapping fresh pages for each.
+CHUNK = 1 << 18
 PreparedStream = Callable[[], Iterator[tuple[str, Prepared]]]
 
 
@@ -42,6 +52,8 @@ class Parents:
     direct: Tensor
     thinking: Tensor
     base: Tensor | None = None
+    # The method's ``tensor_sums`` over the whole tensor, when these are slices of it.
+    sums: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,28 @@ class MergeMethod:
     apply: Callable[[Prepared, float, dict[str, Any], Any], Tensor]
     params: tuple[Param, ...] = ()
     needs_base: bool = False
+    # prepare/apply are elementwise given ``tensor_sums``: the engine may run them on slices.
+    elementwise: bool = False
+    tensor_sums: Callable[[Tensor, Tensor], Tensor] | None = None
     global_stats: Callable[[PreparedStream, Iterable[float], dict[str, Any]], Any] | None = None
     # True when λ=0 / λ=1 reproduce the parents exactly (used by tests and the UI).
     interpolates: bool = True
     aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+def sum_over_chunks(
+    tensor_sums: Callable[[Tensor, Tensor], Tensor], slices: Iterable[tuple[Tensor, Tensor]]
+) -> Tensor:
+    """``tensor_sums`` of each (direct, thinking) slice, added in order, in float64."""
+    total = None
+    for direct, thinking in slices:
+        part = tensor_sums(direct, thinking)
+        total = part if total is None else total + part
+    return total
+
+
+def chunks_of(direct: Tensor, thinking: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+    """The engine's slices of two whole tensors."""
+    direct, thinking = direct.reshape(-1), thinking.reshape(-1)
+    for start in range(0, max(direct.numel(), 1), CHUNK):
+        yield direct[start : start + CHUNK], thinking[start : start + CHUNK]

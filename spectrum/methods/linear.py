@@ -1,4 +1,12 @@
-"""`linear`: θ = (1−λ)θ_D + λθ_T."""
+"""`linear`: θ = (1−λ)θ_D + λθ_T, with the float32 arithmetic mergekit uses.
+
+The weights are rounded to float32, the sum starts from zero and takes each parent with a
+fused multiply-add, then is divided by the float32 sum of the weights (1 up to one
+rounding). Those are exactly mergekit's operations, so our `linear` is bit for bit its
+`linear`; every step is elementwise, so a slice merged alone gives the same bytes as the
+whole tensor (the engine and the live merger rely on that). λ = 0 and λ = 1 give the
+parents exactly (a −0 becomes +0, as in mergekit).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,27 @@ from torch import Tensor
 from spectrum.methods.base import MergeMethod, Parents, Prepared
 
 
-def weighted_sum(direct: Tensor, thinking: Tensor, lam: float) -> Tensor:
-    # One fused pass (the engine's throughput and the live merger's in-place path use the
-    # same kernel, so both give the same bytes). torch.lerp computes θ_D + λΔ for λ < 0.5
-    # and θ_T − (1−λ)Δ otherwise, so λ=0 and λ=1 give the parents bit for bit.
-    return torch.lerp(direct, thinking, lam)
+def weights(lam: float) -> tuple[Tensor, Tensor]:
+    """((1−λ, λ) in float32, their float32 sum)."""
+    pair = torch.tensor([1.0 - lam, lam], dtype=torch.float32)
+    return pair, pair.sum()
+
+
+def weighted_sum(direct: Tensor, thinking: Tensor, lam: float, out: Tensor | None = None) -> Tensor:
+    """(1−λ)·direct + λ·thinking in float32, from parents of any floating dtype.
+
+    ``out`` (float32, the parents' shape) receives the result in place: the live merger
+    writes a float32 model's parameters that way without a temporary.
+    """
+    pair, total = (w.to(direct.device) for w in weights(lam))
+    if out is None:
+        merged = torch.zeros(direct.shape, dtype=torch.float32, device=direct.device)
+    else:
+        merged = out.zero_()
+    merged.addcmul_(direct, pair[0]).addcmul_(thinking, pair[1])
+    if float(total) != 1.0:  # dividing by exactly 1 changes no bit: skip the pass
+        merged.div_(total)
+    return merged
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
@@ -30,4 +54,5 @@ METHOD = MergeMethod(
     summary="Weighted average (1−λ)·direct + λ·thinking.",
     prepare=prepare,
     apply=apply,
+    elementwise=True,
 )

@@ -2,6 +2,8 @@
 
 cos Ω = ⟨θ_D, θ_T⟩ / (‖θ_D‖‖θ_T‖); θ = sin((1−λ)Ω)/sin Ω · θ_D + sin(λΩ)/sin Ω · θ_T, and
 `linear` when the two are nearly collinear (|cos Ω| > 1 − 1e-6) or either is all zeros.
+The three dot products are the method's ``tensor_sums``, so the engine can stream a tensor
+in slices: one pass for the sums, one for the merge.
 """
 
 from __future__ import annotations
@@ -12,29 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import MergeMethod, Parents, Prepared
+from spectrum.methods.base import MergeMethod, Parents, Prepared, chunks_of, sum_over_chunks
 from spectrum.methods.linear import weighted_sum
 
 COLLINEAR = 1.0 - 1e-6
-# Dot products in float64, a slice at a time: exact enough for 400M-value embeddings
-# without a float64 copy of the whole tensor.
-_CHUNK = 1 << 22
 
 
-def _gram64(direct: Tensor, thinking: Tensor) -> tuple[float, float, float]:
-    """⟨D,D⟩, ⟨T,T⟩, ⟨D,T⟩ in float64, one pass: each slice is widened once, not per dot."""
-    direct, thinking = direct.reshape(-1), thinking.reshape(-1)
-    dd = tt = dt = 0.0
-    for start in range(0, direct.numel(), _CHUNK):
-        d = direct[start : start + _CHUNK].double()
-        t = thinking[start : start + _CHUNK].double()
-        dd, tt, dt = dd + float(d @ d), tt + float(t @ t), dt + float(d @ t)
-    return dd, tt, dt
+def gram(direct: Tensor, thinking: Tensor) -> Tensor:
+    """⟨D,D⟩, ⟨T,T⟩, ⟨D,T⟩ of one slice, in float64: exact enough at any tensor size."""
+    direct, thinking = direct.reshape(-1).double(), thinking.reshape(-1).double()
+    return torch.stack([direct @ direct, thinking @ thinking, direct @ thinking]).cpu()
 
 
-def angle(direct: Tensor, thinking: Tensor) -> float:
-    """Ω in radians; 0.0 means "interpolate linearly" (collinear or a zero tensor)."""
-    dd, tt, dt = _gram64(direct, thinking)
+def angle(sums: Tensor) -> float:
+    """Ω in radians from the Gram sums; 0.0 means "interpolate linearly"."""
+    dd, tt, dt = sums.tolist()
     norms = math.sqrt(dd * tt)
     if norms == 0.0:
         return 0.0
@@ -43,11 +37,13 @@ def angle(direct: Tensor, thinking: Tensor) -> float:
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    omega = angle(parents.direct, parents.thinking)
+    sums = parents.sums
+    if sums is None:  # a whole tensor: the same slices the engine would sum
+        sums = sum_over_chunks(gram, chunks_of(parents.direct, parents.thinking))
     return {
         "direct": parents.direct,
         "thinking": parents.thinking,
-        "omega": torch.tensor(omega, dtype=torch.float64),
+        "omega": torch.tensor(angle(sums), dtype=torch.float64),
     }
 
 
@@ -67,4 +63,6 @@ METHOD = MergeMethod(
     summary="Spherical interpolation per tensor; linear where the parents are collinear.",
     prepare=prepare,
     apply=apply,
+    elementwise=True,
+    tensor_sums=gram,
 )

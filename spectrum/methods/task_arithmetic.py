@@ -24,6 +24,7 @@ METHOD = MergeMethod(
     apply=apply_affine,
     params=(Param("scale", float, 1.0, "scale s of the combined task vector", minimum=0.0),),
     needs_base=True,
+    elementwise=True,
     # (θ_D − θ_B) + θ_B is θ_D only up to rounding, and s ≠ 1 leaves the segment.
     interpolates=False,
 )
