@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -87,13 +88,18 @@ def mergekit_config(method: str, paths: dict[str, Path]) -> dict:
     raise KeyError(method)
 
 
-def measure(command: list[str], out: Path) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and peak RSS bytes of one command; its output is removed."""
+def measure(command: list[str], out: Path, hashes: Path | None = None) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS bytes of one command; its output is removed.
+
+    ``hashes`` is spectrum's file-hash cache folder; by default a new empty one, so every
+    spectrum figure includes hashing both parents (a first merge of these files)."""
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True
-    )
+    with tempfile.TemporaryDirectory() as fresh:
+        env = {**os.environ, "SPECTRUM_CACHE": str(hashes or fresh)}
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env
+        )
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed:\n{result.stderr[-2000:]}")
@@ -148,6 +154,13 @@ def main() -> None:
             f" {theirs[0] / ours[0]:.2f} | {theirs[1] / ours[1]:.2f} | {ours[2] / theirs[2]:.2f} |"
         )
         print(row + _cells(size, theirs) + ratios, flush=True)
+        if method == "linear":  # the same merge again, the parents' hashes remembered
+            with tempfile.TemporaryDirectory() as hashes:
+                measure([*command, "--quiet", "--out", str(out)], out, Path(hashes))
+                again = measure([*command, "--quiet", "--out", str(out)], out, Path(hashes))
+            print(f"| linear, hashes remembered |{_cells(size, again)}{_cells(size, theirs)}"
+                  f" {theirs[0] / again[0]:.2f} | {theirs[1] / again[1]:.2f} |"
+                  f" {again[2] / theirs[2]:.2f} |", flush=True)  # fmt: skip
     print(
         f"\ntorch threads: {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} at end"
     )

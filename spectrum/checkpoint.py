@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from spectrum.errors import UserError
+from spectrum.filehash import file_sha256
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -210,7 +211,8 @@ class Checkpoint:
 
         Full-content hashing is the only cheap-to-explain hash that tells a fine-tune from
         its base (two same-shaped models have byte-identical safetensors headers). Files in a
-        Hugging Face cache are stored under their sha256 already, so those cost nothing.
+        Hugging Face cache are stored under their sha256 already, so those cost nothing;
+        other files' digests are remembered while they are unchanged (``spectrum.filehash``).
         """
         outer = hashlib.sha256()
         for path in [*self.weight_files(), self.path / "config.json"]:
@@ -226,11 +228,7 @@ def _file_sha256(path: Path) -> str:
         and re.fullmatch(r"[0-9a-f]{64}", blob.name)
     ):
         return blob.name
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _read_json(path: Path, *, required: bool = False) -> dict:

@@ -19,7 +19,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -127,7 +127,8 @@ def merge_stream(
     strengths = {name: plan.scope.strength_for(name, plan.lam, num_layers) for name in names}
     merged = {n for n in names if strengths[n] is not None and direct.dtype(n).is_floating_point}
     as32 = dict(device=plan.device, dtype=torch.float32)
-    sums = _SumsCache(method, direct, thinking, plan.device)
+    chunked = [name for name in names if name in merged and method.elementwise]
+    sums = _TensorSums(method, (direct, thinking), chunked, plan.device)
 
     def load(item: tuple[str, tuple[int, int] | None]) -> tuple[Tensor | torch.dtype, Any]:
         """The raw piece when it is copied, else its dtype and the method's prepared tensors.
@@ -169,13 +170,17 @@ def merge_stream(
     bar = tqdm(total=total, desc=f"merge {method.name}", unit="B", unit_scale=True,
                disable=not progress)  # fmt: skip
     prefetch = CHUNK_PREFETCH if method.elementwise else PREFETCH
-    for (name, _), (kept, tensors) in _read_ahead(items, load, prefetch):
-        if tensors is not None:
-            kept = method.apply(tensors, strengths[name], plan.params, stats).to(dtype=kept).cpu()
-        del tensors  # gone before the next read lands: the peak stays at a few pieces
-        yield name, kept
-        bar.update(kept.numel() * kept.element_size())
-    bar.close()
+    try:
+        for (name, _), (kept, tensors) in _read_ahead(items, load, prefetch):
+            if tensors is not None:
+                merged_piece = method.apply(tensors, strengths[name], plan.params, stats)
+                kept = merged_piece.to(dtype=kept).cpu()
+            del tensors  # gone before the next read lands: the peak stays at a few pieces
+            yield name, kept
+            bar.update(kept.numel() * kept.element_size())
+    finally:
+        sums.close()
+        bar.close()
 
 
 def _pieces(
@@ -194,26 +199,45 @@ def _nbytes(source: TensorSource, name: str) -> int:
     return math.prod(source.shape(name)) * source.dtype(name).itemsize
 
 
-class _SumsCache:
-    """An elementwise method's ``tensor_sums`` over the tensor in hand (one extra pass)."""
+class _TensorSums:
+    """An elementwise method's ``tensor_sums`` per tensor: one extra read pass, run by its
+    own thread up to ``LOOKAHEAD`` tensors ahead so that it overlaps the merge."""
 
-    def __init__(self, method: MergeMethod, direct: TensorSource, thinking: TensorSource, device):
-        self._method, self._direct, self._thinking, self._device = method, direct, thinking, device
-        self._name: str | None = None
-        self._sums: Tensor | None = None
+    LOOKAHEAD = 2
+
+    def __init__(self, method: MergeMethod, sources: tuple[TensorSource, TensorSource],
+                 names: list[str], device: str):  # fmt: skip
+        self._method, self._sources, self._device = method, sources, device
+        self._order = names
+        self._index = {name: i for i, name in enumerate(names)}
+        self._submitted = 0
+        self._futures: dict[str, Future] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="spectrum-sums")
 
     def of(self, name: str) -> Tensor | None:
         if self._method.tensor_sums is None:
             return None
-        if name != self._name:
-            numel = math.prod(self._direct.shape(name))
-            slices = (
-                tuple(s.get_slice(name, start, min(start + CHUNK, numel)).to(self._device)
-                      for s in (self._direct, self._thinking))
-                for start in range(0, max(numel, 1), CHUNK)
-            )  # fmt: skip
-            self._name, self._sums = name, sum_over_chunks(self._method.tensor_sums, slices)
-        return self._sums
+        position = self._index[name]
+        while self._submitted <= min(position + self.LOOKAHEAD, len(self._order) - 1):
+            ahead = self._order[self._submitted]
+            self._futures[ahead] = self._pool.submit(self._sum, ahead)
+            self._submitted += 1
+        for passed in [n for n in self._futures if self._index[n] < position]:
+            del self._futures[passed]
+        return self._futures[name].result()
+
+    def _sum(self, name: str) -> Tensor:
+        direct, thinking = self._sources
+        numel = math.prod(direct.shape(name))
+        slices = (
+            tuple(s.get_slice(name, start, min(start + CHUNK, numel)).to(self._device)
+                  for s in (direct, thinking))
+            for start in range(0, max(numel, 1), CHUNK)
+        )  # fmt: skip
+        return sum_over_chunks(self._method.tensor_sums, slices)
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
 
 
 def _read_ahead(

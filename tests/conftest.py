@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 from spectrum.tiny import save_tiny_pair
+
+# Remembered file hashes go to a per-run folder, not the user's ~/.cache (subprocesses too).
+os.environ["SPECTRUM_CACHE"] = tempfile.mkdtemp(prefix="spectrum-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from spectrum.checkpoint import open_checkpoint
 from spectrum.errors import UserError
+from spectrum.filehash import file_sha256
 
 
 def _reference_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -118,6 +119,44 @@ def test_content_hash_is_sha256_of_files_and_changes_with_one_weight(tiny_pair, 
     data[-1] ^= 1  # one bit of one weight
     shard.write_bytes(bytes(data))
     assert open_checkpoint(copy).content_hash() != checkpoint.content_hash()
+
+
+def test_remembered_hashes_are_used_only_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    os.utime(weights, (time.time() - 60, time.time() - 60))  # older than the racy window
+    assert file_sha256(weights) == hashlib.sha256(b"a" * 1000).hexdigest()
+    cache = tmp_path / "cache" / "sha256.json"
+    stored = json.loads(cache.read_text())
+    assert list(stored.values()) == [hashlib.sha256(b"a" * 1000).hexdigest()]
+    # A planted digest proves the lookup is used while size, times and inode are unchanged.
+    cache.write_text(json.dumps(dict.fromkeys(stored, "0" * 64)))
+    assert file_sha256(weights) == "0" * 64
+    # Same size, mtime put back: the ctime still moves, so the file is hashed again.
+    stat = weights.stat()
+    weights.write_bytes(b"b" * 1000)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(weights) == hashlib.sha256(b"b" * 1000).hexdigest()
+    # A file changed just now is hashed but not remembered: it may change again unseen.
+    fresh = tmp_path / "fresh.safetensors"
+    fresh.write_bytes(b"c")
+    assert file_sha256(fresh) == hashlib.sha256(b"c").hexdigest()
+    assert all(not key.startswith(str(fresh.resolve())) for key in json.loads(cache.read_text()))
+
+
+def test_a_damaged_hash_cache_is_ignored_and_off_disables_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECTRUM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "sha256.json").write_text("{not json")
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"x")
+    os.utime(weights, (time.time() - 60, time.time() - 60))
+    assert file_sha256(weights) == hashlib.sha256(b"x").hexdigest()
+    monkeypatch.setenv("SPECTRUM_CACHE", "off")
+    (tmp_path / "cache" / "sha256.json").unlink()
+    assert file_sha256(weights) == hashlib.sha256(b"x").hexdigest()
+    assert not (tmp_path / "cache" / "sha256.json").exists()
 
 
 def test_hub_id_offline_is_one_clear_line_quickly(tmp_path):

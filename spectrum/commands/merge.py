@@ -78,7 +78,11 @@ def _return_freed_tensors_to_os() -> None:
     Process-wide, hence here in the command and not in the library. No-op off glibc.
     """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
+        # Fixing the threshold also fixes the trim threshold at 128 KiB, and trimming freed
+        # slices hands their pages back only to fault them in again for the next slice.
+        libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD
     except OSError:
         return
 

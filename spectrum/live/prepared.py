@@ -94,7 +94,7 @@ class PreparedMerge:
         self.seed = seed
         self.parents = parents
         self.names = parents.merged_names()
-        # linear needs no preparation: with a backend that can lerp into its parameters,
+        # linear needs no preparation: with a backend that writes it into its parameters,
         # keep the parents in their own dtype (half the bytes of float32) and skip apply.
         self.linear_writer = linear_writer if self.method.name == "linear" else None
         # The plan is estimated from the largest tensor's prepared size, before committing;

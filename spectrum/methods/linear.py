@@ -10,6 +10,7 @@ parents exactly (a −0 becomes +0, as in mergekit).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -18,10 +19,11 @@ from torch import Tensor
 from spectrum.methods.base import MergeMethod, Parents, Prepared
 
 
-def weights(lam: float) -> tuple[Tensor, Tensor]:
-    """((1−λ, λ) in float32, their float32 sum)."""
+@functools.lru_cache(maxsize=64)
+def weights(lam: float) -> tuple[float, float, float]:
+    """(1−λ, λ) rounded to float32, and their float32 sum (1 up to one rounding)."""
     pair = torch.tensor([1.0 - lam, lam], dtype=torch.float32)
-    return pair, pair.sum()
+    return float(pair[0]), float(pair[1]), float(pair.sum())
 
 
 def weighted_sum(direct: Tensor, thinking: Tensor, lam: float, out: Tensor | None = None) -> Tensor:
@@ -30,13 +32,14 @@ def weighted_sum(direct: Tensor, thinking: Tensor, lam: float, out: Tensor | Non
     ``out`` (float32, the parents' shape) receives the result in place: the live merger
     writes a float32 model's parameters that way without a temporary.
     """
-    pair, total = (w.to(direct.device) for w in weights(lam))
+    w_direct, w_thinking, total = weights(lam)
     if out is None:
         merged = torch.zeros(direct.shape, dtype=torch.float32, device=direct.device)
     else:
         merged = out.zero_()
-    merged.addcmul_(direct, pair[0]).addcmul_(thinking, pair[1])
-    if float(total) != 1.0:  # dividing by exactly 1 changes no bit: skip the pass
+    # add_ with alpha is the same fused multiply-add as mergekit's addcmul_ by a scalar.
+    merged.add_(direct, alpha=w_direct).add_(thinking, alpha=w_thinking)
+    if total != 1.0:  # dividing by exactly 1 changes no bit: skip the pass
         merged.div_(total)
     return merged
 
