@@ -154,11 +154,11 @@ def main() -> None:
             f" {theirs[0] / ours[0]:.2f} | {theirs[1] / ours[1]:.2f} | {ours[2] / theirs[2]:.2f} |"
         )
         print(row + _cells(size, theirs) + ratios, flush=True)
-        if method == "linear":  # the same merge again, the parents' hashes remembered
+        if method in ("linear", "slerp"):  # the same merge again, parents' hashes remembered
             with tempfile.TemporaryDirectory() as hashes:
                 measure([*command, "--quiet", "--out", str(out)], out, Path(hashes))
                 again = measure([*command, "--quiet", "--out", str(out)], out, Path(hashes))
-            print(f"| linear, hashes remembered |{_cells(size, again)}{_cells(size, theirs)}"
+            print(f"| {method}, hashes remembered |{_cells(size, again)}{_cells(size, theirs)}"
                   f" {theirs[0] / again[0]:.2f} | {theirs[1] / again[1]:.2f} |"
                   f" {again[2] / theirs[2]:.2f} |", flush=True)  # fmt: skip
     print(

@@ -55,7 +55,9 @@ def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) ->
     # At λ=0 / λ=1 the coefficients are exactly (1, 0) / (0, 1): slerp interpolates.
     direct_weight = math.sin((1.0 - lam) * omega) / sin_omega
     thinking_weight = math.sin(lam * omega) / sin_omega
-    return prepared["direct"] * direct_weight + prepared["thinking"] * thinking_weight
+    # Two passes, not three: the thinking term joins with a fused multiply-add.
+    merged = torch.mul(prepared["direct"], direct_weight)
+    return merged.add_(prepared["thinking"], alpha=thinking_weight)
 
 
 METHOD = MergeMethod(
