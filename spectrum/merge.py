@@ -33,7 +33,7 @@ from spectrum import __version__
 from spectrum.checkpoint import Checkpoint, open_checkpoint
 from spectrum.errors import UserError
 from spectrum.methods import MergeMethod, Parents, get_method, resolve_params
-from spectrum.methods.base import CHUNK, sum_over_chunks
+from spectrum.methods.base import chunk_spans, sum_over_chunks
 from spectrum.output import (
     ShardWriter,
     check_destination,
@@ -41,6 +41,7 @@ from spectrum.output import (
     parse_size,
     plan_shards,
     staged_folder,
+    tensor_nbytes,
 )
 from spectrum.selection import MergeScope, layer_of
 from spectrum.validate import validate_parents
@@ -166,7 +167,7 @@ def merge_stream(
         stats = method.global_stats(prepared_stream, lams, plan.params)
 
     items = [item for name in names for item in _pieces(name, direct, name in merged, method)]
-    total = sum(_nbytes(direct, name) for name in names)
+    total = sum(tensor_nbytes(direct.shape(name), direct.dtype(name)) for name in names)
     bar = tqdm(total=total, desc=f"merge {method.name}", unit="B", unit_scale=True,
                disable=not progress)  # fmt: skip
     prefetch = CHUNK_PREFETCH if method.elementwise else PREFETCH
@@ -189,14 +190,7 @@ def _pieces(
     """Work items for one tensor: whole when the method needs it whole, else CHUNK slices."""
     if is_merged and not method.elementwise:
         return [(name, None)]
-    numel = math.prod(source.shape(name))
-    return [(name, (start, min(start + CHUNK, numel))) for start in range(0, numel, CHUNK)] or [
-        (name, None)
-    ]
-
-
-def _nbytes(source: TensorSource, name: str) -> int:
-    return math.prod(source.shape(name)) * source.dtype(name).itemsize
+    return [(name, span) for span in chunk_spans(math.prod(source.shape(name)))]
 
 
 class _TensorSums:
@@ -228,12 +222,10 @@ class _TensorSums:
 
     def _sum(self, name: str) -> Tensor:
         direct, thinking = self._sources
-        numel = math.prod(direct.shape(name))
         slices = (
-            tuple(s.get_slice(name, start, min(start + CHUNK, numel)).to(self._device)
-                  for s in (direct, thinking))
-            for start in range(0, max(numel, 1), CHUNK)
-        )  # fmt: skip
+            tuple(s.get_slice(name, *span).to(self._device) for s in (direct, thinking))
+            for span in chunk_spans(math.prod(direct.shape(name)))
+        )
         return sum_over_chunks(self._method.tensor_sums, slices)
 
     def close(self) -> None:

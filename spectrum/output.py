@@ -58,7 +58,7 @@ def plan_shards(
     shards: list[list] = [[]]
     filled = 0
     for entry in entries:
-        size = _nbytes(entry[1], entry[2])
+        size = tensor_nbytes(entry[1], entry[2])
         if shards[-1] and filled + size > max_shard_bytes:
             shards.append([])
             filled = 0
@@ -67,7 +67,7 @@ def plan_shards(
     return shards
 
 
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
     count = 1
     for dim in shape:
         count *= dim
@@ -108,7 +108,7 @@ class ShardWriter:
         if self._position >= len(self._order):
             raise RuntimeError(f"writer got {name} after the last planned tensor")
         shard, (expected, shape, dtype) = self._order[self._position]
-        size = _nbytes(shape, dtype)
+        size = tensor_nbytes(shape, dtype)
         piece = tensor.numel() * tensor.element_size()
         if name != expected or tensor.dtype != dtype or self._filled + piece > size:
             raise RuntimeError(f"writer expected {expected} {shape} {dtype}, got {name}")
@@ -139,7 +139,7 @@ class ShardWriter:
                 for shard, entries in enumerate(self.shards)
                 for name, _, _ in entries
             }
-            total = sum(_nbytes(shape, dtype) for e in self.shards for _, shape, dtype in e)
+            total = sum(tensor_nbytes(shape, dtype) for e in self.shards for _, shape, dtype in e)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
@@ -181,7 +181,7 @@ class ShardWriter:
         header: dict = {"__metadata__": {"format": "pt"}}
         offset = 0
         for name, shape, dtype in self.shards[shard]:
-            end = offset + _nbytes(shape, dtype)
+            end = offset + tensor_nbytes(shape, dtype)
             header[name] = {
                 "dtype": DTYPE_NAMES[dtype],
                 "shape": list(shape),

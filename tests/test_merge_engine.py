@@ -20,6 +20,7 @@ from spectrum.cli import main
 from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
 from spectrum.methods import Parents, get_method, resolve_params
 from spectrum.methods.base import CHUNK
+from spectrum.output import ShardWriter, plan_shards
 from spectrum.selection import MergeScope
 from spectrum.tiny import save_random_model, tiny_config
 from spectrum.tokenizer import build_char_tokenizer
@@ -210,3 +211,15 @@ def test_tied_embeddings_merge_once_and_stay_tied(tmp_path):
     parents = [_read_folder(p)["model.embed_tokens.weight"].double() for p in (direct, thinking)]
     expected = (0.5 * parents[0] + 0.5 * parents[1]).float()
     torch.testing.assert_close(model.lm_head.weight.detach(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_write_error_in_the_writer_thread_reaches_the_merge(tmp_path):
+    # One shard, so close() writes no index: the only failure is the thread's own open.
+    shards = plan_shards([("a", (4,), torch.float32), ("b", (4,), torch.float32)], 1 << 20)
+    missing = tmp_path / "gone"
+    writer = ShardWriter(missing, shards)
+    writer.add("a", torch.zeros(4))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        writer.add("b", torch.zeros(4))
+        writer.close()
+    writer.abort()  # idempotent after a failure: returns, does not hang

@@ -97,8 +97,13 @@ def sum_over_chunks(
     return total
 
 
+def chunk_spans(numel: int) -> list[tuple[int, int]]:
+    """The engine's slices of a flattened tensor: ``(start, stop)``, at least one."""
+    return [(start, min(start + CHUNK, numel)) for start in range(0, max(numel, 1), CHUNK)]
+
+
 def chunks_of(direct: Tensor, thinking: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
     """The engine's slices of two whole tensors."""
     direct, thinking = direct.reshape(-1), thinking.reshape(-1)
-    for start in range(0, max(direct.numel(), 1), CHUNK):
-        yield direct[start : start + CHUNK], thinking[start : start + CHUNK]
+    for start, stop in chunk_spans(direct.numel()):
+        yield direct[start:stop], thinking[start:stop]
