@@ -2,7 +2,7 @@
 
 import sys
 
-from spectrum.commands.app import main
+from ui.command import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

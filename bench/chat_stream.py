@@ -18,9 +18,9 @@ from dataclasses import replace
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.chat import prompt_ids, stream_columns, stream_reply
-from spectrum.generate import DecodingSettings
-from spectrum.tiny import save_tiny_pair
+from spectrum.generate.batch import DecodingSettings
+from spectrum.generate.chat import prompt_ids, stream_columns, stream_reply
+from spectrum.toy.tiny import save_tiny_pair
 
 CONVERSATION = [{"role": "user", "content": "37 + 5 - 8 + 2"}]
 

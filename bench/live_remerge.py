@@ -8,7 +8,7 @@ many bytes as the update (at most 1 GiB), so both sit in the same cache level. `
 the Top-K strategies pay for their new thresholds), after one warm-up ``set()`` that
 prepares the method.
 
-Models: ``tiny`` is spectrum.tiny's random Qwen3 written to disk and loaded as a user
+Models: ``tiny`` is spectrum.toy.tiny's random Qwen3 written to disk and loaded as a user
 would; ``small`` (CPU-sized) and ``qwen3-4b`` (Qwen3-4B's shapes, bf16) are random parents
 built in memory (no disk: 3 × 8 GB of checkpoints would only time the disk). Usage:
 
@@ -33,9 +33,10 @@ from spectrum.live import LiveMerger
 from spectrum.live.core import LiveBackend
 from spectrum.live.prepared import ParentTensors
 from spectrum.live.views import checkpoint_views
+from spectrum.merge import MergeSpec
 from spectrum.methods import REGISTRY
-from spectrum.tiny import save_random_model, save_tiny_pair, tiny_config
-from spectrum.tokenizer import build_char_tokenizer
+from spectrum.toy.tiny import save_random_model, save_tiny_pair, tiny_config
+from spectrum.toy.tokenizer import build_char_tokenizer
 
 SHAPES = {
     "small": dict(
@@ -128,9 +129,9 @@ def file_merger(device: torch.device, folder: str, backend: str) -> LiveBackend:
 
 
 def measure(merger: LiveBackend, method: str, repeats: int) -> dict:
-    merger.set(method, 0.5)  # prepares the method (and its whole-model statistics)
+    merger.set(MergeSpec(method, 0.5))  # prepares the method (and its whole-model statistics)
     lams = [0.05 + 0.9 * i / max(repeats - 1, 1) for i in range(repeats)]
-    times = [merger.set(method, lam).set_ms for lam in lams]
+    times = [merger.set(MergeSpec(method, lam)).set_ms for lam in lams]
     direct = merger.parents.direct
     written = sum(direct[name].numel() * direct[name].element_size() for name in merger.names)
     moved = merger.prepared_bytes + written

@@ -24,8 +24,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from spectrum.output import ShardWriter, plan_shards
-from spectrum.tiny import tiny_config
+from spectrum.toy.tiny import tiny_config
+from spectrum.weights.output import ShardWriter, plan_shards
 
 # ~534 M parameters: 1.07 GB per parent in bf16.
 SHAPE = dict(

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from spectrum.tiny import save_tiny_pair
+from spectrum.toy.tiny import save_tiny_pair
 
 # Remembered file hashes go to a per-run folder, not the user's ~/.cache (subprocesses too).
 os.environ["SPECTRUM_CACHE"] = tempfile.mkdtemp(prefix="spectrum-cache-")

@@ -1,4 +1,4 @@
-"""spectrum.chat: streaming one reply, and several side by side, on real tiny models."""
+"""spectrum.generate.chat: streaming one reply, and several side by side, on real tiny models."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.chat import display_text, split_reasoning, stream_columns, stream_reply
-from spectrum.generate import DecodingSettings
+from spectrum.generate.batch import DecodingSettings
+from spectrum.generate.chat import display_text, split_reasoning, stream_columns, stream_reply
 
 GREEDY = DecodingSettings(max_new_tokens=24, do_sample=False)
 CONVERSATION = [{"role": "user", "content": "What is 12 + 7?"}]

@@ -1,4 +1,4 @@
-"""spectrum.dashboard: three columns, truthful merge labels under races, votes, export,
+"""spectrum.dashboard.service: three columns, truthful merge labels under races, votes, export,
 allowed folders — on a real tiny pair, checked against merges computed here."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.dashboard import (
+from spectrum.dashboard.service import (
     AllowedFolders,
     Dashboard,
-    MergeRequest,
     Turn,
     conversation_for,
     decoding_for,
 )
+from spectrum.dashboard.votes import read_votes
 from spectrum.errors import UserError
-from spectrum.tiny import save_tiny_pair
-from spectrum.votes import read_votes
+from spectrum.merge import MergeSpec
+from spectrum.toy.tiny import save_tiny_pair
 
 TOKENS = 60
 GREEDY = {
@@ -72,11 +72,14 @@ def final(dashboard, request, turns=()):
 
 
 def test_three_columns_answer_from_their_own_models(dashboard, pair):
-    replies = final(dashboard, MergeRequest("linear", 0.5))
+    replies = final(dashboard, MergeSpec("linear", 0.5))
     assert replies["direct"].update.text == reference_reply(pair, 0.0)
     assert replies["thinking"].update.text == reference_reply(pair, 1.0)
     assert replies["merged"].update.text == reference_reply(pair, 0.5)
-    assert (replies["merged"].merge.method, replies["merged"].merge.lam) == ("linear", 0.5)
+    assert (replies["merged"].merge.spec.method, replies["merged"].merge.spec.lam) == (
+        "linear",
+        0.5,
+    )
     assert replies["direct"].merge is None and replies["thinking"].merge is None
     for reply in replies.values():
         assert reply.update.finished and reply.update.n_tokens > 0
@@ -85,16 +88,16 @@ def test_three_columns_answer_from_their_own_models(dashboard, pair):
 def test_slider_release_mid_stream_never_mislabels_the_merged_answer(dashboard, pair):
     first, second = 0.2, 0.9
     assert reference_reply(pair, first) != reference_reply(pair, second)
-    dashboard.set_merge(MergeRequest("linear", first))
+    dashboard.set_merge(MergeSpec("linear", first))
     released = []
 
     def release_slider() -> None:
-        released.append(dashboard.set_merge(MergeRequest("linear", second)))
+        released.append(dashboard.set_merge(MergeSpec("linear", second)))
         released.append(time.perf_counter())
 
     release = threading.Thread(target=release_slider)
     snapshot = None
-    for snapshot in dashboard.chat([], PROMPT, MergeRequest("linear", first), GREEDY):
+    for snapshot in dashboard.chat([], PROMPT, MergeSpec("linear", first), GREEDY):
         if snapshot["merged"] is not None and release.ident is None:
             release.start()  # the merged column is streaming: release the slider now
     streamed_until = time.perf_counter()
@@ -102,19 +105,19 @@ def test_slider_release_mid_stream_never_mislabels_the_merged_answer(dashboard, 
     merged = snapshot["merged"]
     assert release.ident is not None and merged.update.finished
     # Labelled with the merge it ran on, and that merge is exactly what produced it.
-    assert merged.merge.lam == first
+    assert merged.merge.spec.lam == first
     assert merged.update.text == reference_reply(pair, first)
     # The release waited for the generation to end, then loaded its own λ.
     loaded, loaded_at = released
-    assert loaded.lam == second and loaded.version > merged.merge.version
+    assert loaded.spec.lam == second and loaded.version > merged.merge.version
     assert loaded_at >= streamed_until - 0.5  # not before the merged column was done
-    assert dashboard.merger.current.lam == second
+    assert dashboard.merger.current.spec.lam == second
 
 
 def test_a_page_gets_its_own_lam_back_after_another_page_remerged(dashboard, pair):
-    dashboard.set_merge(MergeRequest("linear", 0.9))  # "another page"
-    replies = final(dashboard, MergeRequest("linear", 0.3))
-    assert replies["merged"].merge.lam == 0.3
+    dashboard.set_merge(MergeSpec("linear", 0.9))  # "another page"
+    replies = final(dashboard, MergeSpec("linear", 0.3))
+    assert replies["merged"].merge.spec.lam == 0.3
     assert replies["merged"].update.text == reference_reply(pair, 0.3)
 
 
@@ -122,7 +125,7 @@ def test_two_pages_chatting_at_once_each_get_truthful_labels(dashboard, pair):
     results = {}
 
     def page(lam: float) -> None:
-        results[lam] = final(dashboard, MergeRequest("linear", lam))["merged"]
+        results[lam] = final(dashboard, MergeSpec("linear", lam))["merged"]
 
     pages = [threading.Thread(target=page, args=(lam,)) for lam in (0.1, 0.7)]
     for thread in pages:
@@ -130,22 +133,22 @@ def test_two_pages_chatting_at_once_each_get_truthful_labels(dashboard, pair):
     for thread in pages:
         thread.join()
     for reply in results.values():
-        assert reply.update.text == reference_reply(pair, reply.merge.lam)
+        assert reply.update.text == reference_reply(pair, reply.merge.spec.lam)
 
 
 def test_multi_turn_history_is_each_columns_own(dashboard):
-    first = final(dashboard, MergeRequest("linear", 0.5))
+    first = final(dashboard, MergeSpec("linear", 0.5))
     turns = [Turn(PROMPT, first)]
     for column in ("direct", "merged", "thinking"):
         conversation = conversation_for(turns, column, "and again?")
         assert conversation[1] == {"role": "assistant", "content": first[column].update.text}
         assert conversation[-1] == {"role": "user", "content": "and again?"}
-    second = list(dashboard.chat(turns, "and again?", MergeRequest("linear", 0.5), GREEDY))
+    second = list(dashboard.chat(turns, "and again?", MergeSpec("linear", 0.5), GREEDY))
     assert all(reply.update.finished for reply in second[-1].values())
 
 
 def test_vote_stores_the_merge_that_answered(dashboard):
-    replies = final(dashboard, MergeRequest("linear", 0.4))
+    replies = final(dashboard, MergeSpec("linear", 0.4))
     dashboard.vote([Turn(PROMPT, replies)], "merged", GREEDY)
     row = read_votes(dashboard.db)[-1]
     assert (row["choice"], row["method"], row["lam"]) == ("merged", "linear", 0.4)
@@ -157,7 +160,7 @@ def test_vote_stores_the_merge_that_answered(dashboard):
 
 def test_export_writes_the_requested_merge(dashboard, pair, tmp_path):
     dashboard.folders = AllowedFolders([tmp_path])
-    out = dashboard.export(str(tmp_path / "merged"), MergeRequest("linear", 0.25))
+    out = dashboard.export(str(tmp_path / "merged"), MergeSpec("linear", 0.25))
     record = json.loads((out / "merge_config.json").read_text())
     assert record["config"]["lam"] == 0.25 and record["config"]["method"] == "linear"
     assert (out / "README.md").is_file()
@@ -167,17 +170,17 @@ def test_export_writes_the_requested_merge(dashboard, pair, tmp_path):
         expected = 0.75 * direct[name] + 0.25 * thinking[name]
         torch.testing.assert_close(tensor, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(UserError, match="outside the allowed folders"):
-        dashboard.export("/etc/spectrum-export", MergeRequest("linear", 0.25))
+        dashboard.export("/etc/spectrum-export", MergeSpec("linear", 0.25))
 
 
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (MergeRequest("nope", 0.5), "unknown merge method"),
-        (MergeRequest("linear", 1.5), "outside \\[0, 1\\]"),
-        (MergeRequest("linear", 0.5, layers="9-12"), "layer"),
-        (MergeRequest("task_arithmetic", 0.5), "needs a base model"),
-        (MergeRequest("twin", 0.5, params={"mask_rate": "x"}), "mask_rate"),
+        (MergeSpec("nope", 0.5), "unknown merge method"),
+        (MergeSpec("linear", 1.5), "outside \\[0, 1\\]"),
+        (MergeSpec("linear", 0.5, layers="9-12"), "layer"),
+        (MergeSpec("task_arithmetic", 0.5), "needs a base model"),
+        (MergeSpec("twin", 0.5, params={"mask_rate": "x"}), "mask_rate"),
     ],
 )
 def test_bad_merge_requests_are_user_errors(dashboard, request_, message):
@@ -238,7 +241,7 @@ def test_each_column_uses_its_own_models_chat_template(pair, tmp_path):
         conversation, tokenize=False, add_generation_prompt=True
     )
     assert merged_prompt == prompts["direct"]  # the merger's (direct) template, as sweeps use
-    replies = list(board.chat([], PROMPT, MergeRequest("linear", 1.0), GREEDY))[-1]
+    replies = list(board.chat([], PROMPT, MergeSpec("linear", 1.0), GREEDY))[-1]
     # λ = 1 is the thinking weights in both columns; only the template differs.
     model = board.parents["thinking"]
 

@@ -1,13 +1,13 @@
-"""spectrum.explorer over a real results DB made by a real sweep of a tiny pair."""
+"""spectrum.dashboard.explorer over a real results DB made by a real sweep of a tiny pair."""
 
 from __future__ import annotations
 
 import duckdb
 import pytest
 
+from spectrum.dashboard.explorer import load_results, sample_responses
 from spectrum.errors import UserError
 from spectrum.eval.sweep import SweepSpec, run_sweep
-from spectrum.explorer import load_results, sample_responses
 
 
 def sweep(pair, db, lams):

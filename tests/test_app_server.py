@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from gradio_client import Client
 
-from spectrum.toy.task import make_problems
-from spectrum.votes import read_votes
+from spectrum.dashboard.votes import read_votes
+from spectrum.eval.benchmarks.synthetic import make_problems
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_DB = REPO / "assets" / "spectrum.duckdb"

@@ -12,7 +12,7 @@ import gradio
 import yaml
 
 from spectrum.cli import build_parser, main
-from spectrum.commands.app import add_arguments
+from ui.command import add_arguments
 from ui.common import gpu
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,34 +1,32 @@
-"""spectrum.votes: preference votes round-trip through a real DuckDB file."""
+"""spectrum.dashboard.votes: preference votes round-trip through a real DuckDB file."""
 
 from __future__ import annotations
 
 import duckdb
 import pytest
 
+from spectrum.dashboard.votes import Vote, read_votes, record_vote, tally
 from spectrum.errors import UserError
-from spectrum.votes import Vote, read_votes, record_vote, tally
+from spectrum.merge import MergeSpec
 
 ANSWERS = {"direct": "\\boxed{19}", "merged": "<think>x</think>\\boxed{19}", "thinking": "t"}
 
 
 def make_vote(**overrides) -> Vote:
+    spec = dict(method="linear", lam=0.6, params={"scale": 1.0}, layers="0-3", seed=3)
+    spec["modules"] = ("attn", "mlp")
     fields = dict(
         choice="merged",
         prompt="12 + 7",
         answers=ANSWERS,
-        method="linear",
-        lam=0.6,
         direct_model="assets/pair/direct",
         thinking_model="assets/pair/thinking",
-        params={"scale": 1.0},
-        layers="0-3",
-        modules=("attn", "mlp"),
-        seed=3,
         history=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
         decoding={"temperature": 0.6},
     )
-    fields.update(overrides)
-    return Vote(**fields)
+    for key, value in overrides.items():
+        (spec if key in spec else fields)[key] = value
+    return Vote(**fields, spec=MergeSpec(**spec))
 
 
 def test_vote_round_trips_with_its_merge_settings(tmp_path):

@@ -3,8 +3,8 @@
 import duckdb
 from test_app_votes import make_vote
 
-from spectrum import dashboard
-from spectrum.votes import read_votes, record_vote
+from spectrum.dashboard import service as dashboard
+from spectrum.dashboard.votes import read_votes, record_vote
 
 
 def test_default_db_is_seeded_from_the_shipped_one_and_votes_stay_there(tmp_path, monkeypatch):

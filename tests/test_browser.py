@@ -14,7 +14,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 from test_app_server import SHIPPED_DB, launch_app
 
-from spectrum.toy.task import make_problems
+from spectrum.eval.benchmarks.synthetic import make_problems
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from spectrum.checkpoint import open_checkpoint
 from spectrum.errors import UserError
-from spectrum.filehash import file_sha256
+from spectrum.weights.checkpoint import open_checkpoint
+from spectrum.weights.filehash import file_sha256
 
 
 def _reference_tensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -93,7 +93,7 @@ def test_offline_without_local_file_is_one_clear_error():
 
 
 def test_synthetic_wraps_the_toy_task():
-    from spectrum.toy import task
+    from spectrum.eval.benchmarks import synthetic as task
 
     problems = load_problems("synthetic", limit=3, levels=(1, 4), seed=2)
     expected = [p for level in (1, 4) for p in task.make_problems(level, 3, seed=2)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.generate import DecodingSettings, TransformersGenerator
+from spectrum.generate.batch import DecodingSettings, TransformersGenerator
 
 CONVERSATIONS = [
     [{"role": "user", "content": "1+1"}],

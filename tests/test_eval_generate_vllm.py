@@ -14,7 +14,13 @@ from pathlib import Path
 import torch
 from test_live_vllm import ROOT, save_pair, vllm_python
 
-from spectrum.generate import DecodingSettings, TransformersGenerator, VllmGenerator, generator_for
+from spectrum.generate.batch import (
+    DecodingSettings,
+    TransformersGenerator,
+    VllmGenerator,
+    generator_for,
+)
+from spectrum.merge import MergeSpec
 
 CONVERSATIONS = [[{"role": "user", "content": c}] for c in ("1+1", "what is 12*3?", "x")]
 
@@ -46,8 +52,8 @@ def compare(root: Path) -> None:
     settings = DecodingSettings(do_sample=False, max_new_tokens=8)
     texts = []
     for lam in (0.0, 0.5):
-        engine.set("linear", lam)
-        reference.set("linear", lam)
+        engine.set(MergeSpec("linear", lam))
+        reference.set(MergeSpec("linear", lam))
         fast = generator_for(engine).generate(CONVERSATIONS, settings, n=2)
         slow = generator_for(reference).generate(CONVERSATIONS, settings, n=2)
         assert [(g.text, g.n_tokens, g.finished) for g in fast] == [

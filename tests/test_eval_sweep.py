@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.checkpoint import open_checkpoint
 from spectrum.eval.benchmarks import load_problems
 from spectrum.eval.sweep import SweepSpec, parse_lams, run_sweep
-from spectrum.generate import DecodingSettings, TransformersGenerator
+from spectrum.generate.batch import DecodingSettings, TransformersGenerator
+from spectrum.weights.checkpoint import open_checkpoint
 
 KEY = "config_id, benchmark, problem_id, sample_idx"
 
@@ -73,7 +73,7 @@ def test_sweep_rows_match_configuration(tiny_pair, tmp_path):
 
 
 def _toy_problems():
-    from spectrum.toy import task
+    from spectrum.eval.benchmarks import synthetic as task
 
     return [p for level in (1, 2) for p in task.make_problems(level, 1, seed=0)]
 
@@ -161,7 +161,7 @@ def test_kill_and_resume(tiny_pair, tmp_path):
 def test_parse_lams_rejects(text):
     from spectrum.errors import UserError
 
-    with pytest.raises(UserError, match="--lam"):
+    with pytest.raises(UserError, match="λ grid"):
         parse_lams(text)
 
 

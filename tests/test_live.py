@@ -20,11 +20,10 @@ from transformers.core_model_loading import revert_weight_conversion
 from spectrum.errors import UserError
 from spectrum.live import LiveMerger
 from spectrum.live.memory import choose_policy, plan_memory
-from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
+from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints, merge_tensors
 from spectrum.methods import REGISTRY, MergeMethod
-from spectrum.selection import MergeScope
-from spectrum.tiny import save_random_model, save_tiny_pair, tiny_config
-from spectrum.tokenizer import build_char_tokenizer
+from spectrum.toy.tiny import save_random_model, save_tiny_pair, tiny_config
+from spectrum.toy.tokenizer import build_char_tokenizer
 
 torch.set_num_threads(1)
 PROMPT = "<|im_start|>user\nwhat is 12+7?<|im_end|>\n<|im_start|>assistant\n"
@@ -71,8 +70,8 @@ def merger(tiny_pair):
 @pytest.mark.parametrize("method", list(REGISTRY))
 def test_every_method_equals_the_offline_merge(merger, parents, method):
     pointers = [param.data_ptr() for param in merger.model.parameters()]
-    merge = merger.set(method, 0.3, seed=7)
-    assert (merge.method, merge.lam, merge.seed) == (method, 0.3, 7)
+    merge = merger.set(MergeSpec(method, 0.3, seed=7))
+    assert (merge.spec.method, merge.spec.lam, merge.spec.seed) == (method, 0.3, 7)
     expected = merge_tensors(
         parents["direct"], parents["thinking"], parents["base"], method=method, lam=0.3, seed=7
     )
@@ -84,9 +83,13 @@ def test_every_method_equals_the_offline_merge(merger, parents, method):
 
 def test_linear_equals_the_spectrum_merge_folder_and_the_formula(merger, tiny_pair, tmp_path):
     lam = 0.65
-    merger.set("linear", lam)
+    merger.set(MergeSpec("linear", lam))
     out = merge_checkpoints(
-        MergeConfig(direct=str(tiny_pair["direct"]), thinking=str(tiny_pair["thinking"]), lam=lam),
+        MergeConfig(
+            direct=str(tiny_pair["direct"]),
+            thinking=str(tiny_pair["thinking"]),
+            spec=MergeSpec("linear", lam),
+        ),
         tmp_path / "merged",
         progress=False,
     )
@@ -101,7 +104,7 @@ def test_linear_equals_the_spectrum_merge_folder_and_the_formula(merger, tiny_pa
 
 def test_slerp_matches_the_textbook_formula(merger, parents):
     lam = 0.4
-    merger.set("slerp", lam)
+    merger.set(MergeSpec("slerp", lam))
     actual = model_in_checkpoint_names(merger.model)
     for name, direct in parents["direct"].items():
         a, b = direct.double().flatten(), parents["thinking"][name].double().flatten()
@@ -117,22 +120,22 @@ def test_slerp_matches_the_textbook_formula(merger, parents):
 
 @pytest.mark.parametrize("method", ["linear", "ties", "topk_replace", "dare"])
 def test_moving_lam_there_and_back_leaves_no_drift(merger, method):
-    merger.set(method, 0.3)
+    merger.set(MergeSpec(method, 0.3))
     once = model_in_checkpoint_names(merger.model)
-    merger.set(method, 0.9)
+    merger.set(MergeSpec(method, 0.9))
     assert not torch.equal(
         model_in_checkpoint_names(merger.model)["lm_head.weight"], once["lm_head.weight"]
     )
-    merger.set(method, 0.3)
+    merger.set(MergeSpec(method, 0.3))
     assert_bytes_equal(model_in_checkpoint_names(merger.model), once)
 
 
 def test_switching_methods_back_and_forth_leaves_no_drift(merger):
-    merger.set("twin", 0.3)
+    merger.set(MergeSpec("twin", 0.3))
     once = model_in_checkpoint_names(merger.model)
-    merger.set("slerp", 0.8)
-    merger.set("emr", 0.5)
-    merger.set("twin", 0.3)
+    merger.set(MergeSpec("slerp", 0.8))
+    merger.set(MergeSpec("emr", 0.5))
+    merger.set(MergeSpec("twin", 0.3))
     assert_bytes_equal(model_in_checkpoint_names(merger.model), once)
 
 
@@ -144,7 +147,7 @@ def test_endpoints_generate_like_the_parents_loaded_on_their_own(
     merger, tiny_pair, parents, method
 ):
     for lam, role in ((0.0, "direct"), (1.0, "thinking")):
-        merger.set(method, lam)
+        merger.set(MergeSpec(method, lam))
         # Bit for bit the parent's weights...
         assert_bytes_equal(model_in_checkpoint_names(merger.model), parents[role])
         alone = AutoModelForCausalLM.from_pretrained(tiny_pair[role], dtype=torch.float32)
@@ -163,15 +166,15 @@ def test_scope_and_schedule_equal_the_offline_merge(merger, parents, method):
         dict(),
     ]
     for case in cases:
-        merge = merger.set(method, 0.6, **case)
-        assert merge.layers == case.get("layers")
+        merge = merger.set(MergeSpec(method, 0.6, **case))
+        assert merge.spec.layers == case.get("layers")
         expected = merge_tensors(
             parents["direct"],
             parents["thinking"],
             parents["base"],
             method=method,
             lam=0.6,
-            scope=MergeScope(**case),
+            **case,
         )
         assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
 
@@ -187,8 +190,8 @@ def test_streamed_policy_gives_the_same_bytes_as_resident(tiny_pair, merger, met
         chunk_bytes=64 * 1024,  # many chunks even for the tiny model
     )
     for lam in (0.25, 0.75):
-        merger.set(method, lam)
-        streamed.set(method, lam)
+        merger.set(MergeSpec(method, lam))
+        streamed.set(MergeSpec(method, lam))
         assert streamed.memory.policy == "streamed" and merger.memory.policy == "resident"
         assert "streamed on cpu" in streamed.memory.describe()
         assert_bytes_equal(
@@ -213,9 +216,9 @@ def test_memory_plan_compares_prepared_bytes_with_free_memory():
 def test_set_inside_the_same_threads_session_is_refused(merger):
     with merger.session() as merge:
         with pytest.raises(RuntimeError, match="session"):
-            merger.set("linear", 0.5)
+            merger.set(MergeSpec("linear", 0.5))
         assert merger.current == merge
-    assert merger.set("linear", 0.5).version == merge.version + 1
+    assert merger.set(MergeSpec("linear", 0.5)).version == merge.version + 1
 
 
 def test_tied_embeddings_stay_tied(tmp_path):
@@ -226,7 +229,7 @@ def test_tied_embeddings_stay_tied(tmp_path):
     live = LiveMerger.load(direct, thinking, device="cpu")
     embed, head = live.model.model.embed_tokens.weight, live.model.lm_head.weight
     pointer = embed.data_ptr()
-    live.set("slerp", 0.5)
+    live.set(MergeSpec("slerp", 0.5))
     assert embed.data_ptr() == head.data_ptr() == pointer
     expected = merge_tensors(read_folder(direct), read_folder(thinking), method="slerp", lam=0.5)
     assert torch.equal(head, expected["model.embed_tokens.weight"])
@@ -238,13 +241,13 @@ def test_moe_experts_merge_per_checkpoint_tensor(tiny_moe_pair, method):
     roles = ("direct", "thinking", "base")
     live = LiveMerger.load(*(tiny_moe_pair[role] for role in roles), device="cpu")
     assert any("gate_up_proj" in name for name, _ in live.model.named_parameters())
-    live.set(method, 0.4)
+    live.set(MergeSpec(method, 0.4))
     direct, thinking, base = (read_folder(tiny_moe_pair[role]) for role in roles)
     expected = merge_tensors(direct, thinking, base, method=method, lam=0.4)
     actual = model_in_checkpoint_names(live.model)
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=2e-6, atol=1e-7)
-    live.set("linear", 1.0)
+    live.set(MergeSpec("linear", 1.0))
     alone = AutoModelForCausalLM.from_pretrained(tiny_moe_pair["thinking"], dtype=torch.float32)
     for (name, param), (_, reference) in zip(
         live.model.named_parameters(), alone.named_parameters(), strict=True
@@ -253,7 +256,7 @@ def test_moe_experts_merge_per_checkpoint_tensor(tiny_moe_pair, method):
 
 
 def test_bad_input_is_refused_and_leaves_the_weights_alone(merger, tiny_pair):
-    merge = merger.set("linear", 0.5)
+    merge = merger.set(MergeSpec("linear", 0.5))
     before = model_in_checkpoint_names(merger.model)
     bad_calls = [
         (dict(method="linear", lam=1.5), "outside"),
@@ -265,12 +268,12 @@ def test_bad_input_is_refused_and_leaves_the_weights_alone(merger, tiny_pair):
     ]
     for call, message in bad_calls:
         with pytest.raises(UserError, match=message):
-            merger.set(**call)
+            merger.set(MergeSpec(**call))
     assert merger.current == merge
     assert_bytes_equal(model_in_checkpoint_names(merger.model), before)
     no_base = LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
     with pytest.raises(UserError, match="base"):
-        no_base.set("task_arithmetic", 0.5)
+        no_base.set(MergeSpec("task_arithmetic", 0.5))
     with pytest.raises(UserError, match="memory policy"):
         LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], policy="swap")
     with pytest.raises(UserError, match="no such model folder"):
@@ -291,11 +294,11 @@ def test_a_write_that_fails_midway_leaves_the_direct_parent(merger, parents, mon
     linear = REGISTRY["linear"]
     method = MergeMethod("failing", "fails midway", linear.prepare, failing_apply)
     monkeypatch.setitem(REGISTRY, "failing", method)
-    before = merger.set("slerp", 0.7)
+    before = merger.set(MergeSpec("slerp", 0.7))
     with pytest.raises(RuntimeError, match="out of memory"):
-        merger.set("failing", 0.5)
+        merger.set(MergeSpec("failing", 0.5))
     assert len(calls) == 20
-    assert (merger.current.method, merger.current.lam) == ("linear", 0.0)
+    assert (merger.current.spec.method, merger.current.spec.lam) == ("linear", 0.0)
     assert merger.current.version == before.version + 1
     assert_bytes_equal(model_in_checkpoint_names(merger.model), parents["direct"])
 
@@ -310,13 +313,13 @@ def test_a_generation_racing_set_runs_on_one_version_only(merger):
     lams = (0.0, 1.0)
     reference = {}
     for lam in lams:
-        merger.set("linear", lam)
+        merger.set(MergeSpec("linear", lam))
         reference[lam] = greedy(merger.model, merger.tokenizer)
     assert reference[0.0] != reference[1.0]
     weight = merger.model.model.layers[0].self_attn.q_proj.weight
     fingerprints = {}
     for lam in lams:
-        merger.set("linear", lam)
+        merger.set(MergeSpec("linear", lam))
         fingerprints[lam] = weight.sum().item()
     seen: list[tuple[int, float]] = []
     hook = merger.model.register_forward_pre_hook(
@@ -328,7 +331,7 @@ def test_a_generation_racing_set_runs_on_one_version_only(merger):
     def keep_setting():
         i = 0
         while not stop.is_set():
-            setter_calls.append(merger.set("linear", lams[i % 2]).version)
+            setter_calls.append(merger.set(MergeSpec("linear", lams[i % 2])).version)
             i += 1
             time.sleep(0.001)  # locks are not fair: give the generating thread its turn
 
@@ -341,8 +344,8 @@ def test_a_generation_racing_set_runs_on_one_version_only(merger):
                 tokens = greedy(merger.model, merger.tokenizer)
             assert len(seen) >= 2
             assert {version for version, _ in seen} == {merge.version}
-            assert {fingerprint for _, fingerprint in seen} == {fingerprints[merge.lam]}
-            assert tokens == reference[merge.lam]
+            assert {fingerprint for _, fingerprint in seen} == {fingerprints[merge.spec.lam]}
+            assert tokens == reference[merge.spec.lam]
     finally:
         stop.set()
         setter.join()
@@ -362,7 +365,7 @@ def test_bf16_parents_equal_the_offline_merge(bf16_pair, method):
     live = LiveMerger.load(
         bf16_pair["direct"], bf16_pair["thinking"], bf16_pair["base"], device="cpu"
     )
-    live.set(method, 0.3)
+    live.set(MergeSpec(method, 0.3))
     direct, thinking, base = (
         read_folder(bf16_pair[role]) for role in ("direct", "thinking", "base")
     )
@@ -391,7 +394,7 @@ def test_a_bf16_model_from_float32_parents_takes_the_rounded_merge(tiny_pair, pa
     )
     assert next(live.model.parameters()).dtype == torch.bfloat16
     for method in ("ties", "linear"):
-        live.set(method, 0.45)
+        live.set(MergeSpec(method, 0.45))
         expected = merge_tensors(
             parents["direct"], parents["thinking"], parents["base"], method=method, lam=0.45
         )

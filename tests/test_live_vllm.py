@@ -42,8 +42,8 @@ def test_vllm_set_decodes_like_transformers(tmp_path):
 
 
 def save_pair(root: Path, arch: str = "qwen3") -> dict[str, Path]:
-    from spectrum.tiny import save_random_model, tiny_config
-    from spectrum.tokenizer import build_char_tokenizer
+    from spectrum.toy.tiny import save_random_model, tiny_config
+    from spectrum.toy.tokenizer import build_char_tokenizer
 
     # vLLM's CPU attention has no kernel for head_dim 16 (the default tiny model's); the
     # parents differ a lot so that λ visibly moves the log-probabilities.
@@ -81,6 +81,7 @@ def check_vllm_against_transformers(tmp_path: Path) -> None:
 
     from spectrum.live import LiveMerger
     from spectrum.live.vllm import VllmLiveMerger
+    from spectrum.merge import MergeSpec
 
     torch.set_num_threads(1)
     pair = save_pair(tmp_path)
@@ -93,10 +94,10 @@ def check_vllm_against_transformers(tmp_path: Path) -> None:
     prompts = [TokensPrompt(prompt_token_ids=list(prompt)) for prompt in PROMPTS]
     seen = {}
     for method, lam in (("linear", 0.0), ("linear", 1.0), ("ties", 0.6), ("linear", 0.35)):
-        merge = engine.set(method, lam)
-        reference.set(method, lam)
+        merge = engine.set(MergeSpec(method, lam))
+        reference.set(MergeSpec(method, lam))
         outputs, ran_on = engine.generate(prompts, sampling)
-        assert ran_on == merge and (ran_on.method, ran_on.lam) == (method, lam)
+        assert ran_on == merge and (ran_on.spec.method, ran_on.spec.lam) == (method, lam)
         for prompt, output in zip(PROMPTS, outputs, strict=True):
             completion = output.outputs[0]
             tokens, logprobs = transformers_greedy(reference.model, list(prompt))

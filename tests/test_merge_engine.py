@@ -15,15 +15,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from spectrum.checkpoint import open_checkpoint
 from spectrum.cli import main
-from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
+from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints, merge_tensors
+from spectrum.merge.scope import MergeScope
 from spectrum.methods import Parents, get_method, resolve_params
-from spectrum.methods.base import CHUNK
-from spectrum.output import ShardWriter, plan_shards
-from spectrum.selection import MergeScope
-from spectrum.tiny import save_random_model, tiny_config
-from spectrum.tokenizer import build_char_tokenizer
+from spectrum.methods.common.base import CHUNK
+from spectrum.toy.tiny import save_random_model, tiny_config
+from spectrum.toy.tokenizer import build_char_tokenizer
+from spectrum.weights.checkpoint import open_checkpoint
+from spectrum.weights.output import ShardWriter, plan_shards
 
 LAYERS = 4
 
@@ -86,7 +86,7 @@ def test_elementwise_methods_merged_in_slices_equal_the_whole_tensor_merge(metho
 def test_outside_scope_keeps_direct_bytes_and_schedule_sets_each_layer():
     direct, thinking = _random_model(1, torch.bfloat16), _random_model(2, torch.bfloat16)
     scope = MergeScope(layers="1-3", modules=("attn", "mlp"), lam_schedule=(0.0, 0.9))
-    merged = merge_tensors(direct, thinking, method="linear", lam=0.5, scope=scope)
+    merged = merge_tensors(direct, thinking, method="linear", lam=0.5, **scope.describe())
     for name, tensor in merged.items():
         layer = int(name.split(".")[2]) if ".layers." in name else None
         if layer is None or layer == 0 or "norm" in name:
@@ -103,7 +103,7 @@ def test_global_topk_statistics_pass_over_the_scope_equals_an_exact_sort():
     direct, thinking = _random_model(3), _random_model(4)
     scope = MergeScope(modules=("attn", "mlp"))
     k = 0.25
-    merged = merge_tensors(direct, thinking, method="topk_replace", lam=k, scope=scope)
+    merged = merge_tensors(direct, thinking, method="topk_replace", lam=k, **scope.describe())
     in_scope = [n for n in direct if ("q_proj" in n or "up_proj" in n)]
     magnitudes = torch.cat([(thinking[n] - direct[n]).abs().flatten() for n in in_scope])
     count = round(k * magnitudes.numel())
@@ -120,7 +120,7 @@ def test_folder_layout_record_and_card(tiny_pair, tmp_path):
     out = tmp_path / "merged"
     config = MergeConfig(
         direct=str(tiny_pair["direct"]), thinking=str(tiny_pair["thinking"]),
-        base=str(tiny_pair["base"]), method="dare", lam=0.6, seed=7, copy_from="direct",
+        base=str(tiny_pair["base"]), spec=MergeSpec("dare", 0.6, seed=7), copy_from="direct",
         max_shard_size="30KB", device="cpu",
     )  # fmt: skip
     merge_checkpoints(config, out, progress=False)

@@ -16,9 +16,9 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
 from safetensors.torch import load_file
 
-from spectrum.merge import MergeConfig, merge_checkpoints, merge_tensors
-from spectrum.methods.base import CHUNK
-from spectrum.tiny import save_random_model, tiny_config
+from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints, merge_tensors
+from spectrum.methods.common.base import CHUNK
+from spectrum.toy.tiny import save_random_model, tiny_config
 
 MERGEKIT_LINEAR_THRESHOLD = 0.9995
 
@@ -78,7 +78,7 @@ def test_bf16_linear_file_merge_is_bit_exact_with_mergekit(bf16_folders, lam, tm
     theirs = _mergekit(bf16_folders, "linear", lam, tmp_path / "mk", dtype="bfloat16")
     out = tmp_path / "ours"
     config = MergeConfig(direct=str(bf16_folders["direct"]), thinking=str(bf16_folders["thinking"]),
-                         method="linear", lam=lam, device="cpu")  # fmt: skip
+                         spec=MergeSpec("linear", lam), device="cpu")  # fmt: skip
     ours = _read_folder(merge_checkpoints(config, out, progress=False))
     assert sorted(theirs) == sorted(ours)
     for name, tensor in ours.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spectrum.errors import UserError
-from spectrum.selection import MergeScope, layer_of, module_of, parse_layers
+from spectrum.merge.scope import MergeScope, layer_of, module_of, parse_layers
 
 KINDS = {
     "model.embed_tokens.weight": "embed",
@@ -34,7 +34,7 @@ def test_module_kinds_of_qwen3_dense_and_moe_names(name, kind):
 
 
 def test_every_tiny_tensor_has_a_kind(tiny_pair, tiny_moe_pair):
-    from spectrum.checkpoint import open_checkpoint
+    from spectrum.weights.checkpoint import open_checkpoint
 
     for pair in (tiny_pair, tiny_moe_pair):
         names = open_checkpoint(pair["direct"]).names()

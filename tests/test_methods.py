@@ -464,7 +464,7 @@ def test_global_threshold_for_a_new_k_costs_at_most_one_pass():
 
 
 def test_threshold_is_exact_with_ties_zeros_and_subnormals():
-    from spectrum.methods.magnitude import MagnitudeThreshold
+    from spectrum.methods.common.magnitude import MagnitudeThreshold
 
     values = np.array(
         [0.0, 0.0, 1e-40, 3e-39, 1.0, 1.0, 1.0, 1.0000001, 2.5, 7.0], dtype=np.float32

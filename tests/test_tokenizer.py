@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from spectrum.tokenizer import build_char_tokenizer
+from spectrum.toy.tokenizer import build_char_tokenizer
 
 
 def test_round_trip_keeps_think_tags_and_chat_template(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer
 
-from spectrum.toy import cards, measure, task
+from spectrum.eval.benchmarks import synthetic as task
+from spectrum.toy import cards, measure
 from spectrum.toy.measure import Row
 
 

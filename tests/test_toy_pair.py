@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.checkpoint import open_checkpoint
-from spectrum.toy import measure, task
+from spectrum.eval.benchmarks import synthetic as task
+from spectrum.toy import measure
 from spectrum.toy.train import PAIR_MODELS
+from spectrum.weights.checkpoint import open_checkpoint
 
 PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
 

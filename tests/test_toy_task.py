@@ -9,7 +9,7 @@ import pytest
 
 from spectrum.cli import main
 from spectrum.errors import UserError
-from spectrum.toy import task
+from spectrum.eval.benchmarks import synthetic as task
 from spectrum.toy.train import base_style, sample_batch, toy_tokenizer
 
 

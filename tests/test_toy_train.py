@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.cli import main
-from spectrum.toy import task
+from spectrum.eval.benchmarks import synthetic as task
 from spectrum.toy.train import PAIR_MODELS, encode, toy_tokenizer
 
 

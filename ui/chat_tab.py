@@ -7,20 +7,19 @@ from typing import Any
 
 import gradio as gr
 
-from spectrum.chat import display_text
 from spectrum.dashboard import (
+    COLUMNS,
+    MODULE_KINDS,
     SAMPLING_MODES,
     Dashboard,
-    MergeRequest,
+    MergeSpec,
+    Param,
     Reply,
     Turn,
     decoding_for,
-    merge_label,
+    display_text,
+    example_prompts,
 )
-from spectrum.methods import REGISTRY, Param
-from spectrum.selection import MODULE_KINDS
-from spectrum.toy.task import LEVELS, make_problems
-from spectrum.votes import COLUMNS
 from ui.common import friendly, gpu
 
 TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
@@ -50,8 +49,8 @@ class MergeControls:
         widgets = [widget for _, _, widget in self.params]
         return [self.method, self.lam, self.layers, self.modules, self.seed, *widgets]
 
-    def request(self, values: tuple[Any, ...]) -> MergeRequest:
-        """The MergeRequest the widgets' ``values`` (in ``inputs`` order) describe."""
+    def request(self, values: tuple[Any, ...]) -> MergeSpec:
+        """The merge the widgets' ``values`` (in ``inputs`` order) describe."""
         method, lam, layers, modules, seed, *param_values = values
         params = {
             name: value
@@ -60,7 +59,7 @@ class MergeControls:
         }
         if not modules:
             raise gr.Error("pick at least one module kind to merge", print_exception=False)
-        return MergeRequest(
+        return MergeSpec(
             method=method,
             lam=float(lam),
             params=params,
@@ -84,14 +83,6 @@ def param_widget(param: Param) -> gr.Component:
     return gr.Textbox(**common)
 
 
-def example_prompts() -> tuple[list[str], list[str]]:
-    """One held-out problem per level of the synthetic benchmark: (prompts, short labels)."""
-    problems = [make_problems(level, 1, seed=0)[0] for level in LEVELS]
-    prompts = [problem.messages[0]["content"] for problem in problems]
-    labels = [f"Level {problem.level}: {problem.question}" for problem in problems]
-    return prompts, labels
-
-
 def milliseconds(value: float) -> str:
     """3 significant digits below 100 ms (a tiny model re-merges in well under 1 ms)."""
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
@@ -103,7 +94,7 @@ def stats_line(reply: Reply | None) -> str:
     update = reply.update
     parts = [f"{update.n_tokens} tokens", f"{update.tokens_per_s:.1f} tok/s"]
     if reply.merge is not None:
-        parts.insert(0, merge_label(reply.merge))
+        parts.insert(0, reply.merge.spec.label())
     if update.truncated:
         parts.append("hit the token limit")
     elif not update.finished:
@@ -126,7 +117,7 @@ def render(turns: list[Turn]) -> list[Any]:
     """The three chatbots; the merged one titled with the merge that answered last."""
     last = turns[-1].replies if turns else {}
     merged = last.get("merged")
-    merged_title = TITLES["merged"] + (f" — {merge_label(merged.merge)}" if merged else "")
+    merged_title = TITLES["merged"] + (f" — {merged.merge.spec.label()}" if merged else "")
     chats = [
         gr.Chatbot(
             value=column_messages(turns, column),
@@ -137,8 +128,8 @@ def render(turns: list[Turn]) -> list[Any]:
     return chats
 
 
-def build_merge_controls(methods: list[str]) -> MergeControls:
-    hidden = len(REGISTRY) - len(methods)
+def build_merge_controls(dashboard: Dashboard) -> MergeControls:
+    methods, hidden = dashboard.method_names(), len(dashboard.unavailable_methods())
     with gr.Row(equal_height=True):
         method = gr.Dropdown(
             methods,
@@ -162,7 +153,7 @@ def build_merge_controls(methods: list[str]) -> MergeControls:
     groups: dict[str, gr.Group] = {}
     with gr.Accordion("Method parameters and merge scope", open=False):
         for name in methods:
-            merge_method = REGISTRY[name]
+            merge_method = dashboard.method(name)
             with gr.Group(visible=name == methods[0]) as groups[name]:
                 gr.Markdown(f"**{name}** — {merge_method.summary}")
                 for param in merge_method.params:
@@ -180,11 +171,11 @@ def build_merge_controls(methods: list[str]) -> MergeControls:
 
 
 def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
-    request_state = gr.State(MergeRequest())
+    request_state = gr.State(MergeSpec())
     turns_state = gr.State([])
     voted_state = gr.State(None)  # the turn this page last voted on
 
-    controls = build_merge_controls(dashboard.method_names())
+    controls = build_merge_controls(dashboard)
 
     with gr.Row(equal_height=True):
         chats = [
@@ -247,7 +238,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         request = controls.request(values)
         loaded = dashboard.set_merge(request)
         status = (
-            f"**Loaded:** {merge_label(loaded)} · re-merged in {milliseconds(loaded.set_ms)} ms "
+            f"**Loaded:** {loaded.spec.label()} · re-merged in {milliseconds(loaded.set_ms)} ms "
             f"(version {loaded.version})"
         )
         return status, request
@@ -257,7 +248,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     @gpu
     @friendly
-    def answer(prompt_text: str, turns: list[Turn], request: MergeRequest, *decoding_values):
+    def answer(prompt_text: str, turns: list[Turn], request: MergeSpec, *decoding_values):
         settings = decoding(*decoding_values)
         partial: Turn | None = None
         for snapshot in dashboard.chat(turns, prompt_text, request, settings):
@@ -267,7 +258,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         turns = [*turns, partial]
         yield *render(turns), turns, ""
 
-    def regenerate_last(turns: list[Turn], request: MergeRequest, *decoding_values):
+    def regenerate_last(turns: list[Turn], request: MergeSpec, *decoding_values):
         if not turns:
             raise gr.Error("nothing to regenerate yet", print_exception=False)
         yield from answer(turns[-1].prompt, turns[:-1], request, *decoding_values)

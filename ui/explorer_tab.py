@@ -7,10 +7,8 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from spectrum.dashboard import REPO, Dashboard
+from spectrum.dashboard import CHOICES, REPO, Dashboard
 from spectrum.errors import UserError
-from spectrum.explorer import load_results, sample_responses
-from spectrum.votes import CHOICES, tally
 from ui.common import friendly
 
 
@@ -31,9 +29,9 @@ def shown_path(path) -> str:
         return str(path)
 
 
-def votes_frame(db) -> pd.DataFrame:
+def votes_frame(dashboard: Dashboard, db: str) -> pd.DataFrame:
     try:
-        counts = tally(db)
+        counts = dashboard.vote_counts(db)
     except UserError as error:  # the plots do not depend on the votes: warn, go on
         gr.Warning(str(error))
         counts = {}
@@ -66,8 +64,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
 
     @friendly
     def refresh(db_text: str, chosen_benchmark: str | None, chosen_methods: list[str]):
-        path = dashboard.folders.resolve(db_text, "results database")
-        results = load_results(path)
+        results = dashboard.results(db_text)
         bench = chosen_benchmark if chosen_benchmark in results.benchmarks else None
         bench = bench or results.benchmarks[0]
         available = results.methods(bench)
@@ -83,16 +80,15 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             plots["think"],
             gr.Dropdown(choices=picked, value=picked[0]),
             gr.Dropdown(choices=lams, value=lams[-1]),
-            sample_responses(path, bench, picked[0], lams[-1]),
-            votes_frame(path),
+            dashboard.samples(db_text, bench, picked[0], lams[-1]),
+            votes_frame(dashboard, db_text),
         )
 
     @friendly
     def show_samples(db_text: str, bench: str, method: str, lam: float | None):
-        path = dashboard.folders.resolve(db_text, "results database")
-        lams = load_results(path).lams(bench, method)
+        lams = dashboard.results(db_text).lams(bench, method)
         lam = lam if lam in lams else (lams[-1] if lams else None)
-        frame = sample_responses(path, bench, method, lam) if lam is not None else None
+        frame = dashboard.samples(db_text, bench, method, lam) if lam is not None else None
         return gr.Dropdown(choices=lams, value=lam), frame
 
     inputs = [db, benchmark, methods]

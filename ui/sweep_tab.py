@@ -5,7 +5,6 @@ from __future__ import annotations
 import gradio as gr
 
 from spectrum.dashboard import Dashboard
-from spectrum.eval.benchmarks import BENCHMARKS
 from ui.common import friendly
 from ui.explorer_tab import Explorer
 
@@ -19,7 +18,7 @@ def build_sweep_tab(dashboard: Dashboard, explorer: Explorer) -> None:
         methods = gr.CheckboxGroup(dashboard.method_names(), value=["linear"], label="Methods")
         lams = gr.Textbox("0:1:0.25", label="λ grid (start:stop:step or a list)")
     with gr.Row():
-        benchmark = gr.Dropdown(list(BENCHMARKS), value="synthetic", label="Benchmark")
+        benchmark = gr.Dropdown(dashboard.benchmark_names(), value="synthetic", label="Benchmark")
         limit = gr.Number(4, precision=0, minimum=1, label="Problems (per level: synthetic)")
         k = gr.Number(1, precision=0, minimum=1, label="Samples per problem")
         max_new = gr.Number(256, precision=0, minimum=1, label="Max new tokens")

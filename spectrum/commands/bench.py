@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from spectrum.errors import UserError
-from spectrum.toy import task
+from spectrum.eval.benchmarks import synthetic as task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -92,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
     _return_freed_tensors_to_os()
     config = config_from_args(args)
     out = merge_checkpoints(config, args.out, force=args.force, progress=not args.quiet)
-    print(f"merged {config.method} at λ={config.lam} into {out}")
+    print(f"merged {config.spec.method} at λ={config.spec.lam} into {out}")
     return 0

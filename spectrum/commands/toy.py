@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from spectrum.errors import UserError
-from spectrum.toy import cards, measure, task
+from spectrum.eval.benchmarks import synthetic as task
+from spectrum.toy import cards, measure
 from spectrum.toy.train import PAIR_MODELS, Recipe, train_pair
 
 DEFAULT_LAMS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from spectrum.errors import UserError
 from spectrum.eval import store
-from spectrum.selection import layer_of, module_of
+from spectrum.merge.scope import layer_of, module_of
 
 HIST_BINS = 121
 HIST_SIGMAS = 6.0  # the Δ histogram spans ±6 RMS(Δ)
@@ -81,7 +81,7 @@ def _group_rows(per_tensor: pd.DataFrame, scope: str, keys: pd.Series) -> pd.Dat
 
 
 def analyze(direct_path: str, thinking_path: str, *, progress: bool = True) -> WeightAnalysis:
-    from spectrum.checkpoint import open_checkpoint
+    from spectrum.weights.checkpoint import open_checkpoint
 
     direct, thinking = open_checkpoint(direct_path), open_checkpoint(thinking_path)
     names = _pairs(direct, thinking)

@@ -1,7 +1,7 @@
 """Resumable λ sweeps: every (configuration, problem, sample) generated, graded and stored once.
 
 The merged models come from a *provider* with the live merger's surface
-(``set(method, lam, params, layers=, modules=, seed=)``, ``.model``, ``.tokenizer``,
+(``set(spec)``, ``.model``, ``.tokenizer``,
 ``session()``): no checkpoint is written per λ. The unit of work is one sample; samples
 are committed to DuckDB one generation batch per transaction, so a sweep killed at any
 moment and run again skips what was committed and redoes only the batch in flight.
@@ -28,9 +28,8 @@ from spectrum.eval import results, store
 from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
 from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
-from spectrum.generate import DecodingSettings, Generation, generator_for
-from spectrum.methods import get_method, resolve_params
-from spectrum.selection import MergeScope
+from spectrum.generate.batch import DecodingSettings, Generation, generator_for
+from spectrum.merge.spec import MergeSpec, check_lam
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
 
@@ -76,8 +75,10 @@ def parse_lams(text: str) -> tuple[float, ...]:
         else:
             values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise UserError(f"--lam {text!r}: use start:stop:step (e.g. 0:1:0.1) or a list") from None
-    return tuple(round(v, 6) for v in values)
+        raise UserError(
+            f"λ grid {text!r}: write start:stop:step (e.g. 0:1:0.1) or a list (0,0.5,1)"
+        ) from None
+    return tuple(check_lam(round(v, 6)) for v in values)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -105,7 +106,7 @@ def git_revision() -> str | None:
 
 
 def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
-    from spectrum.checkpoint import open_checkpoint
+    from spectrum.weights.checkpoint import open_checkpoint
 
     return {
         role: open_checkpoint(path).content_hash() if path else None
@@ -117,11 +118,16 @@ def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
     }
 
 
-def resolved_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    try:
-        return resolve_params(method, params)
-    except ValueError as error:  # an unknown method name
-        raise UserError(str(error)) from None
+def merge_spec(spec: SweepSpec, method: str, lam: float) -> MergeSpec:
+    """The checked ``MergeSpec`` of one grid point of the sweep."""
+    return MergeSpec(
+        method,
+        lam,
+        spec.params.get(method) or {},
+        layers=spec.layers,
+        modules=spec.modules,
+        seed=spec.seed,
+    ).checked(has_base=spec.base is not None)
 
 
 def default_provider(spec: SweepSpec):
@@ -140,15 +146,11 @@ def default_provider(spec: SweepSpec):
 
 def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
     """One dict per (method, λ): everything that decides a sample's distribution."""
-    bad = [lam for lam in spec.lams if not 0.0 <= lam <= 1.0]
-    if bad:
-        raise UserError(f"λ={bad[0]:g} is outside [0, 1] (0 = direct, 1 = thinking)")
     configs = []
     for method in spec.methods:
-        params = resolved_params(method, spec.params.get(method))
-        if get_method(method).needs_base and spec.base is None:
-            raise UserError(f"method {method} needs a base model: pass --base")
+        params = dict(merge_spec(spec, method, 0.0).params)
         for lam in spec.lams:
+            check_lam(lam)
             decoding = DecodingSettings.for_lam(lam, **spec.decoding).as_dict()
             configs.append(
                 dict(
@@ -244,7 +246,6 @@ class Sweeper:
             )
             for b in spec.benchmarks
         }
-        MergeScope(spec.layers, spec.modules)  # a bad scope fails here, before the DB is touched
         self.hashes = parent_hashes(spec)
         _configurations(spec, self.hashes)  # likewise unknown methods, params and λ
         self.run_id = uuid.uuid4().hex[:16]
@@ -295,14 +296,7 @@ class Sweeper:
         )
         for config, bench, missing in todo:
             cid = store.config_id(config)
-            provider.set(
-                config["method"],
-                config["lam"],
-                config["params"],
-                layers=spec.layers,
-                modules=spec.modules,
-                seed=spec.seed,
-            )
+            provider.set(merge_spec(spec, config["method"], config["lam"]))
             settings = DecodingSettings(**config["decoding"])
             grader = get_benchmark(bench).grader
             bar.set_postfix_str(f"{config['method']} λ={config['lam']:g} {bench}")

@@ -12,40 +12,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from spectrum.errors import UserError
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, MemoryPlan, check_policy
 from spectrum.live.prepared import LinearWriter, ParentTensors, PreparedMerge
-from spectrum.methods import resolve_params
-from spectrum.selection import MergeScope
+from spectrum.merge.scope import MergeScope
+from spectrum.merge.spec import MergeSpec
 
 
 @dataclass(frozen=True)
 class LoadedMerge:
-    """The merge the model currently holds; ``version`` grows by one per ``set()``."""
+    """The merge the model holds now: its checked ``spec``; ``version`` grows by one per
+    ``set()`` and ``set_ms`` is what that ``set()`` took."""
 
-    method: str
-    lam: float
-    params: dict[str, Any] = field(default_factory=dict)
-    layers: str | None = None
-    modules: tuple[str, ...] | None = None
-    seed: int = 0
+    spec: MergeSpec
     version: int = 0
     set_ms: float = 0.0
-    lam_schedule: tuple[float, ...] | None = None
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda was asked for, but torch sees no CUDA GPU")
-    return device
+# What a freshly loaded model holds: the direct parent, which λ = 0 is for every method.
+DIRECT = MergeSpec("linear", 0.0).checked()
 
 
 class LiveBackend:
@@ -67,7 +55,7 @@ class LiveBackend:
         self._lock = threading.Lock()
         self._session_thread: int | None = None  # the thread inside session(), if any
         # The model starts as the direct parent, which is what λ = 0 means for every method.
-        self._current = LoadedMerge(method="linear", lam=0.0)
+        self._current = LoadedMerge(DIRECT)
 
     @property
     def current(self) -> LoadedMerge:
@@ -98,38 +86,25 @@ class LiveBackend:
             finally:
                 self._session_thread = None
 
-    def set(
-        self,
-        method: str,
-        lam: float,
-        params: dict[str, Any] | None = None,
-        *,
-        layers: str | None = None,
-        modules: tuple[str, ...] | list[str] | None = None,
-        lam_schedule: tuple[float, ...] | list[float] | None = None,
-        seed: int = 0,
-    ) -> LoadedMerge:
-        """Merge at strength ``lam`` into the running model, in place; waits for generations."""
-        if not 0.0 <= lam <= 1.0:
-            raise UserError(f"λ={lam} is outside [0, 1] (0 = direct, 1 = thinking)")
-        scope = MergeScope(
-            layers,
-            tuple(modules) if modules is not None else None,
-            tuple(lam_schedule) if lam_schedule is not None else None,
-        )
+    def set(self, spec: MergeSpec) -> LoadedMerge:
+        """Merge ``spec`` into the running model, in place; waits for generations.
+
+        The spec is checked against this pair first; ``current.spec`` is then exactly the
+        checked spec, so ``merger.current.spec == spec.checked(...)`` says what is loaded.
+        """
         num_layers = self.parents.num_layers()
-        scope.check_layers(num_layers)
+        spec = spec.checked(has_base=self.parents.base is not None, num_layers=num_layers)
         if self._session_thread == threading.get_ident():
             # The lock is not re-entrant on purpose: waiting here would wait forever.
             raise RuntimeError("set() inside this thread's own session(); leave the session first")
         with self._lock:
             start = time.perf_counter()
-            prepared = self._prepared_for(method, params, seed)
-            whole_model = scope == MergeScope()
+            prepared = self._prepared_for(spec)
+            scope, whole_model = spec.scope, spec.scope == MergeScope()
 
             def strength_for(name: str) -> float | None:
                 # The whole-model case skips the scope's regex per tensor.
-                return lam if whole_model else scope.strength_for(name, lam, num_layers)
+                return spec.lam if whole_model else scope.strength_for(name, spec.lam, num_layers)
 
             try:
                 self._write(prepared, strength_for)
@@ -137,36 +112,31 @@ class LiveBackend:
                 self._restore_direct(prepared)
                 raise
             self._current = LoadedMerge(
-                method=prepared.method.name,
-                lam=float(lam),
-                params=dict(prepared.params),
-                layers=layers,
-                modules=scope.modules,
-                seed=seed,
-                version=self._current.version + 1,
-                set_ms=(time.perf_counter() - start) * 1e3,
-                lam_schedule=scope.lam_schedule,
+                spec, self._current.version + 1, (time.perf_counter() - start) * 1e3
             )
             return self._current
 
     def _restore_direct(self, prepared: PreparedMerge) -> None:
         """After a failed write, put θ_D back everywhere so no mixture is ever served."""
         self._write(prepared, lambda name: None)
-        self._current = LoadedMerge(method="linear", lam=0.0, version=self._current.version + 1)
+        self._current = LoadedMerge(DIRECT, self._current.version + 1)
 
-    def _prepared_for(self, method: str, params: dict[str, Any] | None, seed: int) -> PreparedMerge:
+    def _prepared_for(self, spec: MergeSpec) -> PreparedMerge:
         """The resident prepared tensors, re-prepared only when method, params or seed change."""
         cached = self._prepared
-        if cached is not None and cached.method.name == method and cached.seed == seed:
-            if resolve_params(cached.method, params) == cached.params:
-                return cached
+        if cached is not None and (cached.method.name, cached.params, cached.seed) == (
+            spec.method,
+            dict(spec.params),
+            spec.seed,
+        ):
+            return cached
         # Free the old method's tensors before preparing the new ones.
         self._prepared = None
         self._prepared = PreparedMerge(
             self.parents,
-            method,
-            params,
-            seed,
+            spec.method,
+            dict(spec.params),
+            spec.seed,
             self.device,
             self.policy,
             self.chunk_bytes,

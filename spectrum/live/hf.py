@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from spectrum.devices import resolve_device
 from spectrum.errors import UserError
-from spectrum.live.core import LiveBackend, resolve_device
+from spectrum.live.core import LiveBackend
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.live.views import checkpoint_views

@@ -1,7 +1,7 @@
 """The λ-independent half of a live merge, kept between ``set()`` calls.
 
 ``ParentTensors`` holds the parents once, on the host, by checkpoint name (read through
-``spectrum.checkpoint``: the offline merge's reader, so both see the same tensors).
+``spectrum.weights.checkpoint``: the offline merge's reader, so both see the same tensors).
 ``PreparedMerge`` runs one method's ``prepare`` over every tensor once and keeps the
 outputs where the memory plan says; ``write`` then costs one ``apply`` pass per λ.
 """
@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from spectrum.checkpoint import open_checkpoint
 from spectrum.errors import UserError
 from spectrum.live.memory import (
     DEFAULT_CHUNK_BYTES,
@@ -29,7 +28,8 @@ from spectrum.live.memory import (
     plan_memory,
 )
 from spectrum.methods import Parents, get_method, resolve_params
-from spectrum.validate import validate_parents
+from spectrum.weights.checkpoint import open_checkpoint
+from spectrum.weights.validate import validate_parents
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from spectrum.devices import resolve_device
 from spectrum.errors import UserError
-from spectrum.live.core import LiveBackend, LoadedMerge, resolve_device
+from spectrum.live.core import LiveBackend, LoadedMerge
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
+from spectrum.merge.spec import MergeSpec
 
 
 def _reload(worker, weights: Iterable[tuple[str, Tensor]]) -> None:
@@ -97,7 +99,7 @@ class VllmLiveMerger(LiveBackend):
         #42821's FlashInfer paths): reloads then silently corrupt the model. Refuse those.
         """
         (before,) = self.llm.collective_rpc(_fingerprints)
-        self.set("linear", 0.0)
+        self.set(MergeSpec("linear", 0.0))
         (after,) = self.llm.collective_rpc(_fingerprints)
         changed = [name for name in before if not torch.equal(before[name], after[name])]
         if changed:

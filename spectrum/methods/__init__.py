@@ -1,4 +1,5 @@
-"""The registry of merge methods: one module per method, each exporting ``METHOD``.
+"""The registry of merge methods: one module per method, each exporting ``METHOD``;
+shared building blocks live in ``common/``.
 
 ``resolve_params(method, given)`` is the one place parameter values are checked: it fills
 defaults, converts CLI strings ("0.8", "2") to the declared type and raises ``UserError``
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
 from spectrum.errors import UserError
-from spectrum.methods.base import MergeMethod, Param, Parents
+from spectrum.methods.common.base import MergeMethod, Param, Parents
 
 __all__ = [
     "MergeMethod",
@@ -25,25 +27,15 @@ __all__ = [
     "resolve_params",
 ]
 
-# Order is the order users see (CLI listing, UI dropdown): methods.md's order.
-_MODULES = (
-    "linear",
-    "slerp",
-    "task_arithmetic",
-    "dare",
-    "ties",
-    "emr",
-    "twin",
-    "lore",
-    "topk_replace",
-    "topk_diff_avg",
-    "avg_topk_override",
-)
-
-REGISTRY: dict[str, MergeMethod] = {}
-for _module in _MODULES:
-    _method = importlib.import_module(f"spectrum.methods.{_module}").METHOD
-    REGISTRY[_method.name] = _method
+# Every module of this package but ``common`` is one method: adding a method is adding a file.
+_found = [
+    importlib.import_module(f"{__name__}.{module.name}").METHOD
+    for module in pkgutil.iter_modules(__path__)
+    if module.name != "common"
+]
+REGISTRY: dict[str, MergeMethod] = {
+    method.name: method for method in sorted(_found, key=lambda m: (m.listed, m.name))
+}
 
 
 def method_names() -> list[str]:

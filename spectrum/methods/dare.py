@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.affine import affine, apply_affine
-from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
+from spectrum.methods.common.affine import affine, apply_affine
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
 
 
 def mask_generator(seed: int, name: str) -> torch.Generator:
@@ -41,6 +41,7 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
 
 METHOD = MergeMethod(
     name="dare",
+    listed=4,
     summary="Drop-and-rescale: seeded random masks on both task vectors, then weighted sum.",
     prepare=prepare,
     apply=apply_affine,

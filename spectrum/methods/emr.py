@@ -1,4 +1,4 @@
-"""`emr` (Elect, Mask & Rescale), collapsed to one model as the paper did (methods.md).
+"""`emr` (Elect, Mask & Rescale), collapsed to one model as the paper did (docs/METHODS.md).
 
 flag = sign(τ_D + τ_T); M_i = [τ_i·flag > 0]; τ_uni = flag ⊙ max(|M_D⊙τ_D|, |M_T⊙τ_T|);
 γ_i = Σ_n mean|τ_i[n]| / Σ_n mean|M_i[n]⊙τ_uni[n]| over all merged tensors n (the
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import MergeMethod, Parents, Prepared, PreparedStream
+from spectrum.methods.common.base import MergeMethod, Parents, Prepared, PreparedStream
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) ->
 
 METHOD = MergeMethod(
     name="emr",
+    listed=6,
     summary="EMR: elect signs, unified task vector, per-model masks and whole-model rescalers.",
     prepare=prepare,
     apply=apply,

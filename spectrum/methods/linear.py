@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import MergeMethod, Parents, Prepared
+from spectrum.methods.common.base import MergeMethod, Parents, Prepared
 
 
 @functools.lru_cache(maxsize=64)
@@ -54,6 +54,7 @@ def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) ->
 
 METHOD = MergeMethod(
     name="linear",
+    listed=1,
     summary="Weighted average (1−λ)·direct + λ·thinking.",
     prepare=prepare,
     apply=apply,

@@ -1,4 +1,4 @@
-"""`lore`: low-rank estimation by coordinate descent (methods.md; no official code).
+"""`lore`: low-rank estimation by coordinate descent (docs/METHODS.md; no official code).
 
 Minimise Σ_i ‖θ_0 + δ_i − θ_i‖²_F + μ‖δ_i‖_* over i ∈ {direct, thinking}: starting from
 δ_i = 0, each iteration sets θ_0 ← mean_i(θ_i − δ_i), then δ_i ← SVT_μ(θ_i − θ_0)
@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import Tensor
 
-from spectrum.methods.affine import affine, apply_affine
-from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.lowrank import singular_value_threshold
+from spectrum.methods.common.affine import affine, apply_affine
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
+from spectrum.methods.common.lowrank import singular_value_threshold
 
 # θ_0 moving by less than this fraction of the largest parent weight (a few float32 ulps)
 # ends the descent early.
@@ -51,6 +51,7 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
 
 METHOD = MergeMethod(
     name="lore",
+    listed=8,
     summary="LoRE: shared model + low-rank (singular-value-thresholded) deltas.",
     prepare=prepare,
     apply=apply_affine,

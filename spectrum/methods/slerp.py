@@ -1,4 +1,4 @@
-"""`slerp`: spherical interpolation of each flattened tensor (methods.md).
+"""`slerp`: spherical interpolation of each flattened tensor (docs/METHODS.md).
 
 cos Ω = ⟨θ_D, θ_T⟩ / (‖θ_D‖‖θ_T‖); θ = sin((1−λ)Ω)/sin Ω · θ_D + sin(λΩ)/sin Ω · θ_T, and
 `linear` when the two are nearly collinear (|cos Ω| > 1 − 1e-6) or either is all zeros.
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import MergeMethod, Parents, Prepared, chunks_of, sum_over_chunks
+from spectrum.methods.common.base import MergeMethod, Parents, Prepared, chunks_of, sum_over_chunks
 from spectrum.methods.linear import weighted_sum
 
 COLLINEAR = 1.0 - 1e-6
@@ -62,6 +62,7 @@ def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) ->
 
 METHOD = MergeMethod(
     name="slerp",
+    listed=2,
     summary="Spherical interpolation per tensor; linear where the parents are collinear.",
     prepare=prepare,
     apply=apply,

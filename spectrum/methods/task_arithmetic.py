@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spectrum.methods.affine import affine, apply_affine
-from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
+from spectrum.methods.common.affine import affine, apply_affine
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
@@ -19,6 +19,7 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
 
 METHOD = MergeMethod(
     name="task_arithmetic",
+    listed=3,
     summary="Base + s·[(1−λ)·τ_direct + λ·τ_thinking] with task vectors τ = parent − base.",
     prepare=prepare,
     apply=apply_affine,

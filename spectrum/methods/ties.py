@@ -1,7 +1,7 @@
-"""`ties`: trim, elect sign, disjoint merge (methods.md), with weights w = (1−λ, λ).
+"""`ties`: trim, elect sign, disjoint merge (docs/METHODS.md), with weights w = (1−λ, λ).
 
 1. trim: each task vector keeps its top `density` fraction by magnitude, per tensor
-   (rule and ties: spectrum/methods/magnitude.py); the rest becomes 0;
+   (rule and ties: docs/METHODS.md); the rest becomes 0;
 2. elect: s = sign((1−λ)τ'_D + λτ'_T);
 3. disjoint merge: τ = Σ_i w_i τ'_i [sign τ'_i = s] / Σ_i w_i [sign τ'_i = s], 0 where no
    weighted contribution agrees; θ = θ_B + τ.
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.magnitude import top_fraction_mask
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
+from spectrum.methods.common.magnitude import top_fraction_mask
 
 
 def trim(tau: Tensor, density: float) -> Tensor:
@@ -50,6 +50,7 @@ def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) ->
 
 METHOD = MergeMethod(
     name="ties",
+    listed=5,
     summary="TIES: trim each task vector to its top density, elect signs, average agreeing.",
     prepare=prepare,
     apply=apply,

@@ -1,10 +1,10 @@
-"""`twin`: shared midpoint plus sparsified exclusive vectors (methods.md).
+"""`twin`: shared midpoint plus sparsified exclusive vectors (docs/METHODS.md).
 
 θ* = θ_B + (τ_D + τ_T)/2, which is the midpoint (θ_D + θ_T)/2 whatever θ_B is. So a base
 is accepted but not needed: without one θ* is computed as the midpoint, with one by the
 formula (equal up to rounding). v_i = θ_i − θ*; each is sparsified on its own with mask
 rate r: `magnitude` keeps its top 1 − r fraction by magnitude per tensor (rule:
-spectrum/methods/magnitude.py), `svd` keeps the top round((1 − r)·rank) singular values of
+docs/METHODS.md), `svd` keeps the top round((1 − r)·rank) singular values of
 each matrix (3-D tensors: per expert; 1-D tensors fall back to `magnitude`).
 θ = θ* + (1−λ)v'_D + λv'_T, which for two models is midpoint + (2λ−1)·TopK(Δ/2).
 """
@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.affine import affine, apply_affine
-from spectrum.methods.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.lowrank import keep_top_singular
-from spectrum.methods.magnitude import top_fraction_mask
+from spectrum.methods.common.affine import affine, apply_affine
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
+from spectrum.methods.common.lowrank import keep_top_singular
+from spectrum.methods.common.magnitude import top_fraction_mask
 
 VARIANTS = ("magnitude", "svd")
 
@@ -47,6 +47,7 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
 
 METHOD = MergeMethod(
     name="twin",
+    listed=7,
     summary="TWIN: midpoint + sparsified exclusive vectors (base optional, result independent).",
     prepare=prepare,
     apply=apply_affine,

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spectrum.toy import task
+from spectrum.eval.benchmarks import synthetic as task
 
 if TYPE_CHECKING:
     from spectrum.toy.measure import Row
@@ -44,7 +44,8 @@ A tiny Qwen3 (Qwen3ForCausalLM, {recipe.size.num_hidden_layers} layers, hidden s
 {recipe.size.hidden_size}, character-level tokenizer with Qwen3's chat and `<think>` tokens): \
 {ROLES[name]}.
 
-It solves the project's synthetic task (`spectrum.toy.task`): chains of one-digit additions and
+It solves the project's synthetic task (`spectrum.eval.benchmarks.synthetic`): chains of one-digit
+additions and
 subtractions on a two-digit number, level L = L operations, answer in `\\boxed{{}}`. It is
 trained only on problems outside the held-out test split.
 

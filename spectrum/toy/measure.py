@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from spectrum.eval.benchmarks import synthetic as task
 from spectrum.methods import Parents, get_method
-from spectrum.toy import task
 
 MAX_NEW_TOKENS = 128
 

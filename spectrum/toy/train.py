@@ -27,9 +27,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from spectrum.devices import resolve_device
 from spectrum.errors import UserError
-from spectrum.tokenizer import build_char_tokenizer
-from spectrum.toy import cards, task
+from spectrum.eval.benchmarks import synthetic as task
+from spectrum.toy import cards
+from spectrum.toy.tokenizer import build_char_tokenizer
 
 Example = tuple[task.Problem, str]  # a problem and the assistant response to learn
 PAIR_MODELS = ("base", "direct", "thinking_concise", "thinking")
@@ -191,12 +193,6 @@ def train_stage(
     return loss_value
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def save_model(
     model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path, card: str
 ) -> Path:
@@ -229,7 +225,7 @@ def train_pair(
         raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist")
-    target = pick_device(device)
+    target = resolve_device(device)
     torch.manual_seed(seed)
     tokenizer = toy_tokenizer()
     model = Qwen3ForCausalLM(toy_config(tokenizer, recipe.size)).to(target)

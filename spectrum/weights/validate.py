@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spectrum.checkpoint import Checkpoint
 from spectrum.errors import UserError
+from spectrum.weights.checkpoint import Checkpoint
 
 SHOWN = 5  # mismatches listed in one error line
 _VOCAB_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")

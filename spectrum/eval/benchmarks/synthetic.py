@@ -9,7 +9,7 @@ and at variable offsets hardly at all, so each step of the worked trace
 (`` +5=42``: one op-digit word token, ``=``, two digits) is exactly as many tokens as
 the question slot it reads (`` + 5``).
 
-The prompt is the real math-benchmark prompt (shared/reference/evaluation.md), so the
+The prompt is the real math-benchmark prompt (``MATH_SUFFIX`` in the registry), so the
 same prompt and grading code serve the toy pair and real pairs. The instruction
 sentence and ``\\boxed{`` are single word tokens of the toy tokenizer, which keeps them
 cheap for the model.

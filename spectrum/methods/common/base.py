@@ -25,7 +25,7 @@ float32 copies stay in cache. A per-tensor reduction they need (slerp's dot prod
 same order wherever it runs, so a chunked merge and a whole-tensor one agree bit for bit.
 
 All tensors handed to a method are float32 on the merge device; casting back to the
-parents' dtype is the engine's job. λ convention (shared/reference/methods.md):
+parents' dtype is the engine's job. λ convention (docs/METHODS.md):
 λ = 0 gives the direct parent, λ = 1 the thinking parent.
 """
 
@@ -84,6 +84,8 @@ class MergeMethod:
     # True when λ=0 / λ=1 reproduce the parents exactly (used by tests and the UI).
     interpolates: bool = True
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Position in what users see (CLI listing, dashboard dropdown): docs/METHODS.md's order.
+    listed: int = 100
 
 
 def sum_over_chunks(

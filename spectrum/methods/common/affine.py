@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import Prepared
+from spectrum.methods.common.base import Prepared
 
 
 def affine(anchor: Tensor, step: Tensor) -> Prepared:

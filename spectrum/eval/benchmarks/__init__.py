@@ -1,8 +1,8 @@
 """The benchmark registry: problems, prompts and graders of every benchmark the sweep runs.
 
-Real benchmarks load through ``datasets`` by hub id (shared/reference/evaluation.md), or
+Real benchmarks load through ``datasets`` by hub id (the ids public harnesses use), or
 from a local JSONL/Parquet file with the same columns as the hub dataset (docs/SCHEMA.md,
-"Local benchmark files"). ``synthetic`` is the embedded pair's task (``spectrum.toy.task``).
+"Local benchmark files"). ``synthetic`` is the embedded pair's task (``synthetic.py`` here).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def gpqa_problem(row: dict, index: int, seed: int) -> Problem:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("synthetic", "exact", (), None, "the embedded pair's task (spectrum.toy.task)"),
+        Benchmark("synthetic", "exact", (), None, "the embedded pair's task (synthetic.py here)"),
         Benchmark(
             "aime24",
             "math",
@@ -171,7 +171,7 @@ def synthetic_problems(
     *, limit: int | None = None, seed: int = 0, levels: tuple[int, ...] | None = None
 ) -> list[Problem]:
     """Held-out test problems of the embedded pair's task: ``limit`` per level."""
-    from spectrum.toy import task
+    from spectrum.eval.benchmarks import synthetic as task
 
     per_level = limit or SYNTHETIC_DEFAULT_PER_LEVEL
     return [

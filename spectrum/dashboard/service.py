@@ -14,25 +14,26 @@ import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import torch
+import pandas as pd
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from spectrum.chat import ChatUpdate, stream_columns, stream_reply
+from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
+from spectrum.dashboard.votes import COLUMNS, Vote, record_vote, tally
+from spectrum.devices import resolve_device
 from spectrum.errors import UserError
+from spectrum.eval.benchmarks import BENCHMARKS
+from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
 from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
-from spectrum.explorer import analyze_pair
-from spectrum.generate import DecodingSettings
-from spectrum.live import LiveMerger
-from spectrum.merge import MergeConfig, merge_checkpoints
-from spectrum.methods import REGISTRY, get_method, resolve_params
-from spectrum.selection import MergeScope
-from spectrum.votes import COLUMNS, Vote, record_vote
+from spectrum.generate.batch import DecodingSettings
+from spectrum.generate.chat import ChatUpdate, stream_columns, stream_reply
+from spectrum.live import LiveMerger, LoadedMerge
+from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
+from spectrum.methods import REGISTRY, MergeMethod, get_method
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 DEFAULT_PAIR = ASSETS / "pair"
 SHIPPED_DB = ASSETS / "spectrum.duckdb"
@@ -53,35 +54,11 @@ def working_db(db: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class MergeRequest:
-    """The merge one page asked for (its widgets), as opposed to the one loaded now."""
-
-    method: str = "linear"
-    lam: float = 0.5
-    params: Mapping[str, Any] = field(default_factory=dict)
-    layers: str | None = None
-    modules: tuple[str, ...] | None = None
-    seed: int = 0
-
-    def matches(self, loaded: Any) -> bool:
-        """True when ``loaded`` (a LoadedMerge, or None before any) is this request."""
-        return (
-            loaded is not None
-            and loaded.method == self.method
-            and loaded.lam == self.lam
-            and dict(loaded.params) == dict(self.params)
-            and (loaded.layers or None) == self.layers
-            and (tuple(loaded.modules) if loaded.modules else None) == self.modules
-            and loaded.seed == self.seed
-        )
-
-
-@dataclass(frozen=True)
 class Reply:
     """One column's answer to one turn, with the merge that produced it (merged column)."""
 
     update: ChatUpdate
-    merge: Any = None  # LoadedMerge for the merged column, None for the parents
+    merge: LoadedMerge | None = None  # what the merged column ran on; None for the parents
 
 
 @dataclass(frozen=True)
@@ -90,14 +67,12 @@ class Turn:
     replies: Mapping[str, Reply]
 
 
-def merge_label(merge: Any) -> str:
-    """``linear · λ 0.60`` (+ scope when restricted): how a merged answer is labelled."""
-    label = f"{merge.method} · λ {merge.lam:.2f}"
-    if merge.layers:
-        label += f" · layers {merge.layers}"
-    if merge.modules:
-        label += f" · {'+'.join(merge.modules)}"
-    return label
+def example_prompts() -> tuple[list[str], list[str]]:
+    """One held-out problem per level of the synthetic benchmark: (prompts, short labels)."""
+    problems = [make_problems(level, 1, seed=0)[0] for level in LEVELS]
+    prompts = [problem.messages[0]["content"] for problem in problems]
+    labels = [f"Level {problem.level}: {problem.question}" for problem in problems]
+    return prompts, labels
 
 
 def conversation_for(turns: Sequence[Turn], column: str, prompt: str) -> list[dict[str, str]]:
@@ -152,12 +127,6 @@ class AllowedFolders:
         return path
 
 
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class Dashboard:
     """The loaded pair: plain parents for two columns, a live merger for the third."""
 
@@ -174,7 +143,7 @@ class Dashboard:
     ) -> None:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         self.base = None if base is None else str(base)
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.db = working_db(Path(db).resolve())
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
@@ -206,51 +175,60 @@ class Dashboard:
         return self._weights
 
     def method_names(self) -> list[str]:
-        """Registered methods this pair can run (those needing θ_B only with --base)."""
+        """Registered methods this pair can run (those needing θ_B only with a base)."""
         return [name for name, method in REGISTRY.items() if self.base or not method.needs_base]
+
+    def unavailable_methods(self) -> list[str]:
+        """Registered methods this pair cannot run: they need a base model."""
+        return [name for name in REGISTRY if name not in self.method_names()]
+
+    @staticmethod
+    def method(name: str) -> MergeMethod:
+        """A method's summary and declared parameters (what the page builds widgets from)."""
+        return get_method(name)
+
+    @staticmethod
+    def benchmark_names() -> list[str]:
+        return list(BENCHMARKS)
+
+    def results(self, db: str) -> Results:
+        """The sweep results stored in the DB file the page names."""
+        return load_results(self.folders.resolve(db, "results database"))
+
+    def samples(self, db: str, benchmark: str, method: str, lam: float) -> pd.DataFrame:
+        """The stored responses of one configuration."""
+        path = self.folders.resolve(db, "results database")
+        return sample_responses(path, benchmark, method, lam)
+
+    def vote_counts(self, db: str) -> dict[tuple[str, float], dict[str, int]]:
+        """{(method, λ): {choice: count}} of the votes stored in the DB file."""
+        return tally(self.folders.resolve(db, "results database"))
 
     @property
     def num_layers(self) -> int:
         return int(self.parents["direct"].config.num_hidden_layers)
 
-    def check(self, request: MergeRequest) -> dict[str, Any]:
-        """Validate a request (method, λ, parameters, scope); return resolved parameters."""
-        method = get_method(request.method)
-        if method.needs_base and self.base is None:
-            raise UserError(f"method {method.name} needs a base model; launch with --base")
-        if not 0.0 <= request.lam <= 1.0:
-            raise UserError(f"λ={request.lam} is outside [0, 1] (0 = direct, 1 = thinking)")
-        MergeScope(request.layers, request.modules).check_layers(self.num_layers)
-        return resolve_params(method, request.params)
+    def check(self, spec: MergeSpec) -> MergeSpec:
+        """``spec`` checked against the loaded pair, parameters resolved."""
+        return spec.checked(has_base=self.base is not None, num_layers=self.num_layers)
 
-    def set_merge(self, request: MergeRequest) -> Any:
-        """Re-merge the live model to ``request``; return the LoadedMerge now in place."""
-        params = self.check(request)
+    def set_merge(self, spec: MergeSpec) -> LoadedMerge:
+        """Re-merge the live model to ``spec``; return the merge now in place."""
+        spec = self.check(spec)
         with self._claim:
-            return self._set(request, params)
-
-    def _set(self, request: MergeRequest, params: dict[str, Any]) -> Any:
-        return self.merger.set(
-            request.method,
-            request.lam,
-            params,
-            layers=request.layers,
-            modules=request.modules,
-            seed=request.seed,
-        )
+            return self.merger.set(spec)
 
     def chat(
         self,
         turns: Sequence[Turn],
         prompt: str,
-        request: MergeRequest,
+        spec: MergeSpec,
         decoding: Mapping[str, DecodingSettings],
     ) -> Iterator[dict[str, Reply | None]]:
         """Answer ``prompt`` in all three columns at once, yielding replies as they grow."""
         if not prompt.strip():
             raise UserError("type a prompt first")
-        params = self.check(request)
-        resolved = replace(request, params=params)
+        spec = self.check(spec)
 
         def parent(column: str):
             def stream(stop: threading.Event) -> Iterator[Reply]:
@@ -268,8 +246,8 @@ class Dashboard:
             with ExitStack() as held:
                 with self._claim:
                     # Another page may have re-merged since this one's slider moved.
-                    if not resolved.matches(self.merger.current):
-                        self._set(resolved, params)
+                    if self.merger.current.spec != spec:
+                        self.merger.set(spec)
                     merge = held.enter_context(self.merger.session())
                 for update in stream_reply(
                     self.merger.model,
@@ -285,21 +263,15 @@ class Dashboard:
             {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")}
         )
 
-    def export(self, folder: str, request: MergeRequest, *, overwrite: bool = False) -> Path:
-        """Write ``request``'s merge as a checkpoint folder (model card, merge_config.json)."""
+    def export(self, folder: str, spec: MergeSpec, *, overwrite: bool = False) -> Path:
+        """Write ``spec``'s merge as a checkpoint folder (model card, merge_config.json)."""
         out = self.folders.resolve(folder, "export folder")
-        params = self.check(request)
         config = MergeConfig(
             direct=self.sources["direct"],
             thinking=self.sources["thinking"],
             base=self.base,
-            method=request.method,
-            lam=request.lam,
-            params=params,
-            seed=request.seed,
-            layers=request.layers,
-            modules=request.modules,
-            device=self.device,
+            spec=self.check(spec),
+            device=str(self.device),
         )
         return merge_checkpoints(config, out, force=overwrite, progress=False)
 
@@ -315,12 +287,7 @@ class Dashboard:
             choice=choice,
             prompt=turn.prompt,
             answers={column: turn.replies[column].update.text for column in COLUMNS},
-            method=merge.method,
-            lam=merge.lam,
-            params=dict(merge.params),
-            layers=merge.layers,
-            modules=merge.modules,
-            seed=merge.seed,
+            spec=merge.spec,
             direct_model=self.sources["direct"],
             thinking_model=self.sources["thinking"],
             base_model=self.base,
@@ -349,7 +316,7 @@ class Dashboard:
         if not methods:
             raise UserError("pick at least one method to sweep")
         for method in methods:
-            self.check(MergeRequest(method, 0.0))
+            self.check(MergeSpec(method, 0.0))
         if int(limit) < 1 or int(k) < 1 or int(max_new_tokens) < 1:
             raise UserError("problems, samples and max new tokens must each be at least 1")
         spec = SweepSpec(

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from spectrum.checkpoint import DTYPE_NAMES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from spectrum.errors import UserError
+from spectrum.weights.checkpoint import DTYPE_NAMES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 
 # Weight files and records of the parent are never copied into the merged folder.
 _NOT_COPIED = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*index\.json$")

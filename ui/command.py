@@ -1,4 +1,8 @@
-"""`spectrum app` (and `python app.py`): launch the Gradio dashboard."""
+"""`spectrum app` (and `python app.py`): launch the Gradio dashboard.
+
+It lives in ``ui/`` because it composes the library with the page; the library's CLI finds
+it through the ``thinking_spectrum.commands`` entry point (pyproject.toml) and never
+imports ``ui/`` by name."""
 
 from __future__ import annotations
 

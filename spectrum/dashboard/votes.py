@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from spectrum.errors import UserError
+from spectrum.merge.spec import MergeSpec
 
 COLUMNS = ("direct", "merged", "thinking")
 CHOICES = (*COLUMNS, "tie", "all_bad")
@@ -54,14 +55,9 @@ class Vote:
     choice: str
     prompt: str
     answers: Mapping[str, str]
-    method: str
-    lam: float
+    spec: MergeSpec
     direct_model: str
     thinking_model: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    layers: str | None = None
-    modules: Sequence[str] | None = None
-    seed: int = 0
     base_model: str | None = None
     history: Sequence[Mapping[str, str]] = ()
     decoding: Mapping[str, Any] = field(default_factory=dict)
@@ -92,12 +88,12 @@ def record_vote(db_path: str | Path, vote: Vote) -> str:
         vote.answers["direct"],
         vote.answers["merged"],
         vote.answers["thinking"],
-        vote.method,
-        float(vote.lam),
-        json.dumps(dict(vote.params), sort_keys=True),
-        vote.layers,
-        ",".join(vote.modules) if vote.modules else None,
-        int(vote.seed),
+        vote.spec.method,
+        vote.spec.lam,
+        json.dumps(dict(vote.spec.params), sort_keys=True),
+        vote.spec.layers,
+        ",".join(vote.spec.modules) if vote.spec.modules else None,
+        vote.spec.seed,
         vote.direct_model,
         vote.thinking_model,
         vote.base_model,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from spectrum.errors import UserError
-from spectrum.filehash import file_sha256
+from spectrum.weights.filehash import file_sha256
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -212,7 +212,8 @@ class Checkpoint:
         Full-content hashing is the only cheap-to-explain hash that tells a fine-tune from
         its base (two same-shaped models have byte-identical safetensors headers). Files in a
         Hugging Face cache are stored under their sha256 already, so those cost nothing;
-        other files' digests are remembered while they are unchanged (``spectrum.filehash``).
+        other files' digests are remembered while they are unchanged
+        (``spectrum.weights.filehash``).
         """
         outer = hashlib.sha256()
         for path in [*self.weight_files(), self.path / "config.json"]:

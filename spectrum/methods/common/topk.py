@@ -1,9 +1,9 @@
-"""What the three "arbitrary" Top-K strategies share (methods.md).
+"""What the three "arbitrary" Top-K strategies share (docs/METHODS.md).
 
 The strength is k = λ, the fraction of positions selected by |Δ| = |θ_T − θ_D|: over the
 whole model (`scope=global`, default, as in the paper) or per tensor (`per_tensor`). Each
 strategy is a pair (rest, top): θ = rest everywhere except the selected positions, which
-take top. Selection and tie rule: spectrum/methods/magnitude.py (count = round-half-up of
+take top. Selection and tie rule: docs/METHODS.md (count = round-half-up of
 k·N; everything >= the count-th largest |Δ|; k = 0 selects nothing, k = 1 everything).
 
 ``prepare`` keeps rest, top and |Δ|, so ``apply`` is one `where` pass once the threshold
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.base import MergeMethod, Param, Parents, Prepared, PreparedStream
-from spectrum.methods.magnitude import MagnitudeThreshold, check_fraction
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared, PreparedStream
+from spectrum.methods.common.magnitude import MagnitudeThreshold, check_fraction
 
 SCOPES = ("global", "per_tensor")
 SCOPE_PARAM = Param(
@@ -70,7 +70,9 @@ def _apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -
     return torch.where(prepared["magnitude"] >= threshold, prepared["top"], prepared["rest"])
 
 
-def topk_method(name: str, summary: str, rest: Pick, top: Pick, interpolates: bool) -> MergeMethod:
+def topk_method(
+    name: str, summary: str, rest: Pick, top: Pick, interpolates: bool, listed: int
+) -> MergeMethod:
     """A Top-K strategy: ``rest(direct, thinking)`` outside the top-k positions, ``top`` in."""
 
     def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
@@ -89,4 +91,5 @@ def topk_method(name: str, summary: str, rest: Pick, top: Pick, interpolates: bo
         params=(SCOPE_PARAM,),
         global_stats=_global_stats,
         interpolates=interpolates,
+        listed=listed,
     )

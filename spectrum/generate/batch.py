@@ -1,8 +1,8 @@
 """Text generation behind one interface: conversations in, ``Generation`` records out.
 
 ``TransformersGenerator`` batches conversations with left padding (decoder-only models
-continue from the right edge), samples with the per-model settings of
-shared/reference/evaluation.md, stops at EOS (``<|im_end|>`` for Qwen3) and counts
+continue from the right edge), samples with the per-model settings of the reasoning
+studies (``DecodingSettings.for_model``), stops at EOS (``<|im_end|>`` for Qwen3) and counts
 exactly the tokens each response generated, padding excluded. A response that used all
 ``max_new_tokens`` without emitting EOS is *truncated* (``finished=False``).
 

@@ -97,7 +97,7 @@ class MergeScope:
         beyond = sorted(layer for layer in parse_layers(self.layers) if layer >= num_layers)
         if beyond:
             raise UserError(
-                f"--layers {self.layers} names layer {beyond[0]}, but the model has "
+                f"layers {self.layers} names layer {beyond[0]}, but the model has "
                 f"{num_layers} layers (0-{num_layers - 1})"
             )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, Qwen3Config, Qwen3MoeConfig
 
-from spectrum.tokenizer import build_char_tokenizer
+from spectrum.toy.tokenizer import build_char_tokenizer
 
 ARCHITECTURES = ("qwen3", "qwen3_moe")
 

@@ -25,7 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 if TYPE_CHECKING:
-    from spectrum.generate import DecodingSettings
+    from spectrum.generate.batch import DecodingSettings
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -1,0 +1,37 @@
+"""The dashboard service: everything the page does, without Gradio. ``ui/`` imports this
+package (and ``spectrum.errors``) and nothing else of the library."""
+
+from spectrum.dashboard.service import (
+    DEFAULT_DB,
+    DEFAULT_PAIR,
+    REPO,
+    SAMPLING_MODES,
+    Dashboard,
+    Reply,
+    Turn,
+    decoding_for,
+    example_prompts,
+)
+from spectrum.dashboard.votes import CHOICES, COLUMNS
+from spectrum.generate.chat import display_text
+from spectrum.merge.scope import MODULE_KINDS
+from spectrum.merge.spec import MergeSpec
+from spectrum.methods import Param
+
+__all__ = [
+    "CHOICES",
+    "COLUMNS",
+    "DEFAULT_DB",
+    "DEFAULT_PAIR",
+    "MODULE_KINDS",
+    "REPO",
+    "SAMPLING_MODES",
+    "Dashboard",
+    "MergeSpec",
+    "Param",
+    "Reply",
+    "Turn",
+    "decoding_for",
+    "display_text",
+    "example_prompts",
+]

@@ -1,0 +1,2 @@
+"""Text generation: batched decoding for sweeps (``batch``) and streamed chat replies
+(``chat``)."""

@@ -1,0 +1,181 @@
+"""A merge from checkpoint folders to a checkpoint folder: the job (parents, spec, output
+options) as the CLI flags, a YAML/JSON file or a merged model's ``merge_config.json`` give
+it, and ``merge_checkpoints`` that streams it through the engine into a staged folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spectrum import __version__
+from spectrum.devices import resolve_device
+from spectrum.errors import UserError
+from spectrum.merge.card import model_card
+from spectrum.merge.engine import merge_stream
+from spectrum.merge.spec import SPEC_KEYS, MergeSpec
+from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
+from spectrum.weights.output import (
+    ShardWriter,
+    check_destination,
+    copy_side_files,
+    parse_size,
+    plan_shards,
+    staged_folder,
+)
+from spectrum.weights.validate import validate_parents
+
+log = logging.getLogger("spectrum.merge")
+COPY_FROM = ("direct", "thinking")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """One merge job: the parents, the ``MergeSpec`` and how to write the result.
+
+    Files and flags give the spec's keys flat (``method``, ``lam``, ``params``, ...), as
+    ``merge_config.json`` has always stored them; ``from_dict`` gathers them into ``spec``.
+    """
+
+    direct: str
+    thinking: str
+    base: str | None = None
+    spec: MergeSpec = field(default_factory=MergeSpec)
+    device: str = "auto"
+    copy_from: str = "thinking"
+    allow_pickle: bool = False
+    allow_extrapolation: bool = False
+    max_shard_size: str = "5GB"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MergeConfig:
+        if "tool" in data and isinstance(data.get("config"), dict):
+            data = data["config"]  # a merged model's merge_config.json reproduces its merge
+        job_keys = {f.name for f in fields(cls)} - {"spec"}
+        unknown = sorted(set(data) - job_keys - set(SPEC_KEYS))
+        if unknown:
+            known = ", ".join(sorted(job_keys | set(SPEC_KEYS)))
+            raise UserError(f"unknown merge config key {unknown[0]!r}; known: {known}")
+        missing = [key for key in ("direct", "thinking") if not data.get(key)]
+        if missing:
+            raise UserError(f"merge config needs {' and '.join(missing)}")
+        params = data.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise UserError(f"params must be a mapping of name to value, not {params!r}")
+        spec_fields = {key: data[key] for key in SPEC_KEYS if data.get(key) is not None}
+        job = {key: data[key] for key in job_keys if data.get(key) is not None}
+        return cls(**job, spec=MergeSpec(**spec_fields))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> MergeConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"no such merge config file: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except yaml.YAMLError as error:
+            raise UserError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping of merge settings")
+        return cls.from_dict(data)
+
+    def checked(self) -> MergeConfig:
+        """Check everything that needs no file: the spec (base, λ, parameters), the output
+        options and the device; the spec comes back with its parameters resolved."""
+        spec = self.spec.checked(
+            has_base=self.base is not None, allow_extrapolation=self.allow_extrapolation
+        )
+        if self.copy_from not in COPY_FROM:
+            raise UserError(f"copy_from must be one of {COPY_FROM}, not {self.copy_from!r}")
+        parse_size(self.max_shard_size)
+        resolve_device(self.device)
+        return replace(self, spec=spec)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form files use: job keys and the spec's keys side by side."""
+        job = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
+        return {**job, **self.spec.to_json()}
+
+
+def merge_checkpoints(
+    config: MergeConfig, out: str | Path, *, force: bool = False, progress: bool = True
+) -> Path:
+    """Merge the checkpoints ``config`` names into the folder ``out``; return ``out``."""
+    config = config.checked()
+    spec, device = config.spec, resolve_device(config.device)
+    out = Path(out)
+    check_destination(out, force, [])  # fail fast, before opening (or downloading) parents
+    parents = {
+        role: open_checkpoint(source, allow_pickle=config.allow_pickle)
+        for role, source in (
+            ("direct", config.direct),
+            ("thinking", config.thinking),
+            ("base", config.base),
+        )
+        if source is not None
+    }
+    check_destination(out, force, [checkpoint.path for checkpoint in parents.values()])
+    for warning in validate_parents(parents["direct"], parents["thinking"], parents.get("base")):
+        log.warning(warning)
+    direct = parents["direct"]
+    num_layers = int(direct.config.get("num_hidden_layers") or 1)
+    spec.scope.check_layers(num_layers)
+    names = direct.names()
+    shards = plan_shards(
+        [(name, direct.shape(name), direct.dtype(name)) for name in names],
+        parse_size(config.max_shard_size),
+    )
+    names = [name for entries in shards for name, _, _ in entries]
+    # Hashing reads every parent file once; it runs beside the merge on the other core.
+    with ThreadPoolExecutor(1, thread_name_prefix="spectrum-hash") as pool:
+        hashes = {role: pool.submit(ckpt.content_hash) for role, ckpt in parents.items()}
+        with staged_folder(out) as staging:
+            writer = ShardWriter(staging, shards)
+            stream = merge_stream(
+                direct,
+                parents["thinking"],
+                parents.get("base"),
+                spec,
+                names,
+                num_layers,
+                device=device,
+                progress=progress,
+            )
+            try:
+                for name, piece in stream:
+                    writer.add(name, piece)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+            copied = copy_side_files(parents[config.copy_from].path, staging)
+            record = merge_record(config, {r: (parents[r], h.result()) for r, h in hashes.items()})
+            (staging / "merge_config.json").write_text(json.dumps(record, indent=2) + "\n")
+            (staging / "README.md").write_text(model_card(record, copied))
+    return out
+
+
+def merge_record(config: MergeConfig, parents: dict[str, tuple[Checkpoint, str]]) -> dict[str, Any]:
+    """What ``merge_config.json`` holds: enough to reproduce and to audit the merge."""
+    spec = config.spec
+    return {
+        "tool": "thinking-spectrum",
+        "version": __version__,
+        "method": spec.method,
+        "lam": spec.lam,
+        "params": dict(spec.params),
+        "seed": spec.seed,
+        "scope": spec.scope.describe(),
+        "copy_from": config.copy_from,
+        "parents": {
+            role: {"source": checkpoint.source, "content_hash": f"sha256:{digest}"}
+            for role, (checkpoint, digest) in parents.items()
+        },
+        "config": config.to_dict(),
+    }
