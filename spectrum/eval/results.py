@@ -153,3 +153,53 @@ def phase_changes(table: pd.DataFrame, metric: str = "think") -> pd.DataFrame:
             lam, low, high = phase
             found.append(dict(benchmark=bench, method=method, lam=lam, low=low, high=high))
     return pd.DataFrame(found, columns=["benchmark", "method", "lam", "low", "high"])
+
+
+# Think#R bounds of the interpolation study's three stages: below NO_THINKING the merged
+# model answers without an explicit thinking block (stage 1), above THINKING it thinks on
+# (nearly) every problem (stage 3); in between thinking switches on (stage 2).
+NO_THINKING = 0.1
+THINKING = 0.9
+STAGE_COLUMNS = [
+    "benchmark", "method", "stage", "lam_from", "lam_to", "think_from", "think_to",
+    "tokens_from", "tokens_to", "mean_from", "mean_to",
+]  # fmt: skip
+
+
+def stages(
+    table: pd.DataFrame, no_thinking: float = NO_THINKING, thinking: float = THINKING
+) -> pd.DataFrame:
+    """The three stages of the interpolation study, per benchmark and method, from Think#R.
+
+    Stage 1 (Think#R < ``no_thinking``): the direct model's behaviour, answers growing
+    longer (Token#N) without explicit thinking; stage 2: thinking switches on, accuracy
+    jumps; stage 3 (Think#R ≥ ``thinking``): the thinking model's behaviour, Token#N still
+    growing. A stage is the λ range of the grid points that fall in it, in λ order; one
+    row per stage reached, with Think#R, Token#N and Mean@k at both ends.
+    """
+    rows = []
+    for (bench, method), grid in table.groupby(["benchmark", "method"], sort=True):
+        grid = grid.sort_values("lam")
+        stage_of = [1 if t < no_thinking else 3 if t >= thinking else 2 for t in grid["think"]]
+        # A grid that dips back (noise) keeps its points in λ order: stage numbers are
+        # made monotone so every stage is one λ interval.
+        monotone = [max(stage_of[: i + 1]) for i in range(len(stage_of))]
+        grid = grid.assign(stage=monotone)
+        for stage, points in grid.groupby("stage", sort=True):
+            first, last = points.iloc[0], points.iloc[-1]
+            rows.append(
+                dict(
+                    benchmark=bench,
+                    method=method,
+                    stage=int(stage),
+                    lam_from=float(first["lam"]),
+                    lam_to=float(last["lam"]),
+                    think_from=float(first["think"]),
+                    think_to=float(last["think"]),
+                    tokens_from=float(first["tokens"]),
+                    tokens_to=float(last["tokens"]),
+                    mean_from=float(first["mean"]),
+                    mean_to=float(last["mean"]),
+                )
+            )
+    return pd.DataFrame(rows, columns=STAGE_COLUMNS)
