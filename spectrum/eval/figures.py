@@ -6,6 +6,8 @@ the weight tables (``spectrum.eval.analysis``), so any caller with a DB can draw
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
@@ -206,6 +208,50 @@ def delta_energy(energy: pd.DataFrame) -> go.Figure:
         title="cumulative share of Σ Δ² (positions sorted by |Δ|, largest first)",
         xaxis_title="fraction of positions",
         yaxis_title="share of Σ Δ²",
+        template="plotly_white",
+    )
+    return figure
+
+
+def module_lam_grid(table: pd.DataFrame, benchmark: str, method: str) -> pd.DataFrame:
+    """Rows of ``method`` swept over λ per module kind, with a column per kind (λ_attn,
+    λ_mlp, ...); empty when the DB holds no such sweep."""
+    rows = table[
+        (table["benchmark"] == benchmark)
+        & (table["method"] == method)
+        & table["module_lams"].notna()
+    ]
+    if rows.empty:
+        return rows
+    kinds = pd.DataFrame([json.loads(value) for value in rows["module_lams"]], index=rows.index)
+    return rows.join(kinds.add_prefix("lam_"))
+
+
+def module_heatmap(
+    table: pd.DataFrame, benchmark: str, method: str, metric: str = "mean",
+    kinds: tuple[str, str] = ("attn", "mlp"),
+) -> go.Figure | None:  # fmt: skip
+    """``metric`` over (λ of ``kinds[0]``, λ of ``kinds[1]``): which part of the network
+    carries the thinking. None when the DB has no sweep over both kinds."""
+    grid = module_lam_grid(table, benchmark, method)
+    x_col, y_col = (f"lam_{kind}" for kind in reversed(kinds))
+    if grid.empty or not {x_col, y_col} <= set(grid.columns):
+        return None
+    values = grid.pivot_table(index=y_col, columns=x_col, values=metric, aggfunc="mean")
+    figure = go.Figure(
+        go.Heatmap(
+            x=list(values.columns),
+            y=list(values.index),
+            z=values.to_numpy(),
+            colorscale="Viridis",
+            colorbar=dict(title=METRIC_TITLES.get(metric, metric).split(" (")[0]),
+            texttemplate="%{z:.2f}" if metric != "tokens" else "%{z:.0f}",
+        )
+    )
+    figure.update_layout(
+        title=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}",
+        xaxis_title=f"λ of {kinds[1]}",
+        yaxis_title=f"λ of {kinds[0]}",
         template="plotly_white",
     )
     return figure

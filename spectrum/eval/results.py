@@ -12,6 +12,8 @@ from spectrum.eval.metrics import ProblemSamples, summarize
 from spectrum.eval.search import Point, phase_from_grid
 
 METRICS = ("mean", "pass", "vote", "tokens", "think", "truncated")
+# Rows that are not merges but cheaper ways to run a model (docs/SCHEMA.md).
+BASELINES = ("budget_forcing", "no_thinking")
 _SAMPLE_COLUMNS = "correct, extracted, n_tokens, thinks, finished"
 
 
@@ -34,12 +36,16 @@ def summaries(
     ``by_level``: problems with a difficulty level count as their own benchmark
     ``<benchmark>:L<level>`` (e.g. ``synthetic:L3``), so harder levels can be compared.
 
-    Columns: benchmark, config_id, method, lam, params, n_problems, k, and for each metric
+    Columns: benchmark, config_id, method, lam, params, module_lams (JSON or None),
+    n_problems, k, and for each metric
     m in METRICS the columns m, m_low, m_high (Pass@k uses k = the smallest sample count).
     """
+    columns = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
+    # Databases written before schema 2 have no module_lams column: every row is plain.
+    module_lams = "module_lams" if "module_lams" in columns else "NULL AS module_lams"
     samples = con.execute(
-        f"SELECT benchmark, level, config_id, method, lam, params, problem_id, {_SAMPLE_COLUMNS} "
-        "FROM samples ORDER BY benchmark, config_id, problem_id, sample_idx"
+        f"SELECT benchmark, level, config_id, method, lam, params, {module_lams}, problem_id, "
+        f"{_SAMPLE_COLUMNS} FROM samples ORDER BY benchmark, config_id, problem_id, sample_idx"
     ).df()
     if by_level:
         leveled = samples["level"].notna()
@@ -69,6 +75,7 @@ def summaries(
             method=first["method"],
             lam=float(first["lam"]),
             params=first["params"],
+            module_lams=first["module_lams"],
             n_problems=len(problems),
             k=k,
         )
@@ -76,15 +83,16 @@ def summaries(
             row.update({name: stats[name].value, f"{name}_low": stats[name].low})
             row[f"{name}_high"] = stats[name].high
         rows.append(row)
-    columns = ["benchmark", "config_id", "method", "lam", "params", "n_problems", "k"]
-    columns += [f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")]
+    columns = ["benchmark", "config_id", "method", "lam", "params", "module_lams"]
+    columns += ["n_problems", "k", *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high"))]
     return pd.DataFrame(rows, columns=columns).sort_values(["benchmark", "method", "lam"])
 
 
 def parents(table: pd.DataFrame, benchmark: str) -> dict[str, pd.Series]:
     """The parents' rows on a benchmark: λ=0 is the direct model, λ=1 the thinking model
-    (taken from ``linear`` when present: every interpolating method gives the same model)."""
-    rows = table[table["benchmark"] == benchmark]
+    (taken from ``linear`` when present: every interpolating method gives the same model;
+    never from a baseline, which changes how the model decodes)."""
+    rows = table[(table["benchmark"] == benchmark) & ~table["method"].isin(BASELINES)]
     rows = pd.concat([rows[rows["method"] == "linear"], rows[rows["method"] != "linear"]])
     found = {}
     for role, lam in (("direct", 0.0), ("thinking", 1.0)):
@@ -108,14 +116,16 @@ def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def improvements(table: pd.DataFrame) -> pd.DataFrame:
-    """Merged configurations (0 < λ < 1) that beat a parent on both accuracy and tokens.
+    """Merged configurations (0 < λ < 1) and baselines that beat a parent on both accuracy
+    and tokens.
 
     ``clear`` marks those whose 90 % CIs do not overlap the parent's on at least one axis
     and are no worse on the other.
     """
     found = []
     for bench in table["benchmark"].unique():
-        merged = table[(table["benchmark"] == bench) & (table["lam"] > 0) & (table["lam"] < 1)]
+        rows = table[table["benchmark"] == bench]
+        merged = rows[((rows["lam"] > 0) & (rows["lam"] < 1)) | rows["method"].isin(BASELINES)]
         for role, parent in parents(table, bench).items():
             better = merged[
                 (merged["mean"] >= parent["mean"])
@@ -144,7 +154,8 @@ def phase_changes(table: pd.DataFrame, metric: str = "think") -> pd.DataFrame:
     """Per benchmark and method: where ``metric`` crosses half-way, and the grid step around
     it (the phase-change interval)."""
     found = []
-    for (bench, method), rows in table.groupby(["benchmark", "method"]):
+    merges = table[~table["method"].isin(BASELINES)]
+    for (bench, method), rows in merges.groupby(["benchmark", "method"]):
         rows = rows.sort_values("lam")
         if len(rows) < 2:
             continue
@@ -178,7 +189,8 @@ def stages(
     row per stage reached, with Think#R, Token#N and Mean@k at both ends.
     """
     rows = []
-    for (bench, method), grid in table.groupby(["benchmark", "method"], sort=True):
+    merges = table[~table["method"].isin(BASELINES)]
+    for (bench, method), grid in merges.groupby(["benchmark", "method"], sort=True):
         grid = grid.sort_values("lam")
         stage_of = [1 if t < no_thinking else 3 if t >= thinking else 2 for t in grid["think"]]
         # A grid that dips back (noise) keeps its points in λ order: stage numbers are
