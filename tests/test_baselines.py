@@ -14,7 +14,8 @@ from spectrum.cli import main
 from spectrum.eval import store
 from spectrum.eval.benchmarks import synthetic
 from spectrum.eval.figures import module_heatmap
-from spectrum.eval.results import improvements, parents, summaries
+from spectrum.eval.report import build_report
+from spectrum.eval.results import improvements, merges_vs_baselines, parents, summaries
 from spectrum.generate.batch import DecodingSettings, TransformersGenerator, chat_prompts
 
 PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
@@ -104,6 +105,12 @@ def test_sweep_stores_baselines_as_their_own_rows(tmp_path):
     assert found["thinking"]["method"] == "linear" and found["direct"]["method"] == "linear"
     candidates = improvements(table)
     assert set(candidates["method"]) <= {"budget_forcing", "no_thinking"}
+    # The report says whether a merge beats each baseline, and where the stages lie.
+    versus = merges_vs_baselines(table)
+    assert len(versus) == 3 and set(versus["baseline"]) == {"budget_forcing", "no_thinking"}
+    page = build_report(db, tmp_path / "report.html").read_text()
+    assert page.count("budget_forcing {&quot;budget&quot;:") == 2 and "no_thinking (" in page
+    assert "synthetic: linear stage 1 λ 0–0" in page and "synthetic:L5: linear stage" in page
     # Resuming does nothing more.
     before = len(rows)
     sweep(db, "--methods", "linear", "--lam", "0,1", *baseline_args)
@@ -126,6 +133,8 @@ def test_sweep_over_lam_per_module_kind_draws_a_heatmap(tmp_path):
     z = {(y, x): v for y, row in zip(figure.data[0].y, figure.data[0].z, strict=True)
          for x, v in zip(figure.data[0].x, row, strict=True)}  # fmt: skip
     assert z[(1.0, 1.0)] > z[(0.0, 0.0)]
+    page = build_report(db, tmp_path / "report.html").read_text()
+    assert "linear: accuracy (Mean@k)" in page and "λ of mlp" in page
 
 
 def test_old_databases_without_module_lams_still_read(tmp_path):

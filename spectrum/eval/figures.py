@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from spectrum.eval.results import parents
+from spectrum.eval.results import BASELINES, parents, plain_merges
 
 METRIC_TITLES = {
     "mean": "accuracy (Mean@k)",
@@ -36,7 +36,7 @@ def _band_color(color: str) -> str:
 def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> go.Figure:
     """``metric`` against λ, one line per method, its 90 % CI as a shaded band."""
     figure = go.Figure()
-    rows = table[table["benchmark"] == benchmark]
+    rows = plain_merges(table[table["benchmark"] == benchmark])
     for i, (method, group) in enumerate(rows.groupby("method", sort=True)):
         group = group.sort_values("lam")
         color = _color(i)
@@ -104,17 +104,21 @@ def accuracy_vs_tokens(
     Pareto-improve on a parent ringed."""
     figure = go.Figure()
     rows = table[table["benchmark"] == benchmark]
+    if "module_lams" in rows:
+        rows = rows[rows["module_lams"].isna()]  # λ-per-module grids have their heatmap
     for i, (method, group) in enumerate(rows.groupby("method", sort=True)):
-        group = group.sort_values("lam")
+        # A baseline's points differ by budget, not λ: its curve runs along the tokens.
+        baseline = method in BASELINES
+        group = group.sort_values(["lam", "tokens"])
         figure.add_trace(
             go.Scatter(
                 x=group["tokens"],
                 y=group["mean"],
                 mode="markers+lines",
-                name=method,
-                marker=dict(color=_color(i)),
-                line=dict(width=1, dash="dot"),
-                text=[f"λ={lam:g}" for lam in group["lam"]],
+                name=f"{method} (baseline)" if baseline else method,
+                marker=dict(color=_color(i), symbol="diamond" if baseline else "circle"),
+                line=dict(width=1, dash="dash" if baseline else "dot"),
+                text=[_point_label(row) for _, row in group.iterrows()],
                 error_y=dict(
                     type="data",
                     symmetric=False,
@@ -158,6 +162,12 @@ def accuracy_vs_tokens(
         template="plotly_white",
     )
     return figure
+
+
+def _point_label(row: pd.Series) -> str:
+    if row["method"] == "budget_forcing":
+        return f"budget {json.loads(row['params'])['budget']} at λ={row['lam']:g}"
+    return f"λ={row['lam']:g}"
 
 
 def relative_distance(stats: pd.DataFrame, scope: str = "layer") -> go.Figure:

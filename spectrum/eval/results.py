@@ -102,6 +102,57 @@ def parents(table: pd.DataFrame, benchmark: str) -> dict[str, pd.Series]:
     return found
 
 
+def plain_merges(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows that are one merge per (method, λ): no baselines, no λ-per-module grids (those
+    are drawn as their own curves and heatmaps)."""
+    plain = ~table["method"].isin(BASELINES)
+    if "module_lams" in table:
+        plain &= table["module_lams"].isna()
+    return table[plain]
+
+
+def _dominates(better: pd.Series, worse: pd.Series) -> bool:
+    return (
+        better["mean"] >= worse["mean"]
+        and better["tokens"] <= worse["tokens"]
+        and (better["mean"] > worse["mean"] or better["tokens"] < worse["tokens"])
+    )
+
+
+def _clearly(better: pd.Series, worse: pd.Series) -> bool:
+    """The 90 % CIs separate on one axis (and ``better`` is no worse on the other)."""
+    return bool(
+        better["mean_low"] > worse["mean_high"] or better["tokens_high"] < worse["tokens_low"]
+    )
+
+
+def merges_vs_baselines(table: pd.DataFrame) -> pd.DataFrame:
+    """For every baseline configuration, the merge that beats it on both accuracy and
+    tokens with the highest accuracy (None when no merge does), and whether the 90 % CIs
+    make it clear: does merging beat budget forcing and NoThinking?"""
+    found = []
+    merges = plain_merges(table)
+    for _, baseline in table[table["method"].isin(BASELINES)].iterrows():
+        rivals = merges[merges["benchmark"] == baseline["benchmark"]]
+        beating = [row for _, row in rivals.iterrows() if _dominates(row, baseline)]
+        best = max(beating, key=lambda row: (row["mean"], -row["tokens"]), default=None)
+        found.append(
+            dict(
+                benchmark=baseline["benchmark"],
+                baseline=baseline["method"],
+                params=baseline["params"],
+                baseline_mean=baseline["mean"],
+                baseline_tokens=baseline["tokens"],
+                merge=None if best is None else f"{best['method']} λ={best['lam']:g}",
+                merge_mean=None if best is None else best["mean"],
+                merge_tokens=None if best is None else best["tokens"],
+                clear=best is not None and _clearly(best, baseline),
+            )
+        )
+    columns = ["benchmark", "baseline", "params", "baseline_mean", "baseline_tokens"]
+    return pd.DataFrame(found, columns=[*columns, "merge", "merge_mean", "merge_tokens", "clear"])
+
+
 def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows not dominated in (higher Mean@k, fewer tokens)."""
     keep = []
@@ -127,23 +178,16 @@ def improvements(table: pd.DataFrame) -> pd.DataFrame:
         rows = table[table["benchmark"] == bench]
         merged = rows[((rows["lam"] > 0) & (rows["lam"] < 1)) | rows["method"].isin(BASELINES)]
         for role, parent in parents(table, bench).items():
-            better = merged[
-                (merged["mean"] >= parent["mean"])
-                & (merged["tokens"] <= parent["tokens"])
-                & ((merged["mean"] > parent["mean"]) | (merged["tokens"] < parent["tokens"]))
-            ]
-            for _, row in better.iterrows():
-                clear = (
-                    row["mean_low"] > parent["mean_high"]
-                    or row["tokens_high"] < parent["tokens_low"]
-                )
+            for _, row in merged.iterrows():
+                if not _dominates(row, parent):
+                    continue
                 found.append(
                     {
                         **row.to_dict(),
                         "parent": role,
                         "parent_mean": parent["mean"],
                         "parent_tokens": parent["tokens"],
-                        "clear": bool(clear),
+                        "clear": _clearly(row, parent),
                     }
                 )
     columns = [*table.columns, "parent", "parent_mean", "parent_tokens", "clear"]
@@ -154,8 +198,7 @@ def phase_changes(table: pd.DataFrame, metric: str = "think") -> pd.DataFrame:
     """Per benchmark and method: where ``metric`` crosses half-way, and the grid step around
     it (the phase-change interval)."""
     found = []
-    merges = table[~table["method"].isin(BASELINES)]
-    for (bench, method), rows in merges.groupby(["benchmark", "method"]):
+    for (bench, method), rows in plain_merges(table).groupby(["benchmark", "method"]):
         rows = rows.sort_values("lam")
         if len(rows) < 2:
             continue
@@ -189,8 +232,7 @@ def stages(
     row per stage reached, with Think#R, Token#N and Mean@k at both ends.
     """
     rows = []
-    merges = table[~table["method"].isin(BASELINES)]
-    for (bench, method), grid in merges.groupby(["benchmark", "method"], sort=True):
+    for (bench, method), grid in plain_merges(table).groupby(["benchmark", "method"]):
         grid = grid.sort_values("lam")
         stage_of = [1 if t < no_thinking else 3 if t >= thinking else 2 for t in grid["think"]]
         # A grid that dips back (noise) keeps its points in λ order: stage numbers are
