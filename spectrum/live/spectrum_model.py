@@ -255,8 +255,8 @@ class SpectrumModel:
         params = resolve_params(merge_method, params)
         scope = scope or MergeScope()
         target = resolve_device(device)
-        checkpoints = {role: open_checkpoint(path) for role, path in
-                       (("direct", direct), ("thinking", thinking), ("base", base)) if path}  # fmt: skip
+        roles = (("direct", direct), ("thinking", thinking), ("base", base))
+        checkpoints = {role: open_checkpoint(path) for role, path in roles if path is not None}
         model = AutoModelForCausalLM.from_pretrained(
             checkpoints["direct"].path, dtype=dtype or "auto"
         )
@@ -362,9 +362,10 @@ class _Endpoints:
         owners = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
         # Names a merge changes: floating tensors in scope (the in-scope test is λ-free).
         self.names = [
-            name for name, view in self.views.items()
-            if view.is_floating_point() and scope.strength_for(name, 0.0, self.num_layers) is not None
-        ]  # fmt: skip
+            name
+            for name, view in self.views.items()
+            if view.is_floating_point() and self._in_scope(name)
+        ]
         self.owner = {
             name: owners[self.views[name].untyped_storage().data_ptr()] for name in self.names
         }
@@ -373,6 +374,9 @@ class _Endpoints:
         self.at_one: dict[int, Tensor] = {}
         for param in self.owner.values():
             self.at_one.setdefault(id(param), param.detach().clone())
+
+    def _in_scope(self, name: str) -> bool:
+        return self.scope.strength_for(name, 0.0, self.num_layers) is not None
 
     def _view_at_one(self, name: str) -> Tensor:
         view, param = self.views[name], self.owner[name]
