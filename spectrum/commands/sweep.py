@@ -118,12 +118,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--methods", default="linear", help="merge methods, comma-separated")
     parser.add_argument("--lam", default="0:1:0.1", help="λ grid: start:stop:step or a list")
     add_eval_args(parser)
+    parser.add_argument(
+        "--batch-lams",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="affine methods (transformers backend): decode every λ in one batch on one "
+        "spectrum model instead of re-merging per λ (default on)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(args.lam))
     command = shlex.join(["spectrum", *sys.argv[1:]])
-    result = run_sweep(spec, args.db, progress=not args.no_progress, command=command)
+    result = run_sweep(
+        spec, args.db, progress=not args.no_progress, command=command, batch_lams=args.batch_lams
+    )
     print(f"{args.db}: {result.generated} samples generated, {result.skipped} already there")
     return 0
