@@ -71,6 +71,12 @@ def check_affine(method: str) -> None:
         )
 
 
+def check_lams(lams: Sequence[float]) -> None:
+    for lam in lams:
+        if not 0.0 <= lam <= 1.0:
+            raise UserError(f"λ={lam} is outside [0, 1] (0 = direct, 1 = thinking)")
+
+
 def _row_weights(output: Tensor, column: int) -> Tensor:
     """This module's strength per row of ``output``, shaped to broadcast against it.
 
@@ -283,9 +289,7 @@ class SpectrumModel:
 
     def strengths(self, lams: Sequence[float]) -> Tensor:
         """(rows, groups) float32 strengths: each group's merge strength for each row's λ."""
-        for lam in lams:
-            if not 0.0 <= lam <= 1.0:
-                raise UserError(f"λ={lam} is outside [0, 1] (0 = direct, 1 = thinking)")
+        check_lams(lams)
         table = [
             [self.scope.strength_for(name, float(lam), self.num_layers) for name in self.groups]
             for lam in lams
