@@ -8,10 +8,11 @@ so both sides produce the same token count; tokens/s = generated tokens ÷ wall 
 (re-merges included on the per-λ side); the greedy tokens are checked to agree.
 
 (b) **Dashboard memory**: bytes of the tensors each design holds, summed once per storage
-(a tensor shared by two holders counts once): the live merger today (both parents on the
-host, the loaded model, the method's prepared tensors) against the spectrum model (its
-parameters, the E₁ copies, buffers). ``linear``'s "prepared" tensors are the parents
-themselves on a CPU merger, hence counted once.
+(a tensor shared by two holders counts once). Today the dashboard holds the two parents
+as plain models (its direct and thinking columns) and a live merger (both parents on the
+host, the loaded model, the method's prepared tensors; ``linear``'s prepared tensors *are*
+the host parents on a CPU merger, so they count once). The spectrum model serves all three
+columns (its λ = 0 and λ = 1 rows are the parents): its parameters, E₁ copies, buffers.
 
 Models: random parents written to a temporary folder in float32: ``small`` is
 bench/live_remerge.py's shape; ``qwen3-0.6b`` is Qwen3-0.6B's config (hidden 1024, 16/8
@@ -60,6 +61,7 @@ SHAPES = {
         tie_word_embeddings=True,
     ),
 }
+ROLES = ("direct", "thinking")
 GRID = [round(i / 10, 1) for i in range(11)]
 
 
@@ -106,14 +108,18 @@ def merger_tensors(merger: LiveMerger):
 
 
 def memory(paths: dict[str, Path], methods: list[str]) -> dict[str, dict[str, int]]:
-    """Bytes held per method: the live merger (after one set()) and the spectrum model."""
+    """Bytes held per method: the dashboard today (its two plain parent models for the
+    direct and thinking columns, plus the live merger after one set()) and the spectrum
+    model, which serves all three columns (λ = 0 and 1 rows are the parents)."""
     held = {}
     for method in methods:
         base = paths["base"] if get_method(method).needs_base else None
+        parents = [AutoModelForCausalLM.from_pretrained(paths[role]) for role in ROLES]
         merger = LiveMerger.load(paths["direct"], paths["thinking"], base, device="cpu")
         merger.set(method, 0.5)
-        today = held_bytes(merger_tensors(merger))
-        del merger
+        plain = [t for model in parents for t in (*model.parameters(), *model.buffers())]
+        today = held_bytes([*plain, *merger_tensors(merger)])
+        del merger, parents, plain
         gc.collect()
         spectrum = SpectrumModel.load(paths["direct"], paths["thinking"], base, method=method,
                                       device="cpu")  # fmt: skip
