@@ -53,12 +53,12 @@ from spectrum.checkpoint import Checkpoint, open_checkpoint
 from spectrum.errors import UserError
 from spectrum.live.core import resolve_device
 from spectrum.live.views import checkpoint_views
-from spectrum.methods import Parents, get_method, resolve_params
+from spectrum.methods import MergeMethod, Parents, get_method, resolve_params
 from spectrum.selection import MergeScope, layer_of, module_of
 
 AFFINE_METHODS = ("linear", "task_arithmetic", "dare", "twin", "lore")
 STRENGTHS_KWARG = "spectrum_strengths"
-# The current forward's strengths, (batch, groups): set per thread by the model's pre-hook.
+# The running forward's strengths, (batch, groups): set by the model's forward, per thread.
 _STRENGTHS: ContextVar[Tensor | None] = ContextVar("spectrum_strengths", default=None)
 
 
@@ -358,7 +358,14 @@ def _spectrum_causal_lm(cls: type) -> type:
 class _Endpoints:
     """E₀ / E₁ of every in-scope checkpoint tensor, written through the model's views."""
 
-    def __init__(self, model: PreTrainedModel, scope: MergeScope, method, params, seed: int):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        scope: MergeScope,
+        method: MergeMethod,
+        params: dict[str, Any],
+        seed: int,
+    ):
         self.model, self.scope, self.method = model, scope, method
         self.params, self.seed = params, seed
         self.num_layers = int(model.config.num_hidden_layers)
