@@ -4,8 +4,11 @@
 grid. *per-λ*: what the sweep did before, for each λ a live ``set()`` (in-place re-merge)
 then a decode of the prompts' batch. *batched*: one ``SpectrumModel.generate`` of
 prompts × λ rows. Every row generates exactly ``--new-tokens`` tokens (``min_new_tokens``),
-so both sides produce the same token count; tokens/s = generated tokens ÷ wall seconds
-(re-merges included on the per-λ side); the greedy tokens are checked to agree.
+so both sides produce the same token count; tokens/s = generated tokens ÷ seconds
+(re-merges included on the per-λ side); the greedy tokens are checked to agree. Both are
+loaded side by side and timed in ``--rounds`` alternating rounds; each side's best round
+counts, in wall seconds and in this process's CPU seconds (the latter is steadier on a
+shared machine, where other processes take the cores for a while).
 
 (b) **Dashboard memory**: bytes of the tensors each design holds, summed once per storage
 (a tensor shared by two holders counts once). Today the dashboard holds the two parents
@@ -19,7 +22,8 @@ bench/live_remerge.py's shape; ``qwen3-0.6b`` is Qwen3-0.6B's config (hidden 102
 heads of 128, MLP 3072, 151,936-token tied embedding) with its 28 layers cut to
 ``--layers`` (default 4) so a run fits in a few minutes on a CPU. Usage:
 
-    python bench/spectrum_batch.py [--shape small|qwen3-0.6b] [--prompts 4] [--json]
+    python bench/spectrum_batch.py [--shape small|qwen3-0.6b] [--prompts 4] [--rounds 2]
+                                   [--memory-methods linear,dare] [--json]
 """
 
 from __future__ import annotations
@@ -133,14 +137,26 @@ def prompts(vocab: int, count: int, length: int) -> torch.Tensor:
     return torch.randint(3, vocab, (count, length), generator=torch.Generator().manual_seed(1))
 
 
-def per_lam(merger: LiveMerger, ids: torch.Tensor, new_tokens: int) -> tuple[float, float, list]:
-    """Wall seconds of set() + decode for every λ, the part spent merging, the tokens."""
+class Clock:
+    """Wall and CPU seconds of a block (CPU time: this process, user + system)."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
+def per_lam(merger: LiveMerger, ids: torch.Tensor, new_tokens: int) -> tuple[Clock, float, list]:
+    """set() + decode for every λ: the clock, the seconds spent merging, the tokens."""
     merge_s, outputs = 0.0, []
-    started = time.perf_counter()
-    for lam in GRID:
-        merge_s += merger.set("linear", lam).set_ms / 1e3
-        outputs.append(decode(merger.model.generate, ids, new_tokens))
-    return time.perf_counter() - started, merge_s, outputs
+    with Clock() as clock:
+        for lam in GRID:
+            merge_s += merger.set("linear", lam).set_ms / 1e3
+            outputs.append(decode(merger.model.generate, ids, new_tokens))
+    return clock, merge_s, outputs
 
 
 def decode(generate, ids: torch.Tensor, new_tokens: int, **kwargs) -> torch.Tensor:
@@ -150,41 +166,57 @@ def decode(generate, ids: torch.Tensor, new_tokens: int, **kwargs) -> torch.Tens
     return out[:, ids.shape[1] :]
 
 
-def batched(spectrum: SpectrumModel, ids: torch.Tensor, new_tokens: int) -> tuple[float, list]:
+def batched(spectrum: SpectrumModel, ids: torch.Tensor, new_tokens: int) -> tuple[Clock, list]:
     rows = ids.repeat(len(GRID), 1)  # λ-major: rows of λ i are i·P … i·P + P − 1
     lams = [lam for lam in GRID for _ in range(ids.shape[0])]
-    started = time.perf_counter()
-    out = decode(spectrum.generate, rows, new_tokens, lams=lams)
-    return time.perf_counter() - started, list(out.split(ids.shape[0]))
+    with Clock() as clock:
+        out = decode(spectrum.generate, rows, new_tokens, lams=lams)
+    return clock, list(out.split(ids.shape[0]))
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict:
+    """Both designs loaded side by side, timed in alternating rounds; best round each."""
     paths = write_pair(folder, args.shape, args.layers if args.shape == "qwen3-0.6b" else None)
     merger = LiveMerger.load(paths["direct"], paths["thinking"], device="cpu")
+    spectrum = SpectrumModel.load(paths["direct"], paths["thinking"], device="cpu")
     ids = prompts(merger.model.config.vocab_size, args.prompts, args.prompt_tokens)
     merger.set("linear", 0.5)
     decode(merger.model.generate, ids, 2)  # warm-up: first-call costs out of the timing
-    per_lam_s, merge_s, reference = per_lam(merger, ids, args.new_tokens)
-    del merger
-    gc.collect()
-    spectrum = SpectrumModel.load(paths["direct"], paths["thinking"], device="cpu")
     decode(spectrum.generate, ids, 2, lams=[0.5] * len(ids))
-    batched_s, outputs = batched(spectrum, ids, args.new_tokens)
+    rounds = []
+    for _ in range(args.rounds):
+        # Alternating, so that the load of this shared machine hits both sides alike.
+        per_lam_clock, merge_s, reference = per_lam(merger, ids, args.new_tokens)
+        batched_clock, outputs = batched(spectrum, ids, args.new_tokens)
+        same = all(torch.equal(a, b) for a, b in zip(reference, outputs, strict=True))
+        rounds.append((per_lam_clock, merge_s, batched_clock, same))
+    del merger, spectrum
+    gc.collect()
     tokens = len(GRID) * args.prompts * args.new_tokens
+    per_lam_wall = min(r[0].wall for r in rounds)
+    batched_wall = min(r[2].wall for r in rounds)
+    per_lam_cpu = min(r[0].cpu for r in rounds)
+    batched_cpu = min(r[2].cpu for r in rounds)
     return dict(
         shape=args.shape,
-        layers=spectrum.num_layers,
+        layers=int(
+            args.layers if args.shape == "qwen3-0.6b" else SHAPES["small"]["num_hidden_layers"]
+        ),
         dtype="float32",
         threads=torch.get_num_threads(),
         prompts=args.prompts,
         prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens,
         lams=len(GRID),
-        per_lam_tok_s=tokens / per_lam_s,
-        per_lam_merge_s=merge_s,
-        batched_tok_s=tokens / batched_s,
-        speedup=per_lam_s / batched_s,
-        same_tokens=all(torch.equal(a, b) for a, b in zip(reference, outputs, strict=True)),
+        rounds=args.rounds,
+        per_lam_tok_s=tokens / per_lam_wall,
+        per_lam_merge_s=min(r[1] for r in rounds),
+        batched_tok_s=tokens / batched_wall,
+        speedup=per_lam_wall / batched_wall,
+        per_lam_tok_cpu_s=tokens / per_lam_cpu,
+        batched_tok_cpu_s=tokens / batched_cpu,
+        cpu_speedup=per_lam_cpu / batched_cpu,
+        same_tokens=all(r[3] for r in rounds),
         memory=memory(paths, args.memory_methods.split(",")) if args.memory_methods else {},
     )
 
@@ -197,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating timing rounds")
     parser.add_argument(
         "--memory-methods",
         default="linear,task_arithmetic,dare,twin,lore",
@@ -213,9 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(
         f"{row['shape']} ({row['layers']} layers, {row['prompts']} prompts × {row['lams']} λ, "
-        f"{row['new_tokens']} new tokens): per-λ {row['per_lam_tok_s']:.1f} tok/s "
-        f"(re-merges {row['per_lam_merge_s']:.2f} s), batched {row['batched_tok_s']:.1f} tok/s"
-        f" → {row['speedup']:.2f}×, same tokens: {row['same_tokens']}"
+        f"{row['new_tokens']} new tokens, best of {row['rounds']}): per-λ "
+        f"{row['per_lam_tok_s']:.1f} tok/s (re-merges {row['per_lam_merge_s']:.2f} s), "
+        f"batched {row['batched_tok_s']:.1f} tok/s → {row['speedup']:.2f}× wall, "
+        f"{row['cpu_speedup']:.2f}× CPU time; same tokens: {row['same_tokens']}"
     )
     for method, held in row["memory"].items():
         today, spectrum = held["today_bytes"], held["spectrum_bytes"]

@@ -65,3 +65,12 @@ def test_batched_sampling_is_reproducible_however_it_is_batched(tiny_pair, tmp_p
     first, second = _samples(tmp_path / "a.duckdb"), _samples(split)
     pd.testing.assert_frame_equal(first, second)
     assert first["do_sample"].all() and first["response"].nunique() > 1
+
+
+def test_cli_flag_defaults_on():
+    from spectrum.cli import build_parser
+
+    parser = build_parser(("sweep",))
+    required = ["sweep", "--direct", "D", "--thinking", "T", "--db", "x.duckdb"]
+    assert parser.parse_args(required).batch_lams is True
+    assert parser.parse_args([*required, "--no-batch-lams"]).batch_lams is False

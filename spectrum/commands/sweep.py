@@ -123,7 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="affine methods (transformers backend): decode every λ in one batch on one "
-        "spectrum model instead of re-merging per λ (default on)",
+        "spectrum model (a batch: --batch-size problems × every λ) instead of re-merging "
+        "per λ (default on)",
     )
     parser.set_defaults(func=run)
 
