@@ -193,7 +193,7 @@ def _spectrum_class(cls: type) -> type:
             mixin: type = _SpectrumLinear
         elif issubclass(cls, nn.Embedding):
             mixin = _SpectrumEmbedding
-        elif cls.__name__.endswith("RMSNorm"):
+        elif cls.__name__ in ("Qwen3RMSNorm", "Qwen3MoeRMSNorm"):  # others may differ (1 + w)
             mixin = _SpectrumRMSNorm
         elif cls.__name__ == "Qwen3MoeTopKRouter":
             mixin = _SpectrumRouter
