@@ -171,7 +171,7 @@ def batched(spectrum: SpectrumModel, ids: torch.Tensor, new_tokens: int) -> tupl
     rows = ids.repeat(len(GRID), 1)  # λ-major: rows of λ i are i·P … i·P + P − 1
     lams = [lam for lam in GRID for _ in range(ids.shape[0])]
     with Clock() as clock:
-        out = decode(spectrum.generate.batch, rows, new_tokens, lams=lams)
+        out = decode(spectrum.generate, rows, new_tokens, lams=lams)
     return clock, list(out.split(ids.shape[0]))
 
 
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict:
     ids = prompts(merger.model.config.vocab_size, args.prompts, args.prompt_tokens)
     merger.set(MergeSpec("linear", 0.5))
     decode(merger.model.generate, ids, 2)  # warm-up: first-call costs out of the timing
-    decode(spectrum.generate.batch, ids, 2, lams=[0.5] * len(ids))
+    decode(spectrum.generate, ids, 2, lams=[0.5] * len(ids))
     rounds = []
     for _ in range(args.rounds):
         # Alternating, so that the load of this shared machine hits both sides alike.
