@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "analyze",
     "toy",
     "bench",
+    "plan",
 )
 
 

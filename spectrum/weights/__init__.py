@@ -1,0 +1,1 @@
+"""Checkpoint weights: real model shapes and what holding them costs (``planner``)."""
