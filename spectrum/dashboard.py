@@ -31,6 +31,7 @@ from spectrum.merge import MergeConfig, merge_checkpoints
 from spectrum.methods import REGISTRY, get_method, resolve_params
 from spectrum.selection import MergeScope
 from spectrum.votes import COLUMNS, Vote, record_vote
+from spectrum.weights.planner import check_dashboard
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "assets"
@@ -179,6 +180,7 @@ class Dashboard:
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
         remote = dict(trust_remote_code=trust_remote_code)
+        check_dashboard(direct, thinking, base, device=self.device)  # headers only: fail fast
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
         # the generation prompt, which must not be forced on the direct model.
         self.tokenizers = {

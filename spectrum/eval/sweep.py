@@ -31,6 +31,7 @@ from spectrum.eval.search import Point
 from spectrum.generate import DecodingSettings, Generation, generator_for
 from spectrum.methods import get_method, resolve_params
 from spectrum.selection import MergeScope
+from spectrum.weights.planner import check_live
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
 
@@ -245,6 +246,8 @@ class Sweeper:
             for b in spec.benchmarks
         }
         MergeScope(spec.layers, spec.modules)  # a bad scope fails here, before the DB is touched
+        if provider_factory is default_provider:  # refuse a pair too big before hashing it
+            check_live(spec.direct, spec.thinking, spec.base, backend=spec.backend)
         self.hashes = parent_hashes(spec)
         _configurations(spec, self.hashes)  # likewise unknown methods, params and λ
         self.run_id = uuid.uuid4().hex[:16]

@@ -15,10 +15,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from spectrum.errors import UserError
 from spectrum.live.core import LiveBackend, resolve_device
+from spectrum.live.disk import read_parents
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.live.views import checkpoint_views
 from spectrum.methods.linear import weighted_sum
+from spectrum.weights.planner import check_live
 
 
 class LiveMerger(LiveBackend):
@@ -56,12 +58,15 @@ class LiveMerger(LiveBackend):
         """Read the parents once and load the direct parent as the model to merge into.
 
         ``policy``: ``auto`` (resident when the prepared tensors fit the device, else
-        streamed), ``resident`` or ``streamed`` (see ``spectrum.live.memory``).
+        streamed; ``disk`` when the parents do not fit in host memory), ``resident``,
+        ``streamed`` or ``disk`` (see ``spectrum.live.memory``).
         ``trust_remote_code`` runs a hub repo's own model code: off unless asked for.
         """
         target = resolve_device(device)
         check_policy(policy)
-        parents = ParentTensors.read(direct, thinking, base)
+        # Headers only: refuse in seconds, with numbers, a pair this machine cannot hold.
+        policy = check_live(direct, thinking, base, device=str(target), policy=policy)
+        parents = read_parents(direct, thinking, base, policy=policy)
         remote = dict(trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             parents.direct_path, dtype=dtype or "auto", **remote
