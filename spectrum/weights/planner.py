@@ -390,15 +390,29 @@ def local_hardware(device: str = "auto", gpu_bytes: int | None = None) -> Hardwa
 
 
 def available_host_bytes() -> int:
-    """MemAvailable (Linux), else physical memory: what a new load could still take."""
+    """What a new load could still take: MemAvailable, within the cgroup's limit.
+
+    ``SPECTRUM_HOST_MEMORY`` (e.g. ``16GB``) overrides it: a container whose
+    /proc/meminfo shows the whole host, or a plan for a smaller machine.
+    """
+    if os.environ.get("SPECTRUM_HOST_MEMORY"):
+        return parse_bytes(os.environ["SPECTRUM_HOST_MEMORY"])
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    available = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # cgroup v2: a container's own limit, when it has one
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 # ------------------------------------------------------------------ the refusal checks

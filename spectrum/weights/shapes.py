@@ -130,7 +130,8 @@ def checkpoint_shapes(config: dict, tied_head: bool = False) -> dict[str, tuple[
 
 def _mlp_shapes(config: dict, layer: int, prefix: str) -> dict[str, tuple[int, ...]]:
     hidden = config["hidden_size"]
-    experts = config.get("num_experts") or 0
+    # transformers 5 saves "num_local_experts"; the hub configs say "num_experts".
+    experts = config.get("num_experts") or config.get("num_local_experts") or 0
     sparse = (
         experts > 0
         and layer not in config.get("mlp_only_layers", [])
@@ -177,7 +178,7 @@ def write_header_checkpoint(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    dtype = config.get("torch_dtype") or "bfloat16"
+    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
     size = _DTYPE_BYTES[dtype]
     shards: list[dict[str, tuple[int, ...]]] = [{}]
     used = 0
