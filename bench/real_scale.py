@@ -190,6 +190,53 @@ def child_live(args) -> None:
     emit(result)
 
 
+def child_gpu_live(args) -> None:
+    """The live merger on a CUDA GPU: peak device bytes (torch's + the context's)."""
+    import torch
+
+    from spectrum.live import LiveMerger
+    from spectrum.methods import get_method
+
+    paths = {role: Path(args.cache) / args.shape / role for role in ("base", "direct", "thinking")}
+    methods = args.methods.split(",")
+    base = paths["base"] if any(get_method(m).needs_base for m in methods) else None
+    free, total = torch.cuda.mem_get_info()
+    merger = LiveMerger.load(paths["direct"], paths["thinking"], base, device="cuda",
+                             policy=args.policy)  # fmt: skip
+    times = {}
+    for method in methods:
+        merger.set(method, 0.5)
+        times[method] = statistics.median(merger.set(method, lam).set_ms for lam in (0.2, 0.7))
+    free_now, _ = torch.cuda.mem_get_info()
+    outside = (total - free_now) - torch.cuda.memory_reserved()  # context, cuBLAS, ...
+    emit({"peak_device": torch.cuda.max_memory_reserved() + outside, "free_at_start": free,
+          "set_ms": times, "policy": merger.memory.policy})  # fmt: skip
+
+
+def gpu_rows(cache: Path, shape: str, policy: str, methods: list[str]) -> list[str]:
+    from spectrum.methods import get_method
+    from spectrum.weights import planner
+
+    result = step("gpu-live", "--cache", str(cache), "--shape", shape, "--policy", policy,
+                  "--methods", ",".join(methods))  # fmt: skip
+    if "error" in result:
+        return [f"| {shape} | GPU live {policy} | failed: {result['error']} |||||"]
+    root = cache / shape
+    base = root / "base" if any(get_method(m).needs_base for m in methods) else None
+    pair = planner.read_pair(root / "direct", root / "thinking", base)
+    gpu = planner.Hardware("cuda", result["free_at_start"], 2**50)
+    needs = [planner.live_need(pair, m, policy, gpu) for m in methods]
+    device = max(n.device_bytes for n in needs)
+    host = max(n.host_bytes for n in needs)
+    sets = ", ".join(f"{m} {ms:.0f} ms" for m, ms in result["set_ms"].items())
+    measured = result["peak_device"]
+    return [
+        f"| {shape} | GPU live merger, {policy} | set(): {sets} | — | GPU {measured / MIB:.0f} "
+        f"| {device / MIB:.0f} | {device / measured:.2f} |",
+        f"| {shape} | GPU live merger, {policy} (host) | | — | {_mem(result, host)} |",
+    ]
+
+
 def child_dashboard(args) -> None:
     import tempfile
 
@@ -423,10 +470,19 @@ def main() -> None:
     parser.add_argument("--policy", default="resident", help=argparse.SUPPRESS)
     parser.add_argument("--methods", default="linear", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="comma-separated shapes to run (default: all)")
+    parser.add_argument("--gpu", action="store_true", help="GPU memory rows only (needs CUDA)")
     args = parser.parse_args()
     if args.step:
         {"live": child_live, "dashboard": child_dashboard, "generate": child_generate,
-         "vllm": child_vllm}[args.step](args)  # fmt: skip
+         "vllm": child_vllm, "gpu-live": child_gpu_live}[args.step](args)  # fmt: skip
+        return
+    if args.gpu:  # bench/gpu_check.sh: the planner's device figures against a real GPU
+        write_triple(args.cache, "qwen3-0.6b")
+        print("| shape | step | time | × | measured MiB | planner MiB | planner ÷ measured |")
+        print("|---|---|---|---|---|---|---|")
+        for policy, methods in (("resident", ["linear", "slerp", "ties"]), ("disk", ["linear"])):
+            for row in gpu_rows(args.cache, "qwen3-0.6b", policy, methods):
+                print(row, flush=True)
         return
     shapes = args.only.split(",") if args.only else list(SHAPES)
     start = time.perf_counter()
