@@ -130,7 +130,7 @@ def test_plan_qwen3_4b_on_an_80gb_gpu(real_pairs):
     work = 4 * 4 * V * H4  # 2 parents, 1 prepared, 1 result: float32 copies of the embedding
     resident = needs["live merger", "resident"]
     assert resident.device_bytes == CUDA_CONTEXT + model + 2 * model + work
-    assert resident.host_bytes == PROCESS_BYTES["transformers"] + 2 * model + model
+    assert resident.host_bytes == PROCESS_BYTES["transformers"] + 2 * model
     assert resident.fits and resident.smallest_gpu == "A100 40GB"
     dashboard = next(need for need in needs.values() if need.use == "dashboard")
     assert dashboard.policy == "resident" and dashboard.fits

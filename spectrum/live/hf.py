@@ -68,8 +68,11 @@ class LiveMerger(LiveBackend):
         policy = check_live(direct, thinking, base, device=str(target), policy=policy)
         parents = read_parents(direct, thinking, base, policy=policy)
         remote = dict(trust_remote_code=trust_remote_code)
+        # On a GPU, straight to the device: never a whole model in host memory (the disk
+        # policy's host bound, a 30B-A3B pair's 61 GB).
+        on_gpu = dict(device_map=str(target)) if target.type == "cuda" else {}
         model = AutoModelForCausalLM.from_pretrained(
-            parents.direct_path, dtype=dtype or "auto", **remote
+            parents.direct_path, dtype=dtype or "auto", **on_gpu, **remote
         )
         model = model.to(target).eval()
         tokenizer = AutoTokenizer.from_pretrained(parents.direct_path, **remote)

@@ -262,16 +262,12 @@ def live_need(
         }[policy]
         return Need("live merger", policy, 0, base + kv + host)
     device = CUDA_CONTEXT + model + work + kv
+    # LiveMerger.load builds the model straight on the GPU (device_map): no host copy.
     if policy == "resident":
-        # The model is built on the host, then moved: the peak holds it once beside the parents.
-        return Need("live merger", policy, device + prepared, base + held + model)
+        return Need("live merger", policy, device + prepared, base + held)
     if policy == "streamed":
-        return Need(
-            "live merger",
-            policy,
-            device + min(2 * CHUNK_BYTES, prepared),
-            base + held + max(model, prepared),
-        )
+        chunks = min(2 * CHUNK_BYTES, prepared)
+        return Need("live merger", policy, device + chunks, base + held + prepared)
     # disk: prepared tensors stay on the device as far as the headroom allows.
     resident = 0
     if hardware.gpu_bytes is not None:
@@ -287,7 +283,9 @@ def dashboard_need(pair: PairFacts, method: str, live: Need, hardware: Hardware)
     extra = PROCESS_BYTES["dashboard"] - PROCESS_BYTES["transformers"]
     if hardware.device == "cpu":
         return Need("dashboard", live.policy, 0, live.host_bytes + plain + extra)
-    return Need("dashboard", live.policy, live.device_bytes + plain, live.host_bytes + extra)
+    # Each plain parent is built on the host, then moved: one model's bytes, one at a time.
+    host = max(live.host_bytes, PROCESS_BYTES["transformers"] + pair.model_bytes) + extra
+    return Need("dashboard", live.policy, live.device_bytes + plain, host)
 
 
 def batched_need(pair: PairFacts, hardware: Hardware) -> Need:
