@@ -476,9 +476,16 @@ def main() -> None:
     parser.add_argument("--policy", default="resident", help=argparse.SUPPRESS)
     parser.add_argument("--methods", default="linear", help=argparse.SUPPRESS)
     parser.add_argument("--only", help="comma-separated shapes to run (default: all)")
+    parser.add_argument("--steps", help="comma-separated substrings of step names to run")
     parser.add_argument("--gpu", action="store_true", help="GPU memory rows only (needs CUDA)")
     args = parser.parse_args()
     if args.step:
+        # The allocator settings `spectrum merge` and `spectrum app` use (freed tensors
+        # leave RSS): without them glibc's heap keeps freed float32 copies and a process
+        # that prepares several methods grows far past what it holds.
+        from spectrum.commands.merge import _return_freed_tensors_to_os
+
+        _return_freed_tensors_to_os()
         {"live": child_live, "dashboard": child_dashboard, "generate": child_generate,
          "vllm": child_vllm, "gpu-live": child_gpu_live}[args.step](args)  # fmt: skip
         return
@@ -491,26 +498,42 @@ def main() -> None:
                 print(row, flush=True)
         return
     shapes = args.only.split(",") if args.only else list(SHAPES)
-    start = time.perf_counter()
+    begin = time.perf_counter()
     for shape in shapes:
         write_triple(args.cache, shape)
-    print(f"checkpoints ready in {time.perf_counter() - start:.0f} s; "
+    print(f"checkpoints ready in {time.perf_counter() - begin:.0f} s; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")  # fmt: skip
     print("| shape | step | time | × baseline | peak RSS MiB | planner MiB | planner ÷ measured |")
     print("|---|---|---|---|---|---|---|")
     for shape in shapes:
-        big = shape != "qwen3-0.6b"
-        merge_rows(args.cache, shape, ["linear"] if big else ["linear", "ties"])
-        if shape == "qwen3-0.6b":
-            live_rows(args.cache, shape, "resident", ["linear", "slerp", "task_arithmetic"])
-            live_rows(args.cache, shape, "disk", ["linear", "task_arithmetic"])
-            dashboard_row(args.cache, shape)
-            sweep_rows(args.cache, shape, "resident")
-        else:
-            live_rows(args.cache, shape, "resident", ["linear"])
-            live_rows(args.cache, shape, "disk", ["linear", "slerp"])
-            sweep_rows(args.cache, shape, "disk")
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; load {os.getloadavg()[0]:.1f} at end")
+        for name in STEPS[shape]:
+            if args.steps and not any(want in name for want in args.steps.split(",")):
+                continue
+            run_step(args.cache, shape, name)
+    print(f"\ntotal {time.perf_counter() - begin:.0f} s; load {os.getloadavg()[0]:.1f} at end")
+
+
+# One method per live process, so each peak is that method's own.
+STEPS = {
+    "qwen3-0.6b": [
+        "merge linear", "merge ties", "live resident linear", "live resident slerp",
+        "live disk linear", "dashboard", "sweep resident",
+    ],
+    "qwen3-1.7b": ["merge linear", "live resident linear", "live disk linear", "sweep disk"],
+    "qwen3-30b-a3b-2L": ["merge linear", "live resident linear", "live disk linear", "sweep disk"],
+}  # fmt: skip
+
+
+def run_step(cache: Path, shape: str, name: str) -> None:
+    kind, *rest = name.split()
+    if kind == "merge":
+        merge_rows(cache, shape, rest)
+    elif kind == "live":
+        live_rows(cache, shape, rest[0], rest[1].split(","))
+    elif kind == "dashboard":
+        dashboard_row(cache, shape)
+    elif kind == "sweep":
+        sweep_rows(cache, shape, rest[0])
 
 
 if __name__ == "__main__":

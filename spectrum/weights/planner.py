@@ -71,7 +71,7 @@ CUDA_CONTEXT = 600 * MIB
 # Resident set of a process before it holds any weights (interpreter, torch, transformers,
 # and for the dashboard gradio; vLLM's engine): measured by bench/real_scale.py.
 PROCESS_BYTES = {
-    "merge": 300 * MIB,
+    "merge": 240 * MIB,
     "transformers": 700 * MIB,
     "dashboard": 1100 * MIB,
     "vllm": 2 * GIB,
@@ -303,13 +303,14 @@ def merge_need(pair: PairFacts, method: str, hardware: Hardware) -> Need:
 
     spec = get_method(method)
     if spec.elementwise:
-        work = 64 * MIB  # a few CHUNK slices and the writer's 16 MiB queue
+        work = 40 * MIB  # a few CHUNK slices and the writer's 16 MiB queue
     else:
-        # The tensor in hand and the one read ahead, each with its inputs and prepared
-        # outputs in float32, plus the merged result.
+        # Float32 copies of the largest tensor: the next one's inputs (read ahead), the
+        # current one's prepared outputs and result, one temporary. Checked against
+        # measured peaks by bench/real_scale.py (ties: 8 copies).
         bpe = prepared_bytes_per_element(method, "merge", hardware.device, pair.float32_parents)
-        per_tensor = _inputs(method, pair.has_base) + bpe / 4
-        work = int((2 * per_tensor + 1) * pair.largest_elements * 4)
+        copies = _inputs(method, pair.has_base) + bpe / 4 + 2
+        work = int(copies * pair.largest_elements * 4)
     base = PROCESS_BYTES["merge"]
     if hardware.device == "cpu":
         return Need("offline merge", "streaming", 0, base + work)
