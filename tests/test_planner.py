@@ -127,7 +127,7 @@ def test_plan_qwen3_4b_on_an_80gb_gpu(real_pairs):
     hardware = Hardware("cuda", 80 * GIB, 128 * GIB)
     needs = by_use(plan_pair(pair, hardware))
     model = 2 * ELEMENTS_4B
-    work = 4 * 4 * V * H4  # 2 parents, 1 prepared, 1 result: float32 copies of the embedding
+    work = 2 * 4 * V * H4  # linear's in-place writer: a float32 result and one temporary
     resident = needs["live merger", "resident"]
     assert resident.device_bytes == CUDA_CONTEXT + model + 2 * model + work
     assert resident.host_bytes == PROCESS_BYTES["transformers"] + 2 * model

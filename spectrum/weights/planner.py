@@ -227,9 +227,12 @@ def _inputs(method: str, has_base: bool) -> int:
     return 3 if has_base and get_method(method).needs_base else 2
 
 
-def _work(pair: PairFacts, method: str, bpe: float) -> int:
+def _work(pair: PairFacts, method: str, bpe: float, backend: str = "transformers") -> int:
     """Transient float32 bytes while one (the largest) tensor is prepared and applied."""
-    copies = _inputs(method, pair.has_base) + max(bpe / 4, 1) + 1
+    if method == "linear" and backend == "transformers":
+        copies = 2  # the in-place writer: the float32 result and one temporary
+    else:
+        copies = _inputs(method, pair.has_base) + max(bpe / 4, 1) + 1
     return int(copies * pair.largest_elements * 4)
 
 
@@ -247,7 +250,7 @@ def live_need(
     cpu = hardware.device == "cpu"
     bpe = prepared_bytes_per_element(method, backend, hardware.device, pair.float32_parents)
     prepared = int(bpe * pair.float_elements)
-    work = _work(pair, method, bpe)
+    work = _work(pair, method, bpe, backend)
     model = pair.model_bytes
     held = sum(pair.parent_bytes)
     base = PROCESS_BYTES["vllm" if backend == "vllm" else "transformers"]
