@@ -227,12 +227,27 @@ def _inputs(method: str, has_base: bool) -> int:
     return 3 if has_base and get_method(method).needs_base else 2
 
 
-def _work(pair: PairFacts, method: str, bpe: float, backend: str = "transformers") -> int:
-    """Transient float32 bytes while one (the largest) tensor is prepared and applied."""
+def _aliased_inputs(method: str) -> int:
+    """How many of the method's float32 inputs its prepared tensors keep as they are."""
+    import torch
+
+    from spectrum.methods import Parents, get_method, resolve_params
+
+    spec = get_method(method)
+    inputs = [torch.randn(16, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    prepared = spec.prepare(Parents("w", *inputs), resolve_params(spec, None), 0)
+    pointers = {t.data_ptr() for t in prepared.values()}
+    return sum(t.data_ptr() in pointers for t in inputs)
+
+
+def _work(pair: PairFacts, method: str, backend: str = "transformers") -> int:
+    """Transient float32 bytes of the largest tensor beside what is kept: the merged result,
+    plus the inputs ``prepare`` does not keep (alive while it runs). Measured at real
+    shapes by bench/real_scale.py."""
     if method == "linear" and backend == "transformers":
         copies = 2  # the in-place writer: the float32 result and one temporary
     else:
-        copies = _inputs(method, pair.has_base) + max(bpe / 4, 1) + 1
+        copies = 1 + _inputs(method, pair.has_base) - _aliased_inputs(method)
     return int(copies * pair.largest_elements * 4)
 
 
@@ -250,7 +265,7 @@ def live_need(
     cpu = hardware.device == "cpu"
     bpe = prepared_bytes_per_element(method, backend, hardware.device, pair.float32_parents)
     prepared = int(bpe * pair.float_elements)
-    work = _work(pair, method, bpe, backend)
+    work = _work(pair, method, backend)
     model = pair.model_bytes
     held = sum(pair.parent_bytes)
     base = PROCESS_BYTES["vllm" if backend == "vllm" else "transformers"]
