@@ -8,10 +8,12 @@ prepared tensors on the device as far as its budget allows (none on CPU, where t
 *is* the host) and re-reads and re-prepares the rest on every pass, one tensor read ahead
 on a background thread so the disk and the merge overlap.
 
-Host bound: the tensor in hand and the one read ahead, each with its 2 (3 with a base)
-parent tensors in their own dtype: ``2 × inputs × largest tensor`` bytes beside the
-process itself (for Qwen3-30B-A3B, 2 × 2 × 622 MB ≈ 2.5 GB; the OS page cache may keep
-file pages too, but those are reclaimable, not the process's).
+Host bound, beside the process itself and (on CPU only) the model: the tensor in hand and
+the one read ahead, each with its 2 (3 with a base) parent tensors in their own dtype, at
+most ``inputs × (largest + second largest tensor)`` bytes (Qwen3-30B-A3B: 2 × (622 + 622)
+MB ≈ 2.5 GB: embedding and lm_head), plus the float32 merge of the tensor in hand when it
+is merged on the host. The OS page cache keeps file pages too, but those are reclaimable,
+not the process's. ``spectrum.weights.planner`` states the same figure per pair.
 """
 
 from __future__ import annotations

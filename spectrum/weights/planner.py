@@ -94,6 +94,7 @@ class PairFacts:
     largest_elements: int  # of the largest float tensor
     largest_bytes: int  # its bytes in the parents' dtype
     float32_parents: bool
+    second_bytes: int = 0  # the next largest float tensor's bytes (the disk read-ahead)
 
     @property
     def model_bytes(self) -> int:
@@ -164,7 +165,8 @@ def read_pair(
     if not floats:
         raise UserError(f"{first.path}: no floating-point tensors to merge")
     numels = {n: math.prod(first.shape(n)) for n in floats}
-    largest = max(floats, key=numels.__getitem__)
+    by_size = sorted(floats, key=numels.__getitem__, reverse=True)
+    largest = by_size[0]
     config = first.config
     label = f"{config.get('model_type', '?')}, {config.get('num_hidden_layers', '?')} layers"
     return PairFacts(
@@ -174,6 +176,7 @@ def read_pair(
         largest_elements=numels[largest],
         largest_bytes=sizes[0][largest],
         float32_parents=all(str(first.dtype(n)) == "torch.float32" for n in floats),
+        second_bytes=sizes[0][by_size[1]] if len(by_size) > 1 else 0,
     )
 
 
@@ -270,8 +273,9 @@ def live_need(
     held = sum(pair.parent_bytes)
     base = PROCESS_BYTES["vllm" if backend == "vllm" else "transformers"]
     kv = VLLM_KV if backend == "vllm" else 0
-    # Disk reads: each input tensor of the tensor in hand and of the one read ahead.
-    reads = 2 * _inputs(method, pair.has_base) * pair.largest_bytes
+    # Disk reads: the inputs of the tensor in hand and of the one read ahead, at most the
+    # two largest (Qwen3-30B-A3B: embedding and lm_head, 2 × 2 × 622 MB).
+    reads = _inputs(method, pair.has_base) * (pair.largest_bytes + pair.second_bytes)
     if cpu:
         host = {
             "resident": held + model + prepared + work,
