@@ -262,6 +262,7 @@ def child_dashboard(args) -> None:
         start = time.perf_counter()
         for _ in dashboard.chat([], "hi", request, decoding):
             pass
+        dashboard.set_merge(MergeRequest("linear", 0.6))  # a re-merge while the page is in use
     emit({"load_s": load, "chat_s": time.perf_counter() - start})
 
 
