@@ -446,7 +446,7 @@ def dashboard_row(cache: Path, shape: str) -> str:
     if "chat_s" in result:
         load += f", one 3-column turn {result['chat_s']:.1f} s"
     line = (
-        f"| {shape} | dashboard (merge + one chat turn) | {load} | — | {_mem(result, predicted)} |"
+        f"| {shape} | dashboard (merge, chat, re-merge) | {load} | — | {_mem(result, predicted)} |"
     )
     print(line, flush=True)
     return line
