@@ -13,6 +13,18 @@ from spectrum.toy.tiny import save_tiny_pair
 os.environ["SPECTRUM_CACHE"] = tempfile.mkdtemp(prefix="spectrum-cache-")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run bench/gpu_check.sh on one)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """{base, direct, thinking} paths of a tiny random Qwen3 pair, sharded safetensors."""

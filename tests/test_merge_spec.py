@@ -36,7 +36,7 @@ def test_equal_specs_from_different_spellings():
 
 def test_checked_resolves_parameters_and_is_idempotent():
     spec = MergeSpec("ties", 0.5).checked(has_base=True)
-    assert dict(spec.params) == {"density": 0.8}
+    assert dict(spec.params) == {"density": 0.8, "tie_break": "zero"}
     assert spec.checked(has_base=True) == spec
     assert MergeSpec("ties", 0.5, {"density": "0.8"}).checked(has_base=True) == spec
 

@@ -65,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.commands.merge import _return_freed_tensors_to_os
+
+    # Freed float32 copies leave RSS, so a re-merge to a new method stays within the
+    # planner's figure (bench/RESULTS.md, real-scale rehearsal).
+    _return_freed_tensors_to_os()
     for role in ("direct", "thinking", "base"):
         source = getattr(args, role)
         looks_local = source is not None and (

@@ -35,6 +35,7 @@ from spectrum.live import LiveMerger, LoadedMerge
 from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.methods import REGISTRY, MergeMethod, get_method
+from spectrum.weights.planner import check_dashboard
 
 log = logging.getLogger("spectrum.dashboard")
 REPO = Path(__file__).resolve().parents[2]
@@ -153,6 +154,7 @@ class Dashboard:
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
         remote = dict(trust_remote_code=trust_remote_code)
+        check_dashboard(direct, thinking, base, device=self.device)  # headers only: fail fast
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
         # the generation prompt, which must not be forced on the direct model.
         self.tokenizers = {

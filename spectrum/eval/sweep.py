@@ -36,6 +36,7 @@ from spectrum.generate.batch import (
     generator_for,
 )
 from spectrum.merge.spec import MergeSpec, check_lam
+from spectrum.weights.planner import check_live
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
 
@@ -302,6 +303,8 @@ class Sweeper:
             )
             for b in spec.benchmarks
         }
+        if provider_factory is default_provider:  # refuse a pair too big before hashing it
+            check_live(spec.direct, spec.thinking, spec.base, backend=spec.backend)
         self.hashes = parent_hashes(spec)
         _configurations(spec, self.hashes)  # likewise unknown methods, params and λ
         self.run_id = uuid.uuid4().hex[:16]

@@ -54,6 +54,8 @@ class LiveBackend:
         self._prepared: PreparedMerge | None = None
         self._lock = threading.Lock()
         self._session_thread: int | None = None  # the thread inside session(), if any
+        # disk policy: prepared bytes kept on the device (None: what its headroom allows).
+        self.disk_resident_bytes: int | None = None
         # The model starts as the direct parent, which is what λ = 0 means for every method.
         self._current = LoadedMerge(DIRECT)
 
@@ -141,6 +143,7 @@ class LiveBackend:
             self.policy,
             self.chunk_bytes,
             linear_writer=self._linear_writer(),
+            disk_resident_bytes=self.disk_resident_bytes,
         )
         return self._prepared
 

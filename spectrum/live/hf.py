@@ -16,10 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.live.core import LiveBackend
+from spectrum.live.disk import read_parents
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.live.views import checkpoint_views
 from spectrum.methods.linear import weighted_sum
+from spectrum.weights.planner import check_live
 
 
 class LiveMerger(LiveBackend):
@@ -57,15 +59,21 @@ class LiveMerger(LiveBackend):
         """Read the parents once and load the direct parent as the model to merge into.
 
         ``policy``: ``auto`` (resident when the prepared tensors fit the device, else
-        streamed), ``resident`` or ``streamed`` (see ``spectrum.live.memory``).
+        streamed; ``disk`` when the parents do not fit in host memory), ``resident``,
+        ``streamed`` or ``disk`` (see ``spectrum.live.memory``).
         ``trust_remote_code`` runs a hub repo's own model code: off unless asked for.
         """
         target = resolve_device(device)
         check_policy(policy)
-        parents = ParentTensors.read(direct, thinking, base)
+        # Headers only: refuse in seconds, with numbers, a pair this machine cannot hold.
+        policy = check_live(direct, thinking, base, device=str(target), policy=policy)
+        parents = read_parents(direct, thinking, base, policy=policy)
         remote = dict(trust_remote_code=trust_remote_code)
+        # On a GPU, straight to the device: never a whole model in host memory (the disk
+        # policy's host bound, a 30B-A3B pair's 61 GB).
+        on_gpu = dict(device_map=str(target)) if target.type == "cuda" else {}
         model = AutoModelForCausalLM.from_pretrained(
-            parents.direct_path, dtype=dtype or "auto", **remote
+            parents.direct_path, dtype=dtype or "auto", **on_gpu, **remote
         )
         model = model.to(target).eval()
         tokenizer = AutoTokenizer.from_pretrained(parents.direct_path, **remote)

@@ -5,6 +5,9 @@
   chunks on every ``set()``; for models whose prepared tensors do not fit the device
   (Qwen3-30B-A3B on one 80 GB GPU). On CPU host and device are the same memory, so
   ``auto`` always means resident there; ``policy="streamed"`` forces the chunked path.
+* ``disk``: the parents stay in their files and are read per ``set()``; prepared tensors
+  stay on the device as far as they fit (``spectrum.live.disk``). The planner
+  (``spectrum.weights.planner``) picks it when the parents do not fit in host memory.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from spectrum.errors import UserError
 
-POLICIES = ("auto", "resident", "streamed")
+POLICIES = ("auto", "resident", "streamed", "disk")
 # Leave room for activations, the KV cache and allocator slack beside the prepared tensors.
 DEVICE_HEADROOM = 0.85
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -24,7 +27,7 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    policy: str  # "resident" or "streamed"
+    policy: str  # "resident", "streamed" or "disk"
     device: torch.device
     needed_bytes: int
     free_bytes: int | None  # free device memory when decided; None on CPU
@@ -72,6 +75,14 @@ def choose_policy(policy: str, needed_bytes: int, free_bytes: int | None) -> str
         return policy
     fits = free_bytes is None or needed_bytes <= DEVICE_HEADROOM * free_bytes
     return "resident" if fits else "streamed"
+
+
+def disk_budget(device: torch.device, free_bytes: int | None, reserve: int) -> int:
+    """Bytes of prepared tensors the ``disk`` policy keeps on ``device``: none on CPU (the
+    host is what the policy spares), else what the headroom leaves beside ``reserve``."""
+    if device.type == "cpu" or free_bytes is None:
+        return 0
+    return max(0, int(DEVICE_HEADROOM * free_bytes) - reserve)
 
 
 def pinned(host: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from spectrum.live.memory import (
     DEFAULT_CHUNK_BYTES,
     MemoryPlan,
     chunked,
+    disk_budget,
     host_copy,
     pinned,
     plan_memory,
@@ -68,6 +70,12 @@ class ParentTensors:
         """Tensors a method merges: the floating-point ones (others keep θ_D)."""
         return [name for name, t in self.direct.items() if t.is_floating_point()]
 
+    def numel(self, name: str) -> int:
+        return self.direct[name].numel()
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.direct[name].dtype
+
     def num_layers(self) -> int:
         return int(self.config.get("num_hidden_layers") or 1)
 
@@ -86,6 +94,7 @@ class PreparedMerge:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         progress: bool = True,
         linear_writer: LinearWriter | None = None,
+        disk_resident_bytes: int | None = None,
     ):
         self.method = get_method(method_name)
         if self.method.needs_base and parents.base is None:
@@ -99,12 +108,18 @@ class PreparedMerge:
         self.linear_writer = linear_writer if self.method.name == "linear" else None
         # The plan is estimated from the largest tensor's prepared size, before committing;
         # that tensor's preparation is then kept rather than redone (an SVD can be costly).
-        largest = max(self.names, key=lambda n: self.parents.direct[n].numel())
+        largest = max(self.names, key=self.parents.numel)
         sample = self._prepare(largest, device)
         self.plan = self._plan(largest, sample, device, policy, chunk_bytes)
         streamed = self.plan.policy == "streamed"
         self.prepared: dict[str, dict[str, Tensor]] = {}
+        # disk: keep prepared tensors on the device up to a budget; the rest are re-read.
+        budget = self._disk_budget(sample, disk_resident_bytes)
         for name in tqdm(self.names, desc=f"prepare {self.method.name}", disable=not progress):
+            if budget is not None:
+                if self._prepared_size(sample, largest, name) > budget:
+                    continue
+                budget -= self._prepared_size(sample, largest, name)
             if streamed and self.linear_writer is not None:
                 # linear's "prepared" tensors are the host parents: stream them, copy nothing.
                 self.prepared[name] = self._linear_parents(name, torch.device("cpu"))
@@ -115,19 +130,25 @@ class PreparedMerge:
         self._stats: Any = None
         self._stats_scope: tuple[str, ...] | None = None  # the names _stats was computed over
 
-    def _prepare(self, name: str, device: torch.device) -> dict[str, Tensor]:
+    def _prepare(
+        self, name: str, device: torch.device, tensors: tuple | None = None
+    ) -> dict[str, Tensor]:
+        """``name``'s prepared tensors; ``tensors``: its parents already read (disk policy)."""
+        if tensors is None:
+            tensors = (
+                self.parents.direct[name],
+                self.parents.thinking[name],
+                None
+                if self.parents.base is None or self.linear_writer
+                else self.parents.base[name],
+            )
         if self.linear_writer is not None:
-            return self._linear_parents(name, device)
+            return {"direct": tensors[0].to(device), "thinking": tensors[1].to(device)}
 
-        def on_device(tensors):
-            return None if tensors is None else tensors[name].to(device, torch.float32)
+        def on_device(tensor):
+            return None if tensor is None else tensor.to(device, torch.float32)
 
-        parents = Parents(
-            name,
-            on_device(self.parents.direct),
-            on_device(self.parents.thinking),
-            on_device(self.parents.base),
-        )
+        parents = Parents(name, *(on_device(tensor) for tensor in tensors))
         return self.method.prepare(parents, self.params, self.seed)
 
     def _linear_parents(self, name: str, device: torch.device) -> dict[str, Tensor]:
@@ -146,10 +167,27 @@ class PreparedMerge:
     ) -> MemoryPlan:
         per_element = sum(t.numel() * t.element_size() for t in sample.values())
         per_element /= self.parents.direct[largest].numel()
-        total = sum(self.parents.direct[n].numel() for n in self.names)
+        total = sum(self.parents.numel(n) for n in self.names)
         return plan_memory(int(per_element * total), device, policy, chunk_bytes)
 
+    def _prepared_size(self, sample: dict[str, Tensor], largest: str, name: str) -> int:
+        per_element = sum(t.numel() * t.element_size() for t in sample.values())
+        return int(per_element * self.parents.numel(name) / self.parents.numel(largest))
+
+    def _disk_budget(self, sample: dict[str, Tensor], asked: int | None) -> int | None:
+        """Prepared bytes the disk policy keeps on the device (None: not the disk policy)."""
+        if self.plan.policy != "disk":
+            return None
+        if asked is not None:
+            return asked
+        # Room for the tensor in hand: its sample's size, twice (read ahead).
+        reserve = 2 * sum(t.numel() * t.element_size() for t in sample.values())
+        return disk_budget(self.plan.device, self.plan.free_bytes, reserve)
+
     def _on_device(self, names: list[str]) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        if self.plan.policy == "disk":
+            yield from self._from_disk(names)
+            return
         if self.plan.policy == "resident":
             for name in names:
                 yield name, self.prepared[name]
@@ -160,12 +198,46 @@ class PreparedMerge:
             uploaded = {n: _upload(self.prepared[n], device) for n in chunk}
             yield from uploaded.items()
 
+    def _from_disk(self, names: list[str]) -> Iterator[tuple[str, dict[str, Tensor]]]:
+        """Kept tensors as they are; the others read (one ahead, on a thread) and prepared."""
+        missing = iter([name for name in names if name not in self.prepared])
+        device = self.plan.device
+        with ThreadPoolExecutor(1, thread_name_prefix="disk-read") as pool:
+            ahead: dict[str, Future] = {}
+
+            def read_next() -> None:
+                name = next(missing, None)
+                if name is not None:
+                    ahead[name] = pool.submit(self._read, name)
+
+            read_next()
+            for name in names:
+                if name in self.prepared:
+                    yield name, self.prepared[name]
+                    continue
+                tensors = ahead.pop(name).result()
+                read_next()
+                yield name, self._prepare(name, device, tensors)
+            for future in ahead.values():  # a generator closed early: no read left running
+                future.cancel()
+
+    def _read(self, name: str) -> tuple[Tensor, Tensor, Tensor | None]:
+        base = self.parents.base
+        if self.linear_writer is not None:
+            base = None  # linear reads only the two parents
+        return (
+            self.parents.direct[name],
+            self.parents.thinking[name],
+            None if base is None else base[name],
+        )
+
     def nbytes(self) -> int:
         """Bytes of prepared tensors kept between ``set()`` calls (on the device or host)."""
         return sum(self._bytes(name) for name in self.names)
 
     def _bytes(self, name: str) -> int:
-        return sum(t.numel() * t.element_size() for t in self.prepared[name].values())
+        # Under the disk policy a name may have nothing kept: it is re-read per pass.
+        return sum(t.numel() * t.element_size() for t in self.prepared.get(name, {}).values())
 
     def stats(self, strengths: dict[str, float | None]) -> Any:
         """The method's whole-model statistic over the in-scope tensors, kept between sets.

@@ -27,9 +27,11 @@ from torch import Tensor
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.live.core import LiveBackend, LoadedMerge
+from spectrum.live.disk import read_parents
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.merge.spec import MergeSpec
+from spectrum.weights.planner import check_live
 
 
 def _reload(worker, weights: Iterable[tuple[str, Tensor]]) -> None:
@@ -79,7 +81,10 @@ class VllmLiveMerger(LiveBackend):
         """
         target = resolve_device(device)
         check_policy(policy)
-        parents = ParentTensors.read(direct, thinking, base)
+        policy = check_live(
+            direct, thinking, base, device=str(target), policy=policy, backend="vllm"
+        )
+        parents = read_parents(direct, thinking, base, policy=policy)
         # In-process engine: the worker must see our generator and tensors, not copies.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
@@ -113,7 +118,7 @@ class VllmLiveMerger(LiveBackend):
         def merged() -> Iterator[tuple[str, Tensor]]:
             for name, tensor in prepared.merged(strength_for):
                 # Cast as the offline merge does: float32 arithmetic, the parents' dtype out.
-                yield name, tensor.to(self.parents.direct[name].dtype)
+                yield name, tensor.to(self.parents.dtype(name))
 
         self.llm.collective_rpc(_reload, args=(merged(),))
         self.llm.reset_prefix_cache()

@@ -1,2 +1,2 @@
-"""Model weights on disk: reading checkpoints, hashing them, checking a pair, writing a
-merged folder."""
+"""Model weights: reading checkpoints, hashing them, checking a pair, writing a merged
+folder, and what holding them costs (``planner``, real model shapes in ``shapes``)."""
