@@ -7,8 +7,9 @@ the process's RSS for as long as the mapping lives, so streaming a 60 GB model t
 mapping would look (and, under memory pressure, behave) like holding it. Either way the OS
 page cache serves the bytes and nothing but the tensor in hand is resident.
 
-Pickle ``.bin`` checkpoints execute code when loaded; they are refused unless the caller
-passes ``allow_pickle=True`` (then loaded with ``weights_only=True`` and ``mmap=True``).
+Pickle ``.bin``/``.pt``/``.pth`` checkpoints can execute code when loaded; unless the caller
+passes ``allow_pickle=True`` they are refused from their file names alone, before a byte is
+read. Allowed, each file is loaded once, with ``weights_only=True`` and ``mmap=True``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 # Files a snapshot download needs: weights, configs, tokenizer, chat template.
 HUB_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -140,14 +142,17 @@ class Checkpoint:
                 if weight_map.get(name) == file
             }
             return
+        pickled = sorted(p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled and not allow_pickle:
+            # Decided from the names: torch.load must not touch a file we may refuse.
+            raise UserError(
+                f"{self.path} holds pickle weights ({pickled[0]}), which can run code when "
+                "loaded; convert them to safetensors",
+                cli_hint="or pass --allow-pickle",
+            )
         pickle_map = self._weight_map(PICKLE_INDEX, PICKLE_SINGLE)
         if pickle_map is None:
             raise UserError(f"{self.path}: no model.safetensors(.index.json) or pytorch_model.bin")
-        if not allow_pickle:
-            raise UserError(
-                f"{self.path} holds pickle .bin weights, which can run code when loaded; "
-                "convert them to safetensors or pass --allow-pickle"
-            )
         self._pickle_files = {file: self.path / file for file in sorted(set(pickle_map.values()))}
         self._where = dict(pickle_map)
 
@@ -160,8 +165,12 @@ class Checkpoint:
         if (self.path / single_name).is_file():
             if single_name.endswith(".safetensors"):
                 names = _SafetensorsFile(self.path / single_name).tensors
-            else:
-                names = self._load_pickle(self.path / single_name)
+            else:  # loaded once: the names now, the tensors from the same dict later
+                self._pickle_cache = (
+                    self.path / single_name,
+                    self._load_pickle(self.path / single_name),
+                )
+                names = self._pickle_cache[1]
             return dict.fromkeys(names, single_name)
         return None
 
