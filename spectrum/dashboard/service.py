@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
@@ -28,7 +29,7 @@ from spectrum.eval.benchmarks import BENCHMARKS
 from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
 from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
-from spectrum.generate.chat import ChatUpdate, stream_columns, stream_reply
+from spectrum.generate.chat import ChatUpdate, prompt_ids, stream_columns, stream_reply
 from spectrum.live import LiveMerger, LoadedMerge
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.methods import REGISTRY, MergeMethod, get_method
@@ -51,6 +52,20 @@ def working_db(db: Path) -> Path:
         shutil.copyfile(SHIPPED_DB, partial)
         os.replace(partial, db)  # atomic: a crash never leaves a half-copied DB
     return db
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """What one chat request may cost: a runaway answer stops at either bound."""
+
+    max_new_tokens: int = 2048
+    max_seconds: float = 120.0
+
+    def describe(self) -> str:
+        return (
+            f"Each answer stops after {self.max_new_tokens} new tokens or "
+            f"{self.max_seconds:g} s, whichever comes first."
+        )
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,8 @@ class Dashboard:
         db: str | Path = DEFAULT_DB,
         allowed_folders: Sequence[str | Path] = (),
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        limits: ChatLimits = ChatLimits(),
     ) -> None:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         self.base = None if base is None else str(base)
@@ -147,6 +164,18 @@ class Dashboard:
         self.db = working_db(Path(db).resolve())
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
+        self.limits = limits
+        self.allow_pickle = allow_pickle
+        # First: it checks the pair (pickle refused by file name, configs, finite weights)
+        # before transformers reads a weight file.
+        self.merger = LiveMerger.load(
+            direct,
+            thinking,
+            base,
+            device=self.device,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+        )
         remote = dict(trust_remote_code=trust_remote_code)
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
         # the generation prompt, which must not be forced on the direct model.
@@ -160,9 +189,6 @@ class Dashboard:
             .eval()
             for role, path in self.sources.items()
         }
-        self.merger = LiveMerger.load(
-            direct, thinking, base, device=self.device, trust_remote_code=trust_remote_code
-        )
         self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.
@@ -229,13 +255,22 @@ class Dashboard:
         if not prompt.strip():
             raise UserError("type a prompt first")
         spec = self.check(spec)
+        # Before any lock or generation: a refused request costs one tokenization.
+        for column in COLUMNS:
+            self.check_request(conversation_for(turns, column, prompt), column, decoding[column])
+        max_time = self.limits.max_seconds
 
         def parent(column: str):
             def stream(stop: threading.Event) -> Iterator[Reply]:
                 conversation = conversation_for(turns, column, prompt)
                 model = self.parents[column]
                 for update in stream_reply(
-                    model, self.tokenizers[column], conversation, decoding[column], stop=stop
+                    model,
+                    self.tokenizers[column],
+                    conversation,
+                    decoding[column],
+                    stop=stop,
+                    max_time_s=max_time,
                 ):
                     yield Reply(update)
 
@@ -256,12 +291,35 @@ class Dashboard:
                     conversation,
                     decoding["merged"],
                     stop=stop,
+                    max_time_s=max_time,
                 ):
                     yield Reply(update, merge)
 
         yield from stream_columns(
             {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")}
         )
+
+    def check_request(
+        self, conversation: list[dict[str, str]], column: str, settings: DecodingSettings
+    ) -> int:
+        """Refuse a turn that cannot fit the model or the limits; return its prompt tokens."""
+        if settings.max_new_tokens > self.limits.max_new_tokens:
+            raise UserError(
+                f"max new tokens {settings.max_new_tokens} is above this dashboard's limit "
+                f"of {self.limits.max_new_tokens}"
+            )
+        merged = column == "merged"
+        model = self.merger.model if merged else self.parents[column]
+        tokenizer = self.merger.tokenizer if merged else self.tokenizers[column]
+        tokens = prompt_ids(tokenizer, conversation, torch.device("cpu")).shape[1]
+        context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        if context and tokens + settings.max_new_tokens > context:
+            raise UserError(
+                f"the {column} model's context is {context} tokens: this conversation takes "
+                f"{tokens} and max new tokens asks for {settings.max_new_tokens} more; "
+                "shorten the prompt, clear the chat or lower max new tokens"
+            )
+        return tokens
 
     def export(self, folder: str, spec: MergeSpec, *, overwrite: bool = False) -> Path:
         """Write ``spec``'s merge as a checkpoint folder (model card, merge_config.json)."""
@@ -273,7 +331,8 @@ class Dashboard:
             spec=self.check(spec),
             device=str(self.device),
         )
-        return merge_checkpoints(config, out, force=overwrite, progress=False)
+        protected = {"results database": self.db}
+        return merge_checkpoints(config, out, force=overwrite, progress=False, protected=protected)
 
     def vote(
         self, turns: Sequence[Turn], choice: str, decoding: Mapping[str, DecodingSettings]
@@ -329,6 +388,7 @@ class Dashboard:
             k=int(k),
             limit=int(limit),
             decoding={"max_new_tokens": int(max_new_tokens)},
+            allow_pickle=self.allow_pickle,
         )
         return run_sweep(
             spec, path, provider_factory=lambda _: self.merger, command="spectrum app (sweep tab)"

@@ -53,16 +53,18 @@ class LiveMerger(LiveBackend):
         policy: str = "auto",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> LiveMerger:
         """Read the parents once and load the direct parent as the model to merge into.
 
         ``policy``: ``auto`` (resident when the prepared tensors fit the device, else
         streamed), ``resident`` or ``streamed`` (see ``spectrum.live.memory``).
-        ``trust_remote_code`` runs a hub repo's own model code: off unless asked for.
+        ``trust_remote_code`` runs a hub repo's own model code: off unless asked for;
+        ``allow_pickle`` reads pickle weight files (refused by name otherwise).
         """
         target = resolve_device(device)
         check_policy(policy)
-        parents = ParentTensors.read(direct, thinking, base)
+        parents = ParentTensors.read(direct, thinking, base, allow_pickle=allow_pickle)
         remote = dict(trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             parents.direct_path, dtype=dtype or "auto", **remote

@@ -147,7 +147,9 @@ class ShardWriter:
             }
             total = sum(tensor_nbytes(shape, dtype) for e in self.shards for _, shape, dtype in e)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            (self.folder / SAFETENSORS_INDEX).write_text(
+                json.dumps(index, indent=2, allow_nan=False) + "\n"
+            )
 
     def abort(self) -> None:
         """Stop writing (the merge failed): drop queued bytes, close the open shard."""
@@ -194,7 +196,7 @@ class ShardWriter:
                 "data_offsets": [offset, end],
             }
             offset = end
-        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
         encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors does
         handle = _ShardFile(self.folder / self.file_names[shard], "wb")
         handle.write(struct.pack("<Q", len(encoded)) + encoded)
@@ -359,7 +361,9 @@ def _check_replaceable(out: Path) -> None:
 def write_marker(folder: Path) -> None:
     """Record every file of a finished output (names and sizes): the last file written."""
     files = {entry.name: entry.stat().st_size for entry in sorted(folder.iterdir())}
-    (folder / MARKER).write_text(json.dumps({"tool": "thinking-spectrum", "files": files}) + "\n")
+    (folder / MARKER).write_text(
+        json.dumps({"tool": "thinking-spectrum", "files": files}, allow_nan=False) + "\n"
+    )
 
 
 def check_free_space(out: Path, nbytes: int) -> None:

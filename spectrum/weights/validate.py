@@ -176,5 +176,5 @@ def _chat_template(path: Path) -> str | None:
     config = path / "tokenizer_config.json"
     if config.is_file():
         template = json.loads(config.read_text()).get("chat_template")
-        return json.dumps(template) if template is not None else None
+        return json.dumps(template, allow_nan=False) if template is not None else None
     return None
