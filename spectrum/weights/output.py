@@ -378,8 +378,8 @@ def check_free_space(out: Path, nbytes: int) -> None:
 
 def os_error_message(error: OSError, out: Path) -> str:
     """One line for a failed write: the path and the system's reason (read-only, full...)."""
-    where = error.filename or out
-    return f"cannot write {out}: {error.strerror or error} ({where})"
+    where = f" ({error.filename})" if error.filename else ""
+    return f"cannot write {out}: {error.strerror or error}{where}"
 
 
 @contextlib.contextmanager
