@@ -96,9 +96,15 @@ def test_a_prompt_past_the_context_is_refused_before_any_work(board):
             next(board.chat([], "7" * size, SPEC, GREEDY))
         assert time.perf_counter() - start < 1.0  # one tokenization, no generation
         message = str(refused.value)
-        tokens = int(re.search(r"takes (\d+)", message).group(1))
-        assert tokens >= size and f"{TOKENS} more" in message and f"is {context} tokens" in message
+        tokens = int(re.search(r"takes at least (\d+)", message).group(1))
+        assert tokens + TOKENS > context  # both numbers, and why they do not fit
+        assert f"{TOKENS} more" in message and f"is {context} tokens" in message
         assert not column_threads()
+    # Short enough to pass the length bound, too long once tokenized: the exact count.
+    with pytest.raises(UserError) as refused:
+        next(board.chat([], "7" * context, SPEC, GREEDY))
+    exact = re.search(r"takes (\d+) and max new tokens asks for (\d+) more", str(refused.value))
+    assert int(exact.group(1)) > context and int(exact.group(2)) == TOKENS
     too_many = {**GREEDY, "merged": decoding_for("merged", "greedy", 257)}
     with pytest.raises(UserError, match="above this dashboard's limit of 256"):
         next(board.chat([], PROMPT, SPEC, too_many))

@@ -9,6 +9,7 @@ streams (by this page or another) cannot mislabel it: ``set()`` waits for the se
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -121,6 +123,12 @@ def decoding_for(
             raise UserError("custom sampling needs temperature > 0, 0 < top-p ≤ 1, top-k ≥ 0")
         return replace(settings, temperature=temperature, top_p=top_p, top_k=int(top_k))
     return settings
+
+
+@functools.cache
+def _longest_token(tokenizer: Any) -> int:
+    """Characters in the tokenizer's longest token (vocabulary and added tokens)."""
+    return max(1, *(len(token) for token in tokenizer.get_vocab()))
 
 
 class AllowedFolders:
@@ -255,7 +263,10 @@ class Dashboard:
         if not prompt.strip():
             raise UserError("type a prompt first")
         spec = self.check(spec)
-        # Before any lock or generation: a refused request costs one tokenization.
+        # Before any lock or generation: a refused request costs a length check, or at
+        # most one tokenization per column.
+        for column in COLUMNS:
+            self._check_prompt_length(prompt, column, decoding[column])
         for column in COLUMNS:
             self.check_request(conversation_for(turns, column, prompt), column, decoding[column])
         max_time = self.limits.max_seconds
@@ -303,23 +314,36 @@ class Dashboard:
         self, conversation: list[dict[str, str]], column: str, settings: DecodingSettings
     ) -> int:
         """Refuse a turn that cannot fit the model or the limits; return its prompt tokens."""
+        self._check_max_new(settings)
+        tokenizer = self.merger.tokenizer if column == "merged" else self.tokenizers[column]
+        tokens = prompt_ids(tokenizer, conversation, torch.device("cpu")).shape[1]
+        self._check_fits(column, tokens, settings, "")
+        return tokens
+
+    def _check_max_new(self, settings: DecodingSettings) -> None:
         if settings.max_new_tokens > self.limits.max_new_tokens:
             raise UserError(
                 f"max new tokens {settings.max_new_tokens} is above this dashboard's limit "
                 f"of {self.limits.max_new_tokens}"
             )
-        merged = column == "merged"
-        model = self.merger.model if merged else self.parents[column]
-        tokenizer = self.merger.tokenizer if merged else self.tokenizers[column]
-        tokens = prompt_ids(tokenizer, conversation, torch.device("cpu")).shape[1]
+
+    def _check_prompt_length(self, prompt: str, column: str, settings: DecodingSettings) -> None:
+        """Refuse without tokenizing a prompt too long for any tokenization: no token is
+        longer than the tokenizer's longest, so the prompt has at least this many."""
+        self._check_max_new(settings)
+        tokenizer = self.merger.tokenizer if column == "merged" else self.tokenizers[column]
+        longest = _longest_token(tokenizer)
+        self._check_fits(column, -(-len(prompt) // longest), settings, "at least ")
+
+    def _check_fits(self, column: str, tokens: int, settings: DecodingSettings, bound: str) -> None:
+        model = self.merger.model if column == "merged" else self.parents[column]
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         if context and tokens + settings.max_new_tokens > context:
             raise UserError(
                 f"the {column} model's context is {context} tokens: this conversation takes "
-                f"{tokens} and max new tokens asks for {settings.max_new_tokens} more; "
+                f"{bound}{tokens} and max new tokens asks for {settings.max_new_tokens} more; "
                 "shorten the prompt, clear the chat or lower max new tokens"
             )
-        return tokens
 
     def export(self, folder: str, spec: MergeSpec, *, overwrite: bool = False) -> Path:
         """Write ``spec``'s merge as a checkpoint folder (model card, merge_config.json)."""
