@@ -307,3 +307,16 @@ def test_disk_full_mid_write_is_one_line_and_leaves_nothing(tiny_pair, tmp_path)
     done = merge(tiny_pair["direct"], tiny_pair["thinking"], out, limit_fsize=20_000)
     one_line_error(done, "cannot write", "File too large")
     no_leftovers(out)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float8_e4m3fn]
+)
+def test_finite_check_counts_exactly_and_ignores_overflowing_sums(dtype):
+    from spectrum.weights.validate import check_finite
+
+    huge = torch.full((1000,), torch.finfo(dtype).max, dtype=dtype)
+    check_finite(huge, "huge", "direct")  # its sum overflows; every value is finite
+    huge[[3, 500]] = float("nan")
+    with pytest.raises(UserError, match="huge holds 2 non-finite values"):
+        check_finite(huge, "huge", "direct")

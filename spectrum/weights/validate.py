@@ -101,21 +101,24 @@ def check_finite(
     ``whole`` returns the full tensor when ``tensor`` is one piece of it: on failure the
     count covers the whole tensor, read once more only then.
     """
-    if not tensor.is_floating_point() or bool(_finite(tensor).all()):
+    # A sum is finite only if every term is, and costs one fused pass without the boolean
+    # temporary of isfinite (a tenth of the time); an overflow of finite terms is a false
+    # alarm that the exact count clears.
+    if not tensor.is_floating_point() or bool(_widened(tensor).sum(dtype=torch.float32).isfinite()):
         return
     full = whole() if whole is not None else tensor
-    count = int((~_finite(full)).sum())
+    count = int((~torch.isfinite(_widened(full))).sum())
+    if not count:
+        return
     raise UserError(
         f"{role} parent tensor {name} holds {count} non-finite values (NaN or Inf) "
         f"of {full.numel()}; a merge of it would be non-finite too"
     )
 
 
-def _finite(tensor: torch.Tensor) -> torch.Tensor:
-    # isfinite has no float8 kernels; those tensors are small enough to widen.
-    if tensor.element_size() == 1:
-        tensor = tensor.float()
-    return torch.isfinite(tensor)
+def _widened(tensor: torch.Tensor) -> torch.Tensor:
+    # float8 has no sum or isfinite kernels; its tensors are small enough to widen.
+    return tensor.float() if tensor.element_size() == 1 else tensor
 
 
 def _check_tensors(direct: Checkpoint, other: Checkpoint, role: str) -> None:
