@@ -214,9 +214,10 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     with gr.Accordion("Decoding", open=False):
         with gr.Row():
             mode = gr.Radio(list(SAMPLING_MODES), value="per-model defaults", label="Sampling")
-            cap = dashboard.limits.max_new_tokens
+            # Prompt and answer share the context: leave half of it to the conversation.
+            cap = min(dashboard.limits.max_new_tokens, dashboard.context_length)
             max_new = gr.Slider(
-                min(16, cap), cap, value=min(384, cap), step=1, label="Max new tokens"
+                min(16, cap), cap, value=min(384, cap // 2), step=1, label="Max new tokens"
             )
         with gr.Row():
             temperature = gr.Slider(0.05, 2, value=0.6, step=0.05, label="Temperature (custom)")

@@ -239,6 +239,12 @@ class Dashboard:
         return tally(self.folders.resolve(db, "results database"))
 
     @property
+    def context_length(self) -> int:
+        """Positions of the smallest of the three models (prompt + answer must fit)."""
+        models = [self.merger.model, *self.parents.values()]
+        return min(int(getattr(m.config, "max_position_embeddings", 0) or 2**31) for m in models)
+
+    @property
     def num_layers(self) -> int:
         return int(self.parents["direct"].config.num_hidden_layers)
 
