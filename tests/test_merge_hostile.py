@@ -174,6 +174,19 @@ def test_allowed_pickle_is_loaded_once_with_weights_only(tiny_pair, tmp_path, mo
     config = MergeConfig(str(tiny_pair["direct"]), str(pickled), allow_pickle=True)
     merge_checkpoints(config, tmp_path / "out", progress=False)
     assert len(calls) == 1 and calls[0]["weights_only"] is True
+    # Sharded: each file once, though planning, hashing and merging all read tensors.
+    tensors = torch.load(pickled / "pytorch_model.bin", weights_only=True)
+    names = sorted(tensors)
+    halves = {"a.bin": names[: len(names) // 2], "b.bin": names[len(names) // 2 :]}
+    for file, part in halves.items():
+        torch.save({name: tensors[name] for name in part}, pickled / file)
+    (pickled / "pytorch_model.bin").unlink()
+    weight_map = {name: file for file, part in halves.items() for name in part}
+    index = json.dumps({"weight_map": weight_map})
+    (pickled / "pytorch_model.bin.index.json").write_text(index)
+    calls.clear()
+    merge_checkpoints(config, tmp_path / "out-sharded", progress=False)
+    assert len(calls) == 2 and all(call["weights_only"] for call in calls)
 
 
 def _edit_tensor(folder: Path, name: str, change) -> None:

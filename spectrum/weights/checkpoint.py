@@ -20,6 +20,7 @@ import math
 import os
 import re
 import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -116,7 +117,10 @@ class Checkpoint:
         self.config: dict = _read_json(path / "config.json", required=True)
         self._files: dict[str, _SafetensorsFile] = {}
         self._pickle_files: dict[str, Path] = {}
-        self._pickle_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+        # Each pickle file loaded once (memory-mapped, so kept mappings cost no memory);
+        # the lock keeps the merge's reader threads from loading one file twice.
+        self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+        self._pickle_lock = threading.Lock()
         self._where: dict[str, str] = {}
         self._load_layout(allow_pickle)
         if self.config.get("tie_word_embeddings") and "model.embed_tokens.weight" in self._where:
@@ -166,11 +170,7 @@ class Checkpoint:
             if single_name.endswith(".safetensors"):
                 names = _SafetensorsFile(self.path / single_name).tensors
             else:  # loaded once: the names now, the tensors from the same dict later
-                self._pickle_cache = (
-                    self.path / single_name,
-                    self._load_pickle(self.path / single_name),
-                )
-                names = self._pickle_cache[1]
+                names = self._pickle_dict(self.path / single_name)
             return dict.fromkeys(names, single_name)
         return None
 
@@ -201,10 +201,13 @@ class Checkpoint:
         return self._pickle_tensor(file, name).reshape(-1)[start:stop]
 
     def _pickle_tensor(self, file: str, name: str) -> torch.Tensor:
-        path = self._pickle_files[file]
-        if self._pickle_cache is None or self._pickle_cache[0] != path:
-            self._pickle_cache = (path, self._load_pickle(path))
-        return self._pickle_cache[1][name]
+        return self._pickle_dict(self._pickle_files[file])[name]
+
+    def _pickle_dict(self, path: Path) -> dict[str, torch.Tensor]:
+        with self._pickle_lock:
+            if path not in self._pickled:
+                self._pickled[path] = self._load_pickle(path)
+            return self._pickled[path]
 
     def _load_pickle(self, path: Path) -> dict[str, torch.Tensor]:
         try:
