@@ -281,8 +281,9 @@ def _record_run(con, spec: SweepSpec, run_id: str, hashes: dict, command: str) -
 
 
 class Sweeper:
-    """An open sweep: problems loaded, parents hashed, the DB open, the provider made on
-    first need and kept (``search`` evaluates one λ at a time through the same one)."""
+    """An open sweep: the DB's sweep lock held, problems loaded, parents hashed, the
+    provider made on first need and kept (``search`` evaluates one λ at a time through the
+    same one). The DB itself is opened per transaction."""
 
     def __init__(
         self,
