@@ -293,8 +293,16 @@ class Sweeper:
         provider_factory: Callable[[SweepSpec], Any] = default_provider,
         progress: bool = True,
         command: str = "",
+        batch_lams: bool | None = None,
     ) -> None:
         self.spec, self.progress, self.command = spec, progress, command
+        # Affine methods decode all λ of the grid in one batch on one spectrum model
+        # (spectrum.eval.sweep_batched): on by default for the transformers backend when the
+        # sweep makes its own models; a caller's own provider is used as given.
+        if batch_lams is None:
+            batch_lams = provider_factory is default_provider
+        self.batch_lams = batch_lams and spec.backend == "transformers"
+        self._lam_batches = None
         self.db = Path(db)
         self._held = ExitStack()
         # First of all: a second sweep into the same DB is refused before doing any work.
@@ -354,16 +362,26 @@ class Sweeper:
         self._held.close()
 
     def _generate(self, todo) -> None:
-        if self._provider is None:
-            self._provider = self._provider_factory(self.spec)
-        provider, spec = self._provider, self.spec
-        generator = generator_for(provider, batch_size=spec.batch_size)
         bar = tqdm(
             total=sum(len(w) for _, _, w in todo),
             desc="sweep",
             unit="sample",
             disable=not self.progress,
         )
+        if self.batch_lams:
+            from spectrum.eval.sweep_batched import LamBatches, split_batched
+
+            batched, todo = split_batched(todo)
+            self._lam_batches = self._lam_batches or LamBatches(self, _rows)
+            for (method, bench), entries in batched.items():
+                bar.set_postfix_str(f"{method} all λ {bench}")
+                self._lam_batches.run(entries, bar)
+        if todo:
+            self._lam_batches = None  # its spectrum model goes before a live merger loads
+        if todo and self._provider is None:
+            self._provider = self._provider_factory(self.spec)
+        provider, spec = self._provider, self.spec
+        generator = generator_for(provider, batch_size=spec.batch_size) if todo else None
         for config, bench, missing in todo:
             cid = store.config_id(config)
             provider.set(merge_spec(spec, config))
