@@ -37,7 +37,7 @@ def settings(tokens: int) -> dict:
 
 def largest_prompt(board: Dashboard) -> str:
     """A prompt whose tokens plus BIG_TOKENS fill the context exactly (one char, one token)."""
-    context = board.parents["direct"].config.max_position_embeddings
+    context = board.context_length
     empty = [{"role": "user", "content": ""}]
     overhead = board.check_request(empty, "direct", settings(BIG_TOKENS)["direct"])
     prompt = "7" * (context - BIG_TOKENS - overhead)
@@ -119,7 +119,7 @@ def main() -> None:
         refused = f"{median(key + ' refusal') * 1e3:.1f} ms"
         rows.append((f"another page at {where} streams the largest prompt", median(key),
                      ratio(key), refused))  # fmt: skip
-    context = board.parents["direct"].config.max_position_embeddings
+    context = board.context_length
     table = [
         SECTION,
         "",

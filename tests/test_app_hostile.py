@@ -89,7 +89,7 @@ def column_threads() -> list[threading.Thread]:
 
 
 def test_a_prompt_past_the_context_is_refused_before_any_work(board):
-    context = board.parents["direct"].config.max_position_embeddings
+    context = board.context_length
     for size in (100_000, 20_000):
         start = time.perf_counter()
         with pytest.raises(UserError) as refused:
@@ -111,7 +111,7 @@ def test_a_prompt_past_the_context_is_refused_before_any_work(board):
 
 
 def test_the_largest_allowed_prompt_is_answered(board):
-    context = board.parents["direct"].config.max_position_embeddings
+    context = board.context_length
     overhead = board.check_request([{"role": "user", "content": ""}], "direct", GREEDY["direct"])
     prompt = "7" * (context - TOKENS - overhead)
     conversation = [{"role": "user", "content": prompt}]
@@ -136,7 +136,7 @@ def test_a_long_request_never_blocks_a_short_one(board):
 
 
 def test_wall_time_cap_ends_a_runaway_answer(board):
-    model, tokenizer = board.parents["direct"], board.tokenizers["direct"]
+    model, tokenizer = board.merger.model, board.tokenizers["direct"]
     long = dataclasses.replace(GREEDY["direct"], max_new_tokens=400)
     conversation = [{"role": "user", "content": PROMPT}]
     final = list(stream_reply(model, tokenizer, conversation, long, max_time_s=0.05))[-1]
@@ -157,7 +157,7 @@ def test_set_waits_for_every_session_and_sessions_share(board):
     entered.wait(timeout=30)
     done = threading.Event()
     writer = threading.Thread(
-        target=lambda: (board.set_merge(MergeSpec("linear", 0.3)), done.set())
+        target=lambda: (board.merger.set(MergeSpec("linear", 0.3)), done.set())
     )
     writer.start()
     time.sleep(0.3)

@@ -10,6 +10,7 @@ streams (by this page or another) cannot mislabel it: ``set()`` waits for the se
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import threading
@@ -33,9 +34,13 @@ from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import ChatUpdate, prompt_ids, stream_columns, stream_reply
 from spectrum.live import LiveMerger, LoadedMerge
+from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.methods import REGISTRY, MergeMethod, get_method
+from spectrum.weights.checkpoint import open_checkpoint
+from spectrum.weights.validate import validate_parents
 
+log = logging.getLogger("spectrum.dashboard")
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 DEFAULT_PAIR = ASSETS / "pair"
@@ -151,7 +156,8 @@ class AllowedFolders:
 
 
 class Dashboard:
-    """The loaded pair: plain parents for two columns, a live merger for the third."""
+    """The loaded pair: a spectrum model for the parents' columns and linear merges at any λ,
+    a live merger (loaded on first need) for the other methods."""
 
     def __init__(
         self,
@@ -174,16 +180,10 @@ class Dashboard:
         self.trust_remote_code = trust_remote_code
         self.limits = limits
         self.allow_pickle = allow_pickle
-        # First: it checks the pair (pickle refused by file name, configs, finite weights)
-        # before transformers reads a weight file.
-        self.merger = LiveMerger.load(
-            direct,
-            thinking,
-            base,
-            device=self.device,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-        )
+        # First, from headers alone: pickle refused by file name, configs and tensors
+        # compared, before any model loader reads a weight file.
+        pair = [open_checkpoint(p, allow_pickle=allow_pickle) for p in (direct, thinking)]
+        validate_parents(*pair, open_checkpoint(base, allow_pickle=allow_pickle) if base else None)
         remote = dict(trust_remote_code=trust_remote_code)
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
         # the generation prompt, which must not be forced on the direct model.
@@ -191,16 +191,46 @@ class Dashboard:
             role: AutoTokenizer.from_pretrained(path, **remote)
             for role, path in self.sources.items()
         }
-        self.parents = {
-            role: AutoModelForCausalLM.from_pretrained(path, dtype="auto", **remote)
-            .to(self.device)
-            .eval()
-            for role, path in self.sources.items()
-        }
+        self._remote = remote
+        # One model serves the direct and thinking columns (λ = 0 and 1 are the parents
+        # bit for bit) and every linear merge, a λ per request: no re-merge, no lock, two
+        # weight copies. Other methods load the live merger on first use.
+        self.spectrum: SpectrumModel | None = None
+        self.parents: dict[str, Any] = {}
+        try:
+            self.spectrum = SpectrumModel.load(direct, thinking, device=self.device)
+        except UserError as error:  # an architecture the spectrum model does not know
+            log.warning("spectrum model unavailable (%s); serving plain parents", error)
+            self.parents = {
+                role: AutoModelForCausalLM.from_pretrained(path, dtype="auto", **remote)
+                .to(self.device)
+                .eval()
+                for role, path in self.sources.items()
+            }
+        self._merger: LiveMerger | None = None
+        self._merger_loading = threading.Lock()
         self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.
         self._claim = threading.Lock()
+
+    @property
+    def merger(self) -> LiveMerger:
+        """The live merger, loaded the first time a method the spectrum model cannot serve
+        is asked for (it holds the parents, a third model and prepared tensors)."""
+        with self._merger_loading:
+            if self._merger is None:
+                self._merger = LiveMerger.load(
+                    self.sources["direct"], self.sources["thinking"], self.base,
+                    device=self.device, allow_pickle=self.allow_pickle, **self._remote,
+                )  # fmt: skip
+            return self._merger
+
+    def served_by(self, spec: MergeSpec) -> str:
+        """Which path answers a page's merged column: how the page says it."""
+        if self.spectrum is not None and self.spectrum.serves(spec):
+            return "spectrum model (one model for every λ, no re-merge)"
+        return "live merger (re-merged in place)"
 
     def weight_figures(self) -> dict:
         """Weight-analysis figures of the loaded pair (computed on first use, then kept)."""
@@ -241,12 +271,20 @@ class Dashboard:
     @property
     def context_length(self) -> int:
         """Positions of the smallest of the three models (prompt + answer must fit)."""
-        models = [self.merger.model, *self.parents.values()]
-        return min(int(getattr(m.config, "max_position_embeddings", 0) or 2**31) for m in models)
+        return min(self._context(column) or 2**31 for column in COLUMNS)
+
+    def _context(self, column: str) -> int:
+        """Positions of the model answering ``column`` (0: unknown)."""
+        if self.spectrum is not None:
+            config = self.spectrum.model.config
+        else:  # the live merger's model is the direct parent's architecture
+            config = self.parents["direct" if column == "merged" else column].config
+        return int(getattr(config, "max_position_embeddings", 0) or 0)
 
     @property
     def num_layers(self) -> int:
-        return int(self.parents["direct"].config.num_hidden_layers)
+        model = self.spectrum.model if self.spectrum is not None else self.parents["direct"]
+        return int(model.config.num_hidden_layers)
 
     def check(self, spec: MergeSpec) -> MergeSpec:
         """``spec`` checked against the loaded pair, parameters resolved."""
@@ -255,6 +293,8 @@ class Dashboard:
     def set_merge(self, spec: MergeSpec) -> LoadedMerge:
         """Re-merge the live model to ``spec``; return the merge now in place."""
         spec = self.check(spec)
+        if self.spectrum is not None and self.spectrum.serves(spec):
+            return LoadedMerge(spec)  # nothing to re-merge: the spectrum model takes any λ
         with self._claim:
             return self.merger.set(spec)
 
@@ -280,7 +320,11 @@ class Dashboard:
         def parent(column: str):
             def stream(stop: threading.Event) -> Iterator[Reply]:
                 conversation = conversation_for(turns, column, prompt)
-                model = self.parents[column]
+                if self.spectrum is not None:
+                    endpoint = MergeSpec("linear", 0.0 if column == "direct" else 1.0).checked()
+                    model = SpectrumRow(self.spectrum, endpoint)
+                else:
+                    model = self.parents[column]
                 for update in stream_reply(
                     model,
                     self.tokenizers[column],
@@ -295,6 +339,15 @@ class Dashboard:
 
         def merged(stop: threading.Event) -> Iterator[Reply]:
             conversation = conversation_for(turns, "merged", prompt)
+            if self.spectrum is not None and self.spectrum.serves(spec):
+                row = SpectrumRow(self.spectrum, spec)
+                # The merger's tokenizer is the direct parent's, as sweeps of a merge use.
+                tokenizer = self.tokenizers["direct"]
+                for update in stream_reply(
+                    row, tokenizer, conversation, decoding["merged"], stop=stop, max_time_s=max_time
+                ):
+                    yield Reply(update, LoadedMerge(spec))
+                return
             with ExitStack() as held:
                 with self._claim:
                     # Another page may have re-merged since this one's slider moved.
@@ -321,7 +374,8 @@ class Dashboard:
     ) -> int:
         """Refuse a turn that cannot fit the model or the limits; return its prompt tokens."""
         self._check_max_new(settings)
-        tokenizer = self.merger.tokenizer if column == "merged" else self.tokenizers[column]
+        # The merged column uses the direct parent's tokenizer (as the merger does).
+        tokenizer = self.tokenizers["direct" if column == "merged" else column]
         tokens = prompt_ids(tokenizer, conversation, torch.device("cpu")).shape[1]
         self._check_fits(column, tokens, settings, "")
         return tokens
@@ -337,13 +391,12 @@ class Dashboard:
         """Refuse without tokenizing a prompt too long for any tokenization: no token is
         longer than the tokenizer's longest, so the prompt has at least this many."""
         self._check_max_new(settings)
-        tokenizer = self.merger.tokenizer if column == "merged" else self.tokenizers[column]
+        tokenizer = self.tokenizers["direct" if column == "merged" else column]
         longest = _longest_token(tokenizer)
         self._check_fits(column, -(-len(prompt) // longest), settings, "at least ")
 
     def _check_fits(self, column: str, tokens: int, settings: DecodingSettings, bound: str) -> None:
-        model = self.merger.model if column == "merged" else self.parents[column]
-        context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        context = self._context(column)
         if context and tokens + settings.max_new_tokens > context:
             raise UserError(
                 f"the {column} model's context is {context} tokens: this conversation takes "
