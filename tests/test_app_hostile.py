@@ -169,6 +169,12 @@ def test_set_waits_for_every_session_and_sessions_share(board):
         thread.join()
 
 
+def sweeping(db) -> bool:
+    """The CLI sweep holds the DB's sweep lock (it writes its pid into the lock file)."""
+    lock = db.with_name(f".{db.name}.sweep-lock")
+    return lock.exists() and lock.read_text().startswith("pid")
+
+
 def test_cli_sweep_and_the_dashboard_share_one_results_db(board, pair, turn):
     db = board.db.parent / "shared.duckdb"  # inside the page's allowed folders
     board.db = db  # the dashboard's votes go into the DB the sweep writes
@@ -176,10 +182,10 @@ def test_cli_sweep_and_the_dashboard_share_one_results_db(board, pair, turn):
         sys.executable, "-m", "spectrum", "sweep",
         "--direct", str(pair["direct"]), "--thinking", str(pair["thinking"]),
         "--methods", "linear", "--lam", "0:1:0.5", "--bench", "synthetic",
-        "--limit", "2", "--levels", "1,2", "--k", "2", "--max-new-tokens", "12",
-        "--batch-size", "2", "--db", str(db),
+        "--limit", "2", "--levels", "1,2", "--k", "4", "--max-new-tokens", "12",
+        "--batch-size", "1", "--db", str(db),
     ]  # fmt: skip
-    total = 3 * 4 * 2
+    total = 3 * 4 * 4
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     votes, seen_rows, second = 0, 0, None
@@ -191,10 +197,10 @@ def test_cli_sweep_and_the_dashboard_share_one_results_db(board, pair, turn):
                 seen_rows = max(seen_rows, len(board.results(str(db)).table))
             except UserError as error:
                 assert "no samples yet" in str(error) or "not a results database" in str(error)
-        if second is None and db.exists():
-            second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-            with pytest.raises(UserError, match="another sweep"):
+        if second is None and sweeping(db):
+            with pytest.raises(UserError, match="another sweep"):  # the page's, in-process
                 board.sweep(str(db), ["linear"], "0.5", "synthetic", limit=1)
+            second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         time.sleep(0.2)
     _, err = sweep.communicate()
     assert sweep.returncode == 0, err.decode()[-2000:]
