@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             row = measure(merger, method, args.repeats)
             row.update(shape=shape, dtype=str(dtype).removeprefix("torch."))
             if args.json:
-                print(json.dumps(row), flush=True)
+                print(json.dumps(row, allow_nan=False), flush=True)
             else:
                 print(
                     f"{method:18s} {row['device']:4s} {shape:8s} {row['ms']:9.2f} ms"

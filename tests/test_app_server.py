@@ -87,8 +87,9 @@ def set_merge(client: Client, method: str, lam: float) -> str:
     return client.predict(method, lam, "", ALL_MODULES, 0, api_name="/set_merge")
 
 
-def chat(client: Client, prompt: str, tokens: int = 256) -> tuple[dict, dict, dict]:
-    """The three chatbot values after a greedy turn."""
+def chat(client: Client, prompt: str, tokens: int = 128) -> tuple[dict, dict, dict]:
+    """The three chatbot values after a greedy turn (prompt + tokens within the embedded
+    pair's 256 positions; its longest answer is under 80 tokens)."""
     out = client.predict(prompt, "greedy", tokens, 0.6, 0.95, 20, api_name="/chat")
     return out[:3]
 

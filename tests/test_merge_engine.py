@@ -180,19 +180,18 @@ def test_config_file_with_cli_override(tiny_pair, tmp_path):
 
 def test_force_replaces_the_folder_and_stale_staging_is_cleaned(tiny_pair, tmp_path):
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "old.txt").write_text("previous merge")
+    args = ["merge", "--direct", str(tiny_pair["direct"]), "--thinking", str(tiny_pair["thinking"])]
+    assert main([*args, "--lam", "0.2", "--out", str(out), "--quiet"]) == 0  # a previous merge
     # A staging folder left by a killed run (dead pid) and one of a live process.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale, live = tmp_path / f".merged.tmp-{dead.pid}", tmp_path / f".merged.tmp-{os.getppid()}"
     stale.mkdir()
     live.mkdir()
-    args = ["merge", "--direct", str(tiny_pair["direct"]), "--thinking", str(tiny_pair["thinking"])]
     assert main([*args, "--lam", "0.5", "--out", str(out), "--quiet"]) == 2
-    assert (out / "old.txt").exists()
+    assert json.loads((out / "merge_config.json").read_text())["lam"] == 0.2
     assert main([*args, "--lam", "0.5", "--out", str(out), "--quiet", "--force"]) == 0
-    assert not (out / "old.txt").exists() and (out / "merge_config.json").exists()
+    assert json.loads((out / "merge_config.json").read_text())["lam"] == 0.5
     assert not stale.exists() and live.exists()
     shutil.rmtree(live)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]

@@ -214,16 +214,21 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     with gr.Accordion("Decoding", open=False):
         with gr.Row():
             mode = gr.Radio(list(SAMPLING_MODES), value="per-model defaults", label="Sampling")
-            max_new = gr.Slider(16, 4096, value=384, step=16, label="Max new tokens")
+            # Prompt and answer share the context: leave half of it to the conversation.
+            cap = min(dashboard.limits.max_new_tokens, dashboard.context_length)
+            max_new = gr.Slider(
+                min(16, cap), cap, value=min(384, cap // 2), step=1, label="Max new tokens"
+            )
         with gr.Row():
             temperature = gr.Slider(0.05, 2, value=0.6, step=0.05, label="Temperature (custom)")
             top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p (custom)")
             top_k = gr.Slider(0, 100, value=20, step=1, label="Top-k (custom, 0 = off)")
+        gr.Markdown(dashboard.limits.describe(), elem_id="chat-limits")
     decoding_inputs = [mode, max_new, temperature, top_p, top_k]
     with gr.Accordion("Export merged model", open=False):
         with gr.Row(equal_height=True):
             export_folder = gr.Textbox(
-                value="exports/merged", label="Folder (inside assets/, exports/ or --allow-dir)"
+                value="exports/merged", label="Folder (inside exports/ or another allowed folder)"
             )
             overwrite = gr.Checkbox(False, label="Overwrite")
             export_button = gr.Button("Export merged model", scale=0, min_width=200)

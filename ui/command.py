@@ -52,6 +52,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="another folder the page may read DB files from and export into (repeatable)",
     )
     parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read pickle weight files (.bin/.pt/.pth), which can run code (off by default)",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=2048,
+        help="most tokens one answer may generate (default 2048)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        help="longest one answer may generate, in seconds (default 120)",
+    )
+    parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow model repositories to run their own Python code (off by default)",
@@ -77,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
         )
         if looks_local and not Path(source).is_dir():
             raise UserError(f"--{role} {source} is not a model folder")
+    if args.max_new_tokens < 1 or not args.max_seconds > 0:
+        raise UserError("--max-new-tokens and --max-seconds must be positive")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number")
     if (args.direct is None) != (args.thinking is None):
         raise UserError("give both --direct and --thinking, or neither (the embedded pair)")
     # Gradio and the models load only now, so `spectrum --help` stays fast.
-    from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, Dashboard
+    from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, ChatLimits, Dashboard
     from ui.app import launch
 
     if args.direct is None and not (DEFAULT_PAIR / "direct").is_dir():
@@ -100,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         db=args.db or DEFAULT_DB,
         allowed_folders=args.allow_dir,
         trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+        limits=ChatLimits(args.max_new_tokens, args.max_seconds),
     )
     launch(dashboard, host=args.host, port=args.port)
     return 0

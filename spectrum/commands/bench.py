@@ -41,7 +41,7 @@ def run_export(args: argparse.Namespace) -> int:
                 "messages": problem.messages,
                 "answer": problem.answer,
             }
-            file.write(json.dumps(record) + "\n")
+            file.write(json.dumps(record, allow_nan=False) + "\n")
     os.replace(temp, args.out)
     print(f"wrote {len(problems)} level-{args.level} {args.split} problems to {args.out}")
     return 0

@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-shard-size", help="largest output shard, e.g. 5GB (default)")
     parser.add_argument("--out", required=True, help="output folder (must not exist)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an earlier output of spectrum merge"
+    )
     parser.add_argument("--allow-pickle", action="store_true", default=None)
     parser.add_argument("--allow-extrapolation", action="store_true", default=None)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

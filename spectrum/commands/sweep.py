@@ -26,6 +26,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direct", required=True, help="direct (instruct) model: folder or hub id")
     parser.add_argument("--thinking", required=True, help="thinking model: folder or hub id")
     parser.add_argument("--base", help="base model, for methods that need one")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="read pickle weight files (can run code)"
+    )
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +137,7 @@ def spec_from_args(
         decoding={k: v for k, v in decoding.items() if v is not None},
         batch_size=args.batch_size,
         backend=args.backend,
+        allow_pickle=args.allow_pickle,
         module_lams=module_lams or {},
         **(baseline_args(args) if hasattr(args, "budgets") else {}),
     )

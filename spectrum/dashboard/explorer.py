@@ -64,7 +64,7 @@ def _connect(db: Path) -> duckdb.DuckDBPyConnection:
     if not db.is_file():
         raise UserError(f"no results database at {db}")
     try:
-        return store.connect(db, read_only=True)
+        return store.connect(db, read_only=True)  # waits out a sweep's short transaction
     except duckdb.Error as error:
         first_line = str(error).splitlines()[0]
         raise UserError(f"cannot open {db} read-only ({first_line})") from None

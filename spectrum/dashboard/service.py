@@ -9,6 +9,7 @@ streams (by this page or another) cannot mislabel it: ``set()`` waits for the se
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
@@ -30,12 +32,14 @@ from spectrum.eval.benchmarks import BENCHMARKS
 from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
 from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
-from spectrum.generate.chat import ChatUpdate, stream_columns, stream_reply
+from spectrum.generate.chat import ChatUpdate, prompt_ids, stream_columns, stream_reply
 from spectrum.live import LiveMerger, LoadedMerge
 from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.methods import REGISTRY, MergeMethod, get_method
+from spectrum.weights.checkpoint import open_checkpoint
 from spectrum.weights.planner import check_dashboard
+from spectrum.weights.validate import validate_parents
 
 log = logging.getLogger("spectrum.dashboard")
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +60,20 @@ def working_db(db: Path) -> Path:
         shutil.copyfile(SHIPPED_DB, partial)
         os.replace(partial, db)  # atomic: a crash never leaves a half-copied DB
     return db
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """What one chat request may cost: a runaway answer stops at either bound."""
+
+    max_new_tokens: int = 2048
+    max_seconds: float = 120.0
+
+    def describe(self) -> str:
+        return (
+            f"Each answer stops after {self.max_new_tokens} new tokens or "
+            f"{self.max_seconds:g} s, whichever comes first."
+        )
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,12 @@ def decoding_for(
     return settings
 
 
+@functools.cache
+def _longest_token(tokenizer: Any) -> int:
+    """Characters in the tokenizer's longest token (vocabulary and added tokens)."""
+    return max(1, *(len(token) for token in tokenizer.get_vocab()))
+
+
 class AllowedFolders:
     """Paths typed into the page must lie inside one of these folders (symlinks resolved)."""
 
@@ -146,6 +170,8 @@ class Dashboard:
         db: str | Path = DEFAULT_DB,
         allowed_folders: Sequence[str | Path] = (),
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        limits: ChatLimits = ChatLimits(),
     ) -> None:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         self.base = None if base is None else str(base)
@@ -153,6 +179,12 @@ class Dashboard:
         self.db = working_db(Path(db).resolve())
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
+        self.limits = limits
+        self.allow_pickle = allow_pickle
+        # First, from headers alone: pickle refused by file name, configs and tensors
+        # compared, before any model loader reads a weight file.
+        pair = [open_checkpoint(p, allow_pickle=allow_pickle) for p in (direct, thinking)]
+        validate_parents(*pair, open_checkpoint(base, allow_pickle=allow_pickle) if base else None)
         remote = dict(trust_remote_code=trust_remote_code)
         check_dashboard(direct, thinking, base, device=self.device)  # headers only: fail fast
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
@@ -192,7 +224,7 @@ class Dashboard:
             if self._merger is None:
                 self._merger = LiveMerger.load(
                     self.sources["direct"], self.sources["thinking"], self.base,
-                    device=self.device, **self._remote,
+                    device=self.device, allow_pickle=self.allow_pickle, **self._remote,
                 )  # fmt: skip
             return self._merger
 
@@ -239,6 +271,19 @@ class Dashboard:
         return tally(self.folders.resolve(db, "results database"))
 
     @property
+    def context_length(self) -> int:
+        """Positions of the smallest of the three models (prompt + answer must fit)."""
+        return min(self._context(column) or 2**31 for column in COLUMNS)
+
+    def _context(self, column: str) -> int:
+        """Positions of the model answering ``column`` (0: unknown)."""
+        if self.spectrum is not None:
+            config = self.spectrum.model.config
+        else:  # the live merger's model is the direct parent's architecture
+            config = self.parents["direct" if column == "merged" else column].config
+        return int(getattr(config, "max_position_embeddings", 0) or 0)
+
+    @property
     def num_layers(self) -> int:
         model = self.spectrum.model if self.spectrum is not None else self.parents["direct"]
         return int(model.config.num_hidden_layers)
@@ -266,6 +311,13 @@ class Dashboard:
         if not prompt.strip():
             raise UserError("type a prompt first")
         spec = self.check(spec)
+        # Before any lock or generation: a refused request costs a length check, or at
+        # most one tokenization per column.
+        for column in COLUMNS:
+            self._check_prompt_length(prompt, column, decoding[column])
+        for column in COLUMNS:
+            self.check_request(conversation_for(turns, column, prompt), column, decoding[column])
+        max_time = self.limits.max_seconds
 
         def parent(column: str):
             def stream(stop: threading.Event) -> Iterator[Reply]:
@@ -276,7 +328,12 @@ class Dashboard:
                 else:
                     model = self.parents[column]
                 for update in stream_reply(
-                    model, self.tokenizers[column], conversation, decoding[column], stop=stop
+                    model,
+                    self.tokenizers[column],
+                    conversation,
+                    decoding[column],
+                    stop=stop,
+                    max_time_s=max_time,
                 ):
                     yield Reply(update)
 
@@ -289,7 +346,7 @@ class Dashboard:
                 # The merger's tokenizer is the direct parent's, as sweeps of a merge use.
                 tokenizer = self.tokenizers["direct"]
                 for update in stream_reply(
-                    row, tokenizer, conversation, decoding["merged"], stop=stop
+                    row, tokenizer, conversation, decoding["merged"], stop=stop, max_time_s=max_time
                 ):
                     yield Reply(update, LoadedMerge(spec))
                 return
@@ -306,12 +363,48 @@ class Dashboard:
                     conversation,
                     decoding["merged"],
                     stop=stop,
+                    max_time_s=max_time,
                 ):
                     yield Reply(update, merge)
 
         yield from stream_columns(
             {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")}
         )
+
+    def check_request(
+        self, conversation: list[dict[str, str]], column: str, settings: DecodingSettings
+    ) -> int:
+        """Refuse a turn that cannot fit the model or the limits; return its prompt tokens."""
+        self._check_max_new(settings)
+        # The merged column uses the direct parent's tokenizer (as the merger does).
+        tokenizer = self.tokenizers["direct" if column == "merged" else column]
+        tokens = prompt_ids(tokenizer, conversation, torch.device("cpu")).shape[1]
+        self._check_fits(column, tokens, settings, "")
+        return tokens
+
+    def _check_max_new(self, settings: DecodingSettings) -> None:
+        if settings.max_new_tokens > self.limits.max_new_tokens:
+            raise UserError(
+                f"max new tokens {settings.max_new_tokens} is above this dashboard's limit "
+                f"of {self.limits.max_new_tokens}"
+            )
+
+    def _check_prompt_length(self, prompt: str, column: str, settings: DecodingSettings) -> None:
+        """Refuse without tokenizing a prompt too long for any tokenization: no token is
+        longer than the tokenizer's longest, so the prompt has at least this many."""
+        self._check_max_new(settings)
+        tokenizer = self.tokenizers["direct" if column == "merged" else column]
+        longest = _longest_token(tokenizer)
+        self._check_fits(column, -(-len(prompt) // longest), settings, "at least ")
+
+    def _check_fits(self, column: str, tokens: int, settings: DecodingSettings, bound: str) -> None:
+        context = self._context(column)
+        if context and tokens + settings.max_new_tokens > context:
+            raise UserError(
+                f"the {column} model's context is {context} tokens: this conversation takes "
+                f"{bound}{tokens} and max new tokens asks for {settings.max_new_tokens} more; "
+                "shorten the prompt, clear the chat or lower max new tokens"
+            )
 
     def export(self, folder: str, spec: MergeSpec, *, overwrite: bool = False) -> Path:
         """Write ``spec``'s merge as a checkpoint folder (model card, merge_config.json)."""
@@ -323,7 +416,8 @@ class Dashboard:
             spec=self.check(spec),
             device=str(self.device),
         )
-        return merge_checkpoints(config, out, force=overwrite, progress=False)
+        protected = {"results database": self.db}
+        return merge_checkpoints(config, out, force=overwrite, progress=False, protected=protected)
 
     def vote(
         self, turns: Sequence[Turn], choice: str, decoding: Mapping[str, DecodingSettings]
@@ -379,6 +473,7 @@ class Dashboard:
             k=int(k),
             limit=int(limit),
             decoding={"max_new_tokens": int(max_new_tokens)},
+            allow_pickle=self.allow_pickle,
         )
         return run_sweep(
             spec, path, provider_factory=lambda _: self.merger, command="spectrum app (sweep tab)"

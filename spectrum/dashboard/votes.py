@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from spectrum.errors import UserError
+from spectrum.eval import store
 from spectrum.merge.spec import MergeSpec
 
 COLUMNS = ("direct", "merged", "thinking")
@@ -84,22 +85,23 @@ def record_vote(db_path: str | Path, vote: Vote) -> str:
         datetime.now(UTC).replace(tzinfo=None),
         vote.choice,
         vote.prompt,
-        json.dumps(list(vote.history), ensure_ascii=False),
+        json.dumps(list(vote.history), ensure_ascii=False, allow_nan=False),
         vote.answers["direct"],
         vote.answers["merged"],
         vote.answers["thinking"],
         vote.spec.method,
         vote.spec.lam,
-        json.dumps(dict(vote.spec.params), sort_keys=True),
+        json.dumps(dict(vote.spec.params), sort_keys=True, allow_nan=False),
         vote.spec.layers,
         ",".join(vote.spec.modules) if vote.spec.modules else None,
         vote.spec.seed,
         vote.direct_model,
         vote.thinking_model,
         vote.base_model,
-        json.dumps(dict(vote.decoding), sort_keys=True),
+        json.dumps(dict(vote.decoding), sort_keys=True, allow_nan=False),
     )
-    with duckdb.connect(str(db_path)) as connection:
+    # One short transaction; while a sweep commits, connect waits its turn (store.py).
+    with store.opened(db_path) as connection:
         connection.execute(_SCHEMA)
         placeholders = ", ".join("?" * len(row))
         connection.execute(f"INSERT INTO votes VALUES ({placeholders})", row)
@@ -113,7 +115,7 @@ def read_votes(db_path: str | Path) -> list[dict[str, Any]]:
         return []
     try:
         # Read-only: another process (a sweep) may be writing the same file.
-        with duckdb.connect(str(db_path), read_only=True) as connection:
+        with store.opened(db_path, read_only=True) as connection:
             tables = {row[0] for row in connection.execute("SHOW TABLES").fetchall()}
             if "votes" not in tables:
                 return []

@@ -3,12 +3,22 @@
 Rows go in as whole DataFrames inside one transaction each: a process killed at any
 moment leaves either the whole batch or none of it, and the primary key on
 (config_id, benchmark, problem_id, sample_idx) makes a duplicate impossible.
+
+Many users, one file: DuckDB lets one process at a time open a file for writing (and
+readers only while none writes). So every writer holds a connection for one short
+transaction (``opened``: open, write, close) and ``connect`` retries while another process
+holds the file, for up to ``LOCK_WAIT_S``: a sweep, a vote and the explorer interleave
+instead of failing. Sweeps into one file run one at a time (``sweep_lock``): a second one
+is refused before it does any work.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +26,10 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from spectrum.errors import UserError
+
 SCHEMA_VERSION = 2
+LOCK_WAIT_S = 60.0  # how long to wait for another process's transaction before giving up
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -82,20 +95,86 @@ WHERE NOT EXISTS (
 
 def config_id(config: dict) -> str:
     """A stable id for everything that determines a sample's distribution."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | Path, *, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+) -> duckdb.DuckDBPyConnection:
+    """Open the DB (creating the schema when writing), waiting while another holds it."""
     path = Path(path)
-    if read_only:
-        return duckdb.connect(str(path), read_only=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
-    con.execute(_TABLES)
-    con.execute(_VIEWS)
-    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline, pause = time.monotonic() + wait_s, 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except (duckdb.IOException, duckdb.ConnectionException) as error:
+            if not _busy(error):
+                raise
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"the results database {path} is busy: another process has been writing "
+                    f"it for over {wait_s:g} s; try again later"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+    if not read_only:
+        con.execute(_TABLES)
+        con.execute(_VIEWS)
+        con.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+        )
     return con
+
+
+def _busy(error: duckdb.Error) -> bool:
+    """Another process holds the file's lock, or this one has it open the other way."""
+    text = str(error)
+    return "Could not set lock" in text or "different configuration" in text
+
+
+@contextmanager
+def opened(
+    path: str | Path, *, read_only: bool = False, wait_s: float = LOCK_WAIT_S
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection for one short block, closed after it so other processes get their turn."""
+    con = connect(path, read_only=read_only, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def sweep_lock(path: str | Path) -> Iterator[None]:
+    """Held by the one sweep writing into ``path``; a second is refused at once.
+
+    A lock file beside the DB (``flock``: the kernel drops it when the process dies, so a
+    killed sweep never blocks the next one).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.sweep-lock")
+    handle = open(lock, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"another sweep ({holder}) is writing into {path}; wait for it to finish "
+                "or write into another results database"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 @contextmanager

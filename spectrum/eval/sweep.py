@@ -5,6 +5,8 @@ The merged models come from a *provider* with the live merger's surface
 ``session()``): no checkpoint is written per λ. The unit of work is one sample; samples
 are committed to DuckDB one generation batch per transaction, so a sweep killed at any
 moment and run again skips what was committed and redoes only the batch in flight.
+The DB is open only for those transactions (``store.opened``), so the dashboard reads it
+and records votes while a sweep runs; one sweep per DB at a time (``store.sweep_lock``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import platform
 import subprocess
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -61,6 +64,7 @@ class SweepSpec:
     decoding: dict[str, Any] = field(default_factory=dict)  # overrides of the per-λ defaults
     batch_size: int = 16
     backend: str = "transformers"  # or "vllm"
+    allow_pickle: bool = False  # read pickle weight files (refused by name otherwise)
     # λ per module kind: each kind's grid; the sweep runs their product at every λ.
     module_lams: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # Baselines without a merge (docs/SCHEMA.md): budget forcing at each thinking budget
@@ -124,7 +128,7 @@ def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
     from spectrum.weights.checkpoint import open_checkpoint
 
     return {
-        role: open_checkpoint(path).content_hash() if path else None
+        role: open_checkpoint(path, allow_pickle=spec.allow_pickle).content_hash() if path else None
         for role, path in (
             ("direct", spec.direct),
             ("thinking", spec.thinking),
@@ -184,7 +188,7 @@ def default_provider(spec: SweepSpec):
             raise UserError(f"--backend vllm needs the vllm package ({error})") from None
     from spectrum.live import LiveMerger
 
-    return LiveMerger.load(spec.direct, spec.thinking, spec.base)
+    return LiveMerger.load(spec.direct, spec.thinking, spec.base, allow_pickle=spec.allow_pickle)
 
 
 def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
@@ -229,10 +233,12 @@ def _rows(
                 run_id=run_id,
                 method=config["method"],
                 lam=config["lam"],
-                params=json.dumps(config["params"], sort_keys=True),
+                params=json.dumps(config["params"], sort_keys=True, allow_nan=False),
                 layers=config["layers"],
                 modules=",".join(config["modules"]) if config["modules"] else None,
-                module_lams=json.dumps(config["module_lams"]) if "module_lams" in config else None,
+                module_lams=json.dumps(config["module_lams"], allow_nan=False)
+                if "module_lams" in config
+                else None,
                 merge_seed=config["merge_seed"],
                 **{k: config["decoding"][k] for k in ("temperature", "top_p", "top_k")},
                 max_new_tokens=config["decoding"]["max_new_tokens"],
@@ -261,9 +267,9 @@ def _record_run(con, spec: SweepSpec, run_id: str, hashes: dict, command: str) -
         run_id=run_id,
         created_at=datetime.now(UTC).replace(tzinfo=None),
         command=command,
-        config=json.dumps(asdict(spec), sort_keys=True),
-        decoding=json.dumps(spec.decoding, sort_keys=True),
-        versions=json.dumps(package_versions(), sort_keys=True),
+        config=json.dumps(asdict(spec), sort_keys=True, allow_nan=False),
+        decoding=json.dumps(spec.decoding, sort_keys=True, allow_nan=False),
+        versions=json.dumps(package_versions(), sort_keys=True, allow_nan=False),
         git_revision=git_revision(),
         direct=spec.direct,
         thinking=spec.thinking,
@@ -276,8 +282,9 @@ def _record_run(con, spec: SweepSpec, run_id: str, hashes: dict, command: str) -
 
 
 class Sweeper:
-    """An open sweep: problems loaded, parents hashed, the DB open, the provider made on
-    first need and kept (``search`` evaluates one λ at a time through the same one)."""
+    """An open sweep: the DB's sweep lock held, problems loaded, parents hashed, the
+    provider made on first need and kept (``search`` evaluates one λ at a time through the
+    same one). The DB itself is opened per transaction."""
 
     def __init__(
         self,
@@ -297,6 +304,17 @@ class Sweeper:
             batch_lams = provider_factory is default_provider
         self.batch_lams = batch_lams and spec.backend == "transformers"
         self._lam_batches = None
+        self.db = Path(db)
+        self._held = ExitStack()
+        # First of all: a second sweep into the same DB is refused before doing any work.
+        self._held.enter_context(store.sweep_lock(self.db))
+        try:
+            self._open(spec, provider_factory)
+        except BaseException:
+            self._held.close()
+            raise
+
+    def _open(self, spec: SweepSpec, provider_factory: Callable[[SweepSpec], Any]) -> None:
         self.problems = {
             b: load_problems(
                 b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
@@ -311,7 +329,8 @@ class Sweeper:
         self._provider_factory = provider_factory
         self._provider = None
         self._run_recorded = False
-        self.con = store.connect(db)
+        with store.opened(self.db):  # creates the schema now: a bad path fails before work
+            pass
 
     def run(
         self, methods: tuple[str, ...] | None = None, lams: tuple[float, ...] | None = None
@@ -319,12 +338,14 @@ class Sweeper:
         """Generate every missing sample of the given (default: the spec's) methods × λs."""
         spec = replace(self.spec, methods=methods or self.spec.methods, lams=lams or self.spec.lams)
         configs = _configurations(spec, self.hashes)
-        todo = _plan(self.con, configs, self.problems, spec.k)
+        with store.opened(self.db) as con:
+            todo = _plan(con, configs, self.problems, spec.k)
         generated = sum(len(w) for _, _, w in todo)
         total = len(configs) * spec.k * sum(len(p) for p in self.problems.values())
         if todo:
             if not self._run_recorded:
-                _record_run(self.con, self.spec, self.run_id, self.hashes, self.command)
+                with store.opened(self.db) as con:
+                    _record_run(con, self.spec, self.run_id, self.hashes, self.command)
                 self._run_recorded = True
             self._generate(todo)
         return SweepResult(self.run_id, generated, total - generated)
@@ -337,10 +358,11 @@ class Sweeper:
     def point(self, method: str, lam: float, benchmark: str) -> Point:
         """Evaluate (or read back) one configuration: what ``spectrum search`` calls."""
         self.run(methods=(method,), lams=(lam,))
-        return results.point(self.con, self.config_id(method, lam), benchmark)
+        with store.opened(self.db) as con:
+            return results.point(con, self.config_id(method, lam), benchmark)
 
     def close(self) -> None:
-        self.con.close()
+        self._held.close()
 
     def _generate(self, todo) -> None:
         bar = tqdm(
@@ -374,7 +396,8 @@ class Sweeper:
                 conversations = [problem.conversation() for problem, _ in work]
                 gens = generator.generate(conversations, settings, seed=spec.seed + start)
                 rows = _rows(config, cid, self.run_id, bench, grader, work, gens)
-                store.insert_frame(self.con, "samples", rows)
+                with store.opened(self.db) as con:  # held for this one transaction only
+                    store.insert_frame(con, "samples", rows)
                 bar.update(len(work))
         bar.close()
 

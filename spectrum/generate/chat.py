@@ -134,11 +134,13 @@ def stream_reply(
     settings: DecodingSettings,
     *,
     stop: threading.Event | None = None,
+    max_time_s: float | None = None,
 ) -> Iterator[ChatUpdate]:
     """Generate the assistant's next turn for ``conversation``, yielding it as it grows.
 
     The last update has ``finished=True``. Setting ``stop`` (or closing the generator)
     ends generation early; either way the worker thread has exited when this returns.
+    ``max_time_s`` ends a generation that runs longer (then reported ``truncated``).
     """
     # ``halt`` is ours (set when this generator closes); ``stop`` is the caller's and may
     # be shared with other streams, so it is only read.
@@ -158,6 +160,7 @@ def stream_reply(
                     stopping_criteria=StoppingCriteriaList([_StopOnEvents(*events)]),
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
+                    max_time=max_time_s,
                     **generation_kwargs(settings),
                 )
         except BaseException as error:  # re-raised in the caller's thread below
@@ -190,8 +193,10 @@ def stream_reply(
     if failure:
         raise failure[0]
     n_generated = len(ids) + int(ended_by_eos)
-    truncated = not ended_by_eos and n_generated >= settings.max_new_tokens
-    yield _update(tokenizer, ids, time.perf_counter() - start, finished=True, truncated=truncated)
+    elapsed = time.perf_counter() - start
+    out_of_time = max_time_s is not None and elapsed >= max_time_s
+    truncated = not ended_by_eos and (n_generated >= settings.max_new_tokens or out_of_time)
+    yield _update(tokenizer, ids, elapsed, finished=True, truncated=truncated)
 
 
 def _update(

@@ -2,8 +2,10 @@
 
 A backend (transformers in ``spectrum.live.hf``, vLLM in ``spectrum.live.vllm``) owns a
 running model and says how a merged checkpoint tensor is written into it; this class owns
-everything else. ``set()`` and generation sessions take the same lock, so a generation
-runs start to finish on one version of the weights and reports that version.
+everything else. ``set()`` and generation sessions share one readers-writer lock: any
+number of sessions run together on the weights in place (two pages at the same merge never
+wait for each other), ``set()`` waits until none runs and holds new ones back meanwhile, so
+a generation runs start to finish on one version of the weights and reports that version.
 """
 
 from __future__ import annotations
@@ -36,6 +38,52 @@ class LoadedMerge:
 DIRECT = MergeSpec("linear", 0.0).checked()
 
 
+class _SharedLock:
+    """Many readers (generation sessions) or one writer (``set()``); a waiting writer
+    holds back new readers, so a stream of chats cannot postpone a re-merge forever."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._readers: dict[int, int] = {}  # thread id → sessions it holds
+        self._writing = False
+        self._writers_waiting = 0
+
+    def readers(self) -> dict[int, int]:
+        return self._readers
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._changed:
+            # A thread already reading may nest a session: waiting would deadlock it.
+            while (self._writing or self._writers_waiting) and me not in self._readers:
+                self._changed.wait()
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._readers[me] -= 1
+                if not self._readers[me]:
+                    del self._readers[me]
+                self._changed.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._changed:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._changed.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
+
+
 class LiveBackend:
     """Base of the live mergers; subclasses implement ``_write`` (and load the model)."""
 
@@ -52,8 +100,7 @@ class LiveBackend:
         self.policy = policy
         self.chunk_bytes = chunk_bytes
         self._prepared: PreparedMerge | None = None
-        self._lock = threading.Lock()
-        self._session_thread: int | None = None  # the thread inside session(), if any
+        self._lock = _SharedLock()
         # disk policy: prepared bytes kept on the device (None: what its headroom allows).
         self.disk_resident_bytes: int | None = None
         # The model starts as the direct parent, which is what λ = 0 means for every method.
@@ -80,13 +127,10 @@ class LiveBackend:
 
     @contextmanager
     def session(self) -> Iterator[LoadedMerge]:
-        """Hold the weights still for one generation; yields the merge it runs on."""
-        with self._lock:
-            self._session_thread = threading.get_ident()
-            try:
-                yield self._current
-            finally:
-                self._session_thread = None
+        """Hold the weights still for one generation; yields the merge it runs on.
+        Sessions of several threads run at once; ``set()`` waits for all of them."""
+        with self._lock.shared():
+            yield self._current
 
     def set(self, spec: MergeSpec) -> LoadedMerge:
         """Merge ``spec`` into the running model, in place; waits for generations.
@@ -96,10 +140,10 @@ class LiveBackend:
         """
         num_layers = self.parents.num_layers()
         spec = spec.checked(has_base=self.parents.base is not None, num_layers=num_layers)
-        if self._session_thread == threading.get_ident():
-            # The lock is not re-entrant on purpose: waiting here would wait forever.
+        if threading.get_ident() in self._lock.readers():
+            # Waiting for this thread's own session to end would wait forever.
             raise RuntimeError("set() inside this thread's own session(); leave the session first")
-        with self._lock:
+        with self._lock.exclusive():
             start = time.perf_counter()
             prepared = self._prepared_for(spec)
             scope, whole_model = spec.scope, spec.scope == MergeScope()

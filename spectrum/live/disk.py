@@ -95,8 +95,13 @@ class DiskParentTensors(ParentTensors):
 
 
 def read_parents(
-    direct: str | Path, thinking: str | Path, base: str | Path | None = None, *, policy: str
+    direct: str | Path,
+    thinking: str | Path,
+    base: str | Path | None = None,
+    *,
+    policy: str,
+    allow_pickle: bool = False,
 ) -> ParentTensors:
     """The parents as ``policy`` keeps them: on disk for ``disk``, in host memory otherwise."""
     kind = DiskParentTensors if policy == "disk" else ParentTensors
-    return kind.read(direct, thinking, base)
+    return kind.read(direct, thinking, base, allow_pickle=allow_pickle)

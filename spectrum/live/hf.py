@@ -55,19 +55,21 @@ class LiveMerger(LiveBackend):
         policy: str = "auto",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         trust_remote_code: bool = False,
+        allow_pickle: bool = False,
     ) -> LiveMerger:
         """Read the parents once and load the direct parent as the model to merge into.
 
         ``policy``: ``auto`` (resident when the prepared tensors fit the device, else
         streamed; ``disk`` when the parents do not fit in host memory), ``resident``,
         ``streamed`` or ``disk`` (see ``spectrum.live.memory``).
-        ``trust_remote_code`` runs a hub repo's own model code: off unless asked for.
+        ``trust_remote_code`` runs a hub repo's own model code: off unless asked for;
+        ``allow_pickle`` reads pickle weight files (refused by name otherwise).
         """
         target = resolve_device(device)
         check_policy(policy)
         # Headers only: refuse in seconds, with numbers, a pair this machine cannot hold.
         policy = check_live(direct, thinking, base, device=str(target), policy=policy)
-        parents = read_parents(direct, thinking, base, policy=policy)
+        parents = read_parents(direct, thinking, base, policy=policy, allow_pickle=allow_pickle)
         remote = dict(trust_remote_code=trust_remote_code)
         # On a GPU, straight to the device: never a whole model in host memory (the disk
         # policy's host bound, a 30B-A3B pair's 61 GB).

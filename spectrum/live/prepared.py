@@ -30,8 +30,8 @@ from spectrum.live.memory import (
     plan_memory,
 )
 from spectrum.methods import Parents, get_method, resolve_params
-from spectrum.weights.checkpoint import open_checkpoint
-from spectrum.weights.validate import validate_parents
+from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
+from spectrum.weights.validate import check_finite, validate_parents
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,13 @@ class ParentTensors:
             checkpoints.append(open_checkpoint(base, allow_pickle=allow_pickle))
         for warning in validate_parents(*checkpoints):
             log.warning(warning)
+        roles = ("direct", "thinking", "base")
         tensors = [
-            {name: pinned(ckpt.get(name)) for name in tqdm(ckpt.names(), desc="read parent")}
-            for ckpt in checkpoints
+            {
+                name: _read_finite(ckpt, name, role)
+                for name in tqdm(ckpt.names(), desc="read parent")
+            }
+            for role, ckpt in zip(roles, checkpoints, strict=False)
         ]
         base_tensors = tensors[2] if base is not None else None
         return cls(*tensors[:2], base_tensors, checkpoints[0].config, checkpoints[0].path)
@@ -78,6 +82,12 @@ class ParentTensors:
 
     def num_layers(self) -> int:
         return int(self.config.get("num_hidden_layers") or 1)
+
+
+def _read_finite(checkpoint: Checkpoint, name: str, role: str) -> Tensor:
+    tensor = checkpoint.get(name)
+    check_finite(tensor, name, role)
+    return pinned(tensor)
 
 
 class PreparedMerge:

@@ -32,6 +32,7 @@ from spectrum.merge.spec import MergeSpec
 from spectrum.methods import MergeMethod, Parents
 from spectrum.methods.common.base import chunk_spans, sum_over_chunks
 from spectrum.weights.output import tensor_nbytes
+from spectrum.weights.validate import check_finite
 
 log = logging.getLogger("spectrum.merge")
 PREFETCH = 1  # whole tensors read ahead of the one being merged: enough to hide reads
@@ -95,15 +96,21 @@ def merge_stream(
         current one is applied, and the float32 parents are dropped as soon as prepared.
         """
         name, span = item
-        read = (lambda s: s.get(name)) if span is None else (lambda s: s.get_slice(name, *span))
-        raw = read(direct)
+
+        def read(role: str, source: TensorSource) -> Tensor:
+            piece = source.get(name) if span is None else source.get_slice(name, *span)
+            # Checked here, as each piece streams by: no pass of its own over the parents.
+            check_finite(piece, name, role, lambda: source.get(name))
+            return piece
+
+        raw = read("direct", direct)
         if name not in merged:
             return raw, None
         parents = Parents(
             name,
             raw.to(**as32),
-            read(thinking).to(**as32),
-            read(base).to(**as32) if base is not None else None,
+            read("thinking", thinking).to(**as32),
+            read("base", base).to(**as32) if base is not None else None,
             sums.of(name) if span is not None else None,
         )
         return raw.dtype, method.prepare(parents, params, spec.seed)

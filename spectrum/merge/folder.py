@@ -24,15 +24,20 @@ from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
 from spectrum.weights.output import (
     ShardWriter,
     check_destination,
+    check_free_space,
     copy_side_files,
+    os_error_message,
     parse_size,
     plan_shards,
+    side_files,
     staged_folder,
+    tensor_nbytes,
 )
 from spectrum.weights.validate import validate_parents
 
 log = logging.getLogger("spectrum.merge")
 COPY_FROM = ("direct", "thinking")
+RECORD_BYTES = 1 << 20  # room for the card, merge_config.json, the index and the marker
 
 
 @dataclass(frozen=True)
@@ -104,23 +109,32 @@ class MergeConfig:
 
 
 def merge_checkpoints(
-    config: MergeConfig, out: str | Path, *, force: bool = False, progress: bool = True
+    config: MergeConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    protected: Mapping[str, Path] | None = None,
 ) -> Path:
-    """Merge the checkpoints ``config`` names into the folder ``out``; return ``out``."""
+    """Merge the checkpoints ``config`` names into the folder ``out``; return ``out``.
+
+    ``out`` may be, hold or lie inside none of the parents nor the ``protected`` paths
+    (label → path), and ``force`` replaces only an earlier output of this tool.
+    """
     config = config.checked()
     spec, device = config.spec, resolve_device(config.device)
     out = Path(out)
-    check_destination(out, force, [])  # fail fast, before opening (or downloading) parents
+    sources = {"direct": config.direct, "thinking": config.thinking, "base": config.base}
+    # Fail fast, before opening (or downloading) parents: local ones are checked already.
+    local = {f"{role} parent": Path(s) for role, s in sources.items() if s and Path(s).exists()}
+    check_destination(out, force, {**local, **(protected or {})})
     parents = {
         role: open_checkpoint(source, allow_pickle=config.allow_pickle)
-        for role, source in (
-            ("direct", config.direct),
-            ("thinking", config.thinking),
-            ("base", config.base),
-        )
+        for role, source in sources.items()
         if source is not None
     }
-    check_destination(out, force, [checkpoint.path for checkpoint in parents.values()])
+    opened = {f"{role} parent": checkpoint.path for role, checkpoint in parents.items()}
+    check_destination(out, force, {**opened, **(protected or {})})
     for warning in validate_parents(parents["direct"], parents["thinking"], parents.get("base")):
         log.warning(warning)
     direct = parents["direct"]
@@ -132,16 +146,36 @@ def merge_checkpoints(
         parse_size(config.max_shard_size),
     )
     names = [name for entries in shards for name, _, _ in entries]
+    weights = sum(tensor_nbytes(shape, dtype) for e in shards for _, shape, dtype in e)
+    copied = sum(path.stat().st_size for path in side_files(parents[config.copy_from].path))
+    check_free_space(out, weights + copied + RECORD_BYTES)
+    try:
+        _write_merge(config, parents, out, shards, num_layers, device, progress)
+    except OSError as error:  # read-only, permission, disk full: the staging is gone already
+        raise UserError(os_error_message(error, out)) from None
+    return out
+
+
+def _write_merge(
+    config: MergeConfig,
+    parents: dict[str, Checkpoint],
+    out: Path,
+    shards: list,
+    num_layers: int,
+    device: Any,
+    progress: bool,
+) -> None:
+    names = [name for entries in shards for name, _, _ in entries]
     # Hashing reads every parent file once; it runs beside the merge on the other core.
     with ThreadPoolExecutor(1, thread_name_prefix="spectrum-hash") as pool:
         hashes = {role: pool.submit(ckpt.content_hash) for role, ckpt in parents.items()}
         with staged_folder(out) as staging:
             writer = ShardWriter(staging, shards)
             stream = merge_stream(
-                direct,
+                parents["direct"],
                 parents["thinking"],
                 parents.get("base"),
-                spec,
+                config.spec,
                 names,
                 num_layers,
                 device=device,
@@ -156,9 +190,9 @@ def merge_checkpoints(
             writer.close()
             copied = copy_side_files(parents[config.copy_from].path, staging)
             record = merge_record(config, {r: (parents[r], h.result()) for r, h in hashes.items()})
-            (staging / "merge_config.json").write_text(json.dumps(record, indent=2) + "\n")
+            text = json.dumps(record, indent=2, allow_nan=False)
+            (staging / "merge_config.json").write_text(text + "\n")
             (staging / "README.md").write_text(model_card(record, copied))
-    return out
 
 
 def merge_record(config: MergeConfig, parents: dict[str, tuple[Checkpoint, str]]) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def write_rows(rows: list[Row], path: Path) -> None:
-    path.write_text(json.dumps([asdict(row) for row in rows], indent=1) + "\n")
+    path.write_text(json.dumps([asdict(row) for row in rows], indent=1, allow_nan=False) + "\n")
 
 
 def measure_command(args: argparse.Namespace) -> str:

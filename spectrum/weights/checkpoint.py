@@ -7,8 +7,9 @@ the process's RSS for as long as the mapping lives, so streaming a 60 GB model t
 mapping would look (and, under memory pressure, behave) like holding it. Either way the OS
 page cache serves the bytes and nothing but the tensor in hand is resident.
 
-Pickle ``.bin`` checkpoints execute code when loaded; they are refused unless the caller
-passes ``allow_pickle=True`` (then loaded with ``weights_only=True`` and ``mmap=True``).
+Pickle ``.bin``/``.pt``/``.pth`` checkpoints can execute code when loaded; unless the caller
+passes ``allow_pickle=True`` they are refused from their file names alone, before a byte is
+read. Allowed, each file is loaded once, with ``weights_only=True`` and ``mmap=True``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import os
 import re
 import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -30,6 +32,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 # Files a snapshot download needs: weights, configs, tokenizer, chat template.
 HUB_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
@@ -114,7 +117,10 @@ class Checkpoint:
         self.config: dict = _read_json(path / "config.json", required=True)
         self._files: dict[str, _SafetensorsFile] = {}
         self._pickle_files: dict[str, Path] = {}
-        self._pickle_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+        # Each pickle file loaded once (memory-mapped, so kept mappings cost no memory);
+        # the lock keeps the merge's reader threads from loading one file twice.
+        self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+        self._pickle_lock = threading.Lock()
         self._where: dict[str, str] = {}
         self._load_layout(allow_pickle)
         if self.config.get("tie_word_embeddings") and "model.embed_tokens.weight" in self._where:
@@ -140,14 +146,17 @@ class Checkpoint:
                 if weight_map.get(name) == file
             }
             return
+        pickled = sorted(p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled and not allow_pickle:
+            # Decided from the names: torch.load must not touch a file we may refuse.
+            raise UserError(
+                f"{self.path} holds pickle weights ({pickled[0]}), which can run code when "
+                "loaded; convert them to safetensors",
+                cli_hint="or pass --allow-pickle",
+            )
         pickle_map = self._weight_map(PICKLE_INDEX, PICKLE_SINGLE)
         if pickle_map is None:
             raise UserError(f"{self.path}: no model.safetensors(.index.json) or pytorch_model.bin")
-        if not allow_pickle:
-            raise UserError(
-                f"{self.path} holds pickle .bin weights, which can run code when loaded; "
-                "convert them to safetensors or pass --allow-pickle"
-            )
         self._pickle_files = {file: self.path / file for file in sorted(set(pickle_map.values()))}
         self._where = dict(pickle_map)
 
@@ -160,8 +169,8 @@ class Checkpoint:
         if (self.path / single_name).is_file():
             if single_name.endswith(".safetensors"):
                 names = _SafetensorsFile(self.path / single_name).tensors
-            else:
-                names = self._load_pickle(self.path / single_name)
+            else:  # loaded once: the names now, the tensors from the same dict later
+                names = self._pickle_dict(self.path / single_name)
             return dict.fromkeys(names, single_name)
         return None
 
@@ -192,10 +201,13 @@ class Checkpoint:
         return self._pickle_tensor(file, name).reshape(-1)[start:stop]
 
     def _pickle_tensor(self, file: str, name: str) -> torch.Tensor:
-        path = self._pickle_files[file]
-        if self._pickle_cache is None or self._pickle_cache[0] != path:
-            self._pickle_cache = (path, self._load_pickle(path))
-        return self._pickle_cache[1][name]
+        return self._pickle_dict(self._pickle_files[file])[name]
+
+    def _pickle_dict(self, path: Path) -> dict[str, torch.Tensor]:
+        with self._pickle_lock:
+            if path not in self._pickled:
+                self._pickled[path] = self._load_pickle(path)
+            return self._pickled[path]
 
     def _load_pickle(self, path: Path) -> dict[str, torch.Tensor]:
         try:

@@ -69,7 +69,7 @@ def _store(cache: Path, known: dict[str, str]) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         staged = cache.with_name(f".{cache.name}.{os.getpid()}")
-        staged.write_text(json.dumps(known))
+        staged.write_text(json.dumps(known, allow_nan=False))
         os.replace(staged, cache)  # readers see the old or the new file, never half of one
     except OSError:
         pass  # a read-only home only costs the next run a re-hash

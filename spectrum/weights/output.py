@@ -5,10 +5,13 @@ shape and dtype), so each safetensors header is written up front and tensor byte
 one at a time: memory holds one tensor, never a shard.
 
 The folder is built as ``.<name>.tmp-<pid>`` beside the destination and renamed into place
-only when complete. ``force`` swaps a finished folder with the old one in a single
-``renameat2(RENAME_EXCHANGE)`` call (Linux), so the destination is never missing or half
-written. A run killed mid-way leaves its ``.tmp-<pid>`` folder; the next merge to the same
-destination removes leftovers whose process is gone.
+only when complete, with a marker (``MARKER``: every file and its size) written last.
+``force`` replaces only a folder that marker describes exactly — a complete output of this
+tool, nothing added — and never one that is, holds or lies inside a protected path (a
+parent, the base, a results DB, the shipped ``assets/``). It swaps the finished folder with
+the old one in a single ``renameat2(RENAME_EXCHANGE)`` call (Linux), so the destination is
+never missing or half written. A run killed mid-way leaves its ``.tmp-<pid>`` folder; the
+next merge to the same destination removes leftovers whose process is gone.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 import shutil
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -34,7 +37,10 @@ from spectrum.weights.checkpoint import DTYPE_NAMES, SAFETENSORS_INDEX, SAFETENS
 # Weight files and records of the parent are never copied into the merged folder.
 _NOT_COPIED = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*index\.json$")
 _COPIED = re.compile(r".*\.(json|jinja|txt|model|tiktoken)$")
-_OWN_FILES = {"README.md", "merge_config.json"}
+MARKER = ".spectrum-merge.json"  # what makes a folder one this tool may replace
+_OWN_FILES = {"README.md", "merge_config.json", MARKER}
+# Shipped with the project (the embedded pair, the shipped results DB): never a target.
+SHIPPED_ASSETS = Path(__file__).resolve().parents[2] / "assets"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
 _UNITS["GIB"] = 2**30
 QUEUED_BYTES = 16 << 20  # written bytes the merge may run ahead of the disk
@@ -141,7 +147,9 @@ class ShardWriter:
             }
             total = sum(tensor_nbytes(shape, dtype) for e in self.shards for _, shape, dtype in e)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            (self.folder / SAFETENSORS_INDEX).write_text(
+                json.dumps(index, indent=2, allow_nan=False) + "\n"
+            )
 
     def abort(self) -> None:
         """Stop writing (the merge failed): drop queued bytes, close the open shard."""
@@ -188,7 +196,7 @@ class ShardWriter:
                 "data_offsets": [offset, end],
             }
             offset = end
-        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
         encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors does
         handle = _ShardFile(self.folder / self.file_names[shard], "wb")
         handle.write(struct.pack("<Q", len(encoded)) + encoded)
@@ -272,41 +280,118 @@ class _ByteQueue:
             self._ready.notify_all()
 
 
-def copy_side_files(source: Path, folder: Path) -> list[str]:
+def side_files(source: Path) -> list[Path]:
     """Config, generation config, tokenizer files and chat template of one parent."""
+    return [
+        path
+        for path in sorted(source.iterdir())
+        if path.is_file()
+        and path.name not in _OWN_FILES
+        and not _NOT_COPIED.fullmatch(path.name)
+        and _COPIED.fullmatch(path.name)
+    ]
+
+
+def copy_side_files(source: Path, folder: Path) -> list[str]:
+    """Copy ``side_files(source)`` into ``folder``; return their names."""
     copied = []
-    for path in sorted(source.iterdir()):
-        name = path.name
-        if not path.is_file() or name in _OWN_FILES or _NOT_COPIED.fullmatch(name):
-            continue
-        if _COPIED.fullmatch(name):
-            shutil.copyfile(path, folder / name)
-            copied.append(name)
+    for path in side_files(source):
+        shutil.copyfile(path, folder / path.name)
+        copied.append(path.name)
     return copied
 
 
-def check_destination(out: Path, force: bool, parents: list[Path]) -> None:
+def check_destination(out: Path, force: bool, protected: Mapping[str, Path]) -> None:
+    """Refuse, before any work, an output folder this merge must not write or replace.
+
+    ``protected`` maps a label ("direct parent", "results database") to a path the output
+    may neither be, hold, nor lie inside; ``SHIPPED_ASSETS`` is always protected.
+    """
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a folder")
+    target = out.resolve()
+    for label, path in {**protected, "shipped assets folder": SHIPPED_ASSETS}.items():
+        _check_apart(out, target, label, Path(path).resolve())
     if out.exists() and not force:
-        raise UserError(f"output folder {out} already exists; pass --force to replace it")
-    resolved = out.resolve()
-    for parent in parents:
-        if resolved == parent.resolve():
-            raise UserError(f"output folder {out} is one of the parents; choose another --out")
+        raise UserError(
+            f"output folder {out} already exists", cli_hint="pass --force to replace it"
+        )
+    if out.exists():
+        _check_replaceable(out)
     if not out.parent.is_dir():
         raise UserError(f"cannot create {out}: folder {out.parent} does not exist")
 
 
+def _check_apart(out: Path, target: Path, label: str, path: Path) -> None:
+    if target == path:
+        raise UserError(f"output folder {out} is the {label}; choose another folder")
+    if path.is_relative_to(target):
+        raise UserError(f"output folder {out} contains the {label} {path}; choose another folder")
+    if target.is_relative_to(path):
+        raise UserError(
+            f"output folder {out} lies inside the {label} {path}; choose another folder"
+        )
+
+
+def _check_replaceable(out: Path) -> None:
+    """Only a complete merge output, with nothing added since, may be replaced."""
+    refuse = f"output folder {out} is not replaced: "
+    try:
+        listed = json.loads((out / MARKER).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            refuse + f"it was not written by this tool (no readable {MARKER}); "
+            "remove it yourself or choose another folder"
+        ) from None
+    present = {entry.name: entry for entry in out.iterdir() if entry.name != MARKER}
+    extra = sorted(set(present) - set(listed))
+    if extra:
+        raise UserError(refuse + f"it holds files this tool did not write: {', '.join(extra[:5])}")
+    for name, size in listed.items():
+        entry = present.get(name)
+        if (
+            entry is None
+            or entry.is_symlink()
+            or not entry.is_file()
+            or entry.stat().st_size != size
+        ):
+            raise UserError(refuse + f"it is not a complete merge output ({name} differs)")
+
+
+def write_marker(folder: Path) -> None:
+    """Record every file of a finished output (names and sizes): the last file written."""
+    files = {entry.name: entry.stat().st_size for entry in sorted(folder.iterdir())}
+    (folder / MARKER).write_text(
+        json.dumps({"tool": "thinking-spectrum", "files": files}, allow_nan=False) + "\n"
+    )
+
+
+def check_free_space(out: Path, nbytes: int) -> None:
+    """Refuse before writing when the output's folder cannot hold ``nbytes`` more."""
+    free = shutil.disk_usage(out.parent).free
+    if free < nbytes:
+        raise UserError(
+            f"not enough free space for {out}: the merge writes {nbytes / 1e6:.1f} MB, "
+            f"{out.parent} has {free / 1e6:.1f} MB free"
+        )
+
+
+def os_error_message(error: OSError, out: Path) -> str:
+    """One line for a failed write: the path and the system's reason (read-only, full...)."""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"cannot write {out}: {error.strerror or error}{where}"
+
+
 @contextlib.contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
-    """A temp folder beside ``out``, moved to ``out`` when the block completes."""
+    """A temp folder beside ``out``, marked and moved to ``out`` when the block completes."""
     _remove_stale(out)
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         yield staging
+        write_marker(staging)
         if out.exists():
             _exchange(staging, out)  # staging now holds the old folder
             shutil.rmtree(staging)

@@ -1,19 +1,39 @@
 """Check that two (or three) checkpoints can be merged, before anything is written.
 
-Hard errors: a different ``model_type``/architecture/tied-embedding setting, different
-tensor names or shapes, a different tokenizer vocabulary. A different chat template is only
-a warning: the merged model takes the template of the parent its files are copied from.
+Hard errors: configs that differ in a field defining the architecture (``ARCH_FIELDS``),
+a config its own weights contradict (layer or expert count), different tensor names or
+shapes, a different tokenizer vocabulary, a non-finite parent tensor (``check_finite``,
+called as tensors stream through). A different chat template is only a warning: the merged
+model takes the template of the parent its files are copied from.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from spectrum.errors import UserError
 from spectrum.weights.checkpoint import Checkpoint
 
 SHOWN = 5  # mismatches listed in one error line
+# Config fields that decide the shapes or the computation: parents differing in any of
+# them are different models, whatever their tensors look like.
+ARCH_FIELDS = (
+    "model_type", "architectures", "tie_word_embeddings", "num_hidden_layers",
+    "hidden_size", "intermediate_size", "moe_intermediate_size",
+    "shared_expert_intermediate_size", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "vocab_size", "num_experts", "num_local_experts", "n_routed_experts",
+    "n_shared_experts", "num_experts_per_tok", "decoder_sparse_step", "mlp_only_layers",
+    "hidden_act", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor",
+    "sliding_window", "use_sliding_window", "layer_types", "attention_bias", "norm_topk_prob",
+)  # fmt: skip
+_EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
 _VOCAB_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")
 
 
@@ -22,6 +42,7 @@ def validate_parents(
 ) -> list[str]:
     """Raise UserError naming the first mismatches; return warnings worth printing."""
     warnings: list[str] = []
+    _check_config_against_weights(direct)
     others = [("thinking", thinking)] + ([("base", base)] if base is not None else [])
     for role, other in others:
         _check_architecture(direct, other, role)
@@ -36,13 +57,68 @@ def validate_parents(
 
 
 def _check_architecture(direct: Checkpoint, other: Checkpoint, role: str) -> None:
-    for key in ("model_type", "architectures", "tie_word_embeddings"):
-        mine, theirs = direct.config.get(key), other.config.get(key)
-        if mine != theirs:
+    differ = [
+        f"{key} {direct.config.get(key)!r} vs {other.config.get(key)!r}"
+        for key in ARCH_FIELDS
+        if direct.config.get(key) != other.config.get(key)
+    ]
+    if differ:
+        raise UserError(
+            f"the configs of direct {direct.source} and {role} {other.source} differ in "
+            f"architecture fields: {'; '.join(differ)}"
+        )
+
+
+def _check_config_against_weights(checkpoint: Checkpoint) -> None:
+    """The config must describe the weights (the other parents are compared to this one)."""
+    names = checkpoint.names()
+    found = {
+        "num_hidden_layers": _count(_LAYER, names),
+        **dict.fromkeys(_EXPERT_COUNT_KEYS, _count(_EXPERT, names)),
+    }
+    for key, counted in found.items():
+        declared = checkpoint.config.get(key)
+        if declared is None or counted is None:
+            continue
+        if isinstance(declared, int) and declared != counted:
             raise UserError(
-                f"different {key}: direct {direct.source} has {mine!r}, "
-                f"{role} {other.source} has {theirs!r}"
+                f"{checkpoint.source}: config.json declares {key} = {declared} but the "
+                f"weights hold {counted}"
             )
+
+
+def _count(pattern: re.Pattern, names: list[str]) -> int | None:
+    """Distinct indices the pattern finds in the names, or None when it finds none."""
+    indices = {int(match.group(1)) for name in names if (match := pattern.search(name))}
+    return max(indices) + 1 if indices else None
+
+
+def check_finite(
+    tensor: torch.Tensor, name: str, role: str, whole: Callable[[], torch.Tensor] | None = None
+) -> None:
+    """Raise naming ``name`` when ``tensor`` (a parent's tensor or piece) holds NaN or Inf.
+
+    ``whole`` returns the full tensor when ``tensor`` is one piece of it: on failure the
+    count covers the whole tensor, read once more only then.
+    """
+    # A sum is finite only if every term is, and costs one fused pass without the boolean
+    # temporary of isfinite (a tenth of the time); an overflow of finite terms is a false
+    # alarm that the exact count clears.
+    if not tensor.is_floating_point() or bool(_widened(tensor).sum(dtype=torch.float32).isfinite()):
+        return
+    full = whole() if whole is not None else tensor
+    count = int((~torch.isfinite(_widened(full))).sum())
+    if not count:
+        return
+    raise UserError(
+        f"{role} parent tensor {name} holds {count} non-finite values (NaN or Inf) "
+        f"of {full.numel()}; a merge of it would be non-finite too"
+    )
+
+
+def _widened(tensor: torch.Tensor) -> torch.Tensor:
+    # float8 has no sum or isfinite kernels; its tensors are small enough to widen.
+    return tensor.float() if tensor.element_size() == 1 else tensor
 
 
 def _check_tensors(direct: Checkpoint, other: Checkpoint, role: str) -> None:
@@ -103,5 +179,5 @@ def _chat_template(path: Path) -> str | None:
     config = path / "tokenizer_config.json"
     if config.is_file():
         template = json.loads(config.read_text()).get("chat_template")
-        return json.dumps(template) if template is not None else None
+        return json.dumps(template, allow_nan=False) if template is not None else None
     return None

@@ -144,8 +144,9 @@ def _read_hub(bench: Benchmark) -> list[dict]:
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise UserError(
             f"cannot load benchmark {bench.name!r} from the hub ({ids}){offline}: "
-            f"{type(error).__name__}; pass a local JSONL/Parquet file with --data "
-            f"{bench.name}=PATH (columns: docs/SCHEMA.md)"
+            f"{type(error).__name__}; it needs a local JSONL/Parquet file (columns: "
+            "docs/SCHEMA.md)",
+            cli_hint=f"pass it with --data {bench.name}=PATH",
         ) from None
     return rows
 
