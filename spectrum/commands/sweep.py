@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-
-import yaml
+from typing import TYPE_CHECKING
 
 from spectrum.errors import UserError
-from spectrum.eval.sweep import SweepSpec, parse_lams, run_sweep
+
+if TYPE_CHECKING:
+    from spectrum.eval.sweep import SweepSpec
 
 
 def _key_values(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -69,6 +70,10 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace, methods: tuple[str, ...], lams) -> SweepSpec:
+    import yaml
+
+    from spectrum.eval.sweep import SweepSpec
+
     if args.k < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--k, --batch-size and --limit must be at least 1")
     params: dict[str, dict] = {}
@@ -122,6 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.eval.sweep import parse_lams, run_sweep
+
     spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(args.lam))
     command = shlex.join(["spectrum", *sys.argv[1:]])
     result = run_sweep(spec, args.db, progress=not args.no_progress, command=command)

@@ -6,12 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from spectrum.errors import UserError
 from spectrum.eval.benchmarks import synthetic as task
-from spectrum.toy import cards, measure
-from spectrum.toy.train import PAIR_MODELS, Recipe, train_pair
 
 DEFAULT_LAMS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
@@ -56,6 +52,10 @@ def parse_floats(text: str, what: str) -> list[float]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from spectrum.toy.train import Recipe, train_pair
+
     recipe = replace(Recipe.tiny() if args.tiny else Recipe(), base_max_checks=args.base_max_checks)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,6 +66,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    from spectrum.toy import cards, measure
+    from spectrum.toy.train import PAIR_MODELS
+
     lams = parse_floats(args.lams, "--lams")
     levels = [int(level) for level in parse_floats(args.levels, "--levels")]
     for level in levels:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-THINK_END = "</think>"
+from spectrum.generate.tags import THINK_END
 
 
 @dataclass(frozen=True)
