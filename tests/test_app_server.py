@@ -167,8 +167,10 @@ def test_explorer_draws_the_shipped_results_database(client):
 
 def test_sweep_tab_fills_a_database_the_explorer_then_shows(client, folder):
     db = str(folder / "sweep.duckdb")
-    status, shown = client.predict(db, ["linear"], "0,1", "synthetic", 1, 1, 48, api_name="/sweep")
+    out = client.predict(db, ["linear"], "0,1", "synthetic", 1, 1, 48, api_name="/sweep")
+    status, shown, bar = out[:3]
     assert status.startswith("Done: 10 samples generated") and shown == db
+    assert '<progress value="10" max="10">' in bar and "linear · λ 1" in bar
     out = client.predict(db, None, [], api_name="/explore")
     lams, _ = explorer_lams(out)
     assert lams == [0.0, 1.0]

@@ -26,6 +26,8 @@ THEME = gr.themes.Soft(
 CSS = """
 .gradio-container { max-width: 1280px !important; }
 #merge-status { align-self: center; }
+#sweep-progress progress { width: 100%; height: 1.1em; accent-color: var(--color-accent); }
+#sweep-progress .sweep-line, #sweep-progress .sweep-idle { color: var(--body-text-color-subdued); }
 """
 
 

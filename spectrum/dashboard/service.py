@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.eval.benchmarks import BENCHMARKS
 from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
-from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
+from spectrum.eval.sweep import SweepProgress, SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import ChatUpdate, stream_columns, stream_reply
 from spectrum.live import LiveMerger, LoadedMerge
@@ -306,11 +306,15 @@ class Dashboard:
         limit: int,
         k: int = 1,
         max_new_tokens: int = 256,
+        report: Callable[[SweepProgress], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> SweepResult:
         """Evaluate ``methods`` × ``lams`` on the loaded pair into the results DB ``db``.
 
         It re-merges the shared live model, so chats in flight keep their truthful labels
-        but a page's next merged answer re-applies that page's own merge first.
+        but a page's next merged answer re-applies that page's own merge first. ``report``
+        hears of every stored batch; setting ``stop`` ends the sweep after the batch in
+        flight, keeping what was stored (the next call resumes there).
         """
         path = self.folders.resolve(db, "results database")
         if not methods:
@@ -331,5 +335,11 @@ class Dashboard:
             decoding={"max_new_tokens": int(max_new_tokens)},
         )
         return run_sweep(
-            spec, path, provider_factory=lambda _: self.merger, command="spectrum app (sweep tab)"
+            spec,
+            path,
+            provider_factory=lambda _: self.merger,
+            command="spectrum app (sweep tab)",
+            progress=False,  # the page draws its own bar from ``report``
+            report=report,
+            stop=stop,
         )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -61,6 +63,27 @@ class SweepResult:
     run_id: str
     generated: int
     skipped: int
+    stopped: bool = False  # the stop event ended it early; a later run resumes
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """Where a running sweep is: reported as each configuration starts and after every
+    stored batch."""
+
+    done: int  # samples generated and stored by this run so far
+    total: int  # samples this run has to generate
+    method: str
+    lam: float
+    benchmark: str
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None before the first batch is stored."""
+        if self.done == 0:
+            return None
+        return self.elapsed_s * (self.total - self.done) / self.done
 
 
 def parse_lams(text: str) -> tuple[float, ...]:
@@ -238,8 +261,13 @@ class Sweeper:
         provider_factory: Callable[[SweepSpec], Any] = default_provider,
         progress: bool = True,
         command: str = "",
+        report: Callable[[SweepProgress], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
+        """``report`` hears of every stored batch; setting ``stop`` ends the sweep after the
+        batch in flight is stored (the dashboard's progress bar and Stop button)."""
         self.spec, self.progress, self.command = spec, progress, command
+        self.report, self.stop = report, stop
         self.problems = {
             b: load_problems(
                 b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
@@ -261,14 +289,15 @@ class Sweeper:
         spec = replace(self.spec, methods=methods or self.spec.methods, lams=lams or self.spec.lams)
         configs = _configurations(spec, self.hashes)
         todo = _plan(self.con, configs, self.problems, spec.k)
-        generated = sum(len(w) for _, _, w in todo)
+        missing = sum(len(w) for _, _, w in todo)
         total = len(configs) * spec.k * sum(len(p) for p in self.problems.values())
+        generated = 0
         if todo:
             if not self._run_recorded:
                 _record_run(self.con, self.spec, self.run_id, self.hashes, self.command)
                 self._run_recorded = True
-            self._generate(todo)
-        return SweepResult(self.run_id, generated, total - generated)
+            generated = self._generate(todo)
+        return SweepResult(self.run_id, generated, total - missing, generated < missing)
 
     def config_id(self, method: str, lam: float) -> str:
         return store.config_id(
@@ -283,31 +312,52 @@ class Sweeper:
     def close(self) -> None:
         self.con.close()
 
-    def _generate(self, todo) -> None:
+    def _generate(self, todo) -> int:
+        """Generate and store ``todo`` batch by batch; return how many samples were stored."""
+        total, done, start_time = sum(len(w) for _, _, w in todo), 0, time.monotonic()
+
+        def report(config: dict, bench: str) -> None:
+            if self.report is not None:
+                elapsed = time.monotonic() - start_time
+                self.report(
+                    SweepProgress(done, total, config["method"], config["lam"], bench, elapsed)
+                )
+
         if self._provider is None:
             self._provider = self._provider_factory(self.spec)
         provider, spec = self._provider, self.spec
         generator = generator_for(provider, batch_size=spec.batch_size)
         bar = tqdm(
-            total=sum(len(w) for _, _, w in todo),
+            total=total,
             desc="sweep",
             unit="sample",
             disable=not self.progress,
         )
         for config, bench, missing in todo:
+            if self._stopped():
+                break  # every stored batch stays: the next run resumes after them
             cid = store.config_id(config)
             provider.set(merge_spec(spec, config["method"], config["lam"]))
             settings = DecodingSettings(**config["decoding"])
             grader = get_benchmark(bench).grader
             bar.set_postfix_str(f"{config['method']} λ={config['lam']:g} {bench}")
+            report(config, bench)
             for start in range(0, len(missing), spec.batch_size):
+                if self._stopped():
+                    break
                 work = missing[start : start + spec.batch_size]
                 conversations = [problem.conversation() for problem, _ in work]
                 gens = generator.generate(conversations, settings, seed=spec.seed + start)
                 rows = _rows(config, cid, self.run_id, bench, grader, work, gens)
                 store.insert_frame(self.con, "samples", rows)
                 bar.update(len(work))
+                done += len(work)
+                report(config, bench)
         bar.close()
+        return done
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
 
 def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:
