@@ -224,8 +224,13 @@ class Dashboard:
         prompt: str,
         spec: MergeSpec,
         decoding: Mapping[str, DecodingSettings],
+        stop: threading.Event | None = None,
     ) -> Iterator[dict[str, Reply | None]]:
-        """Answer ``prompt`` in all three columns at once, yielding replies as they grow."""
+        """Answer ``prompt`` in all three columns at once, yielding replies as they grow.
+
+        Setting ``stop`` ends all three at their next token: the answers so far are the
+        last snapshot, and the merged column's hold on the live model ends with them.
+        """
         if not prompt.strip():
             raise UserError("type a prompt first")
         spec = self.check(spec)
@@ -260,7 +265,8 @@ class Dashboard:
                     yield Reply(update, merge)
 
         yield from stream_columns(
-            {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")}
+            {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")},
+            stop=stop,
         )
 
     def export(self, folder: str, spec: MergeSpec, *, overwrite: bool = False) -> Path:

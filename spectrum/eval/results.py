@@ -5,6 +5,8 @@ The report, ``spectrum search`` and the dashboard all read results through here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 import pandas as pd
 
@@ -27,19 +29,26 @@ def point(con: duckdb.DuckDBPyConnection, config_id: str, benchmark: str) -> Poi
 
 
 def summaries(
-    con: duckdb.DuckDBPyConnection, *, by_level: bool = False, seed: int = 0
+    con: duckdb.DuckDBPyConnection,
+    *,
+    by_level: bool = False,
+    methods: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per (benchmark, configuration): every metric with its 90 % CI over problems.
 
     ``by_level``: problems with a difficulty level count as their own benchmark
     ``<benchmark>:L<level>`` (e.g. ``synthetic:L3``), so harder levels can be compared.
+    ``methods``: only these methods' configurations (the bootstrap is the slow part).
 
     Columns: benchmark, config_id, method, lam, params, n_problems, k, and for each metric
     m in METRICS the columns m, m_low, m_high (Pass@k uses k = the smallest sample count).
     """
+    where = "" if methods is None else "WHERE list_contains(?, method) "
     samples = con.execute(
         f"SELECT benchmark, level, config_id, method, lam, params, problem_id, {_SAMPLE_COLUMNS} "
-        "FROM samples ORDER BY benchmark, config_id, problem_id, sample_idx"
+        f"FROM samples {where}ORDER BY benchmark, config_id, problem_id, sample_idx",
+        [] if methods is None else [list(methods)],
     ).df()
     if by_level:
         leveled = samples["level"].notna()
@@ -105,6 +114,24 @@ def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
         ).any()
         keep.append(not dominated)
     return rows[keep].sort_values("tokens")
+
+
+def pareto_area(rows: pd.DataFrame, max_tokens: float) -> float:
+    """Share of the (Token#N ≤ ``max_tokens``) × (accuracy ≤ 1) box that ``rows``' Pareto
+    front dominates: 1 is perfect accuracy at no tokens; higher is more accuracy for less."""
+    area, below = 0.0, 0.0
+    for _, row in pareto_front(rows).iterrows():  # tokens rising, accuracy rising
+        area += max(max_tokens - row["tokens"], 0.0) * (row["mean"] - below)
+        below = row["mean"]
+    return area / max_tokens if max_tokens > 0 else 0.0
+
+
+def rank_methods(table: pd.DataFrame, benchmark: str) -> list[str]:
+    """The methods on ``benchmark``, best Pareto area first (ties by name)."""
+    rows = table[table["benchmark"] == benchmark]
+    max_tokens = float(rows["tokens"].max())
+    areas = {m: pareto_area(group, max_tokens) for m, group in rows.groupby("method")}
+    return sorted(areas, key=lambda m: (-areas[m], m))
 
 
 def improvements(table: pd.DataFrame) -> pd.DataFrame:
