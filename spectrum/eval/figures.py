@@ -225,7 +225,8 @@ def accuracy_vs_tokens(
                 mode="markers+text",
                 marker=PARENT_MARKERS[role],
                 text=[f"{role} (λ={parent['lam']:g})"],
-                textposition="top center" if role == "thinking" else "bottom center",
+                # Parents sit at the plot's edges (fewest and most tokens): label inwards.
+                textposition="top left" if role == "thinking" else "top right",
                 name=f"{role} parent",
             )
         )
