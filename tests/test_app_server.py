@@ -178,6 +178,15 @@ def test_sweep_tab_fills_a_database_the_explorer_then_shows(client, folder):
         assert con.execute("SELECT count(*) FROM samples").fetchone() == (10,)
 
 
+@pytest.mark.parametrize("grid", ["1:0:0.1", "0,1.5"])
+def test_a_bad_sweep_grid_is_explained_without_cli_flags(client, folder, grid):
+    db = str(folder / "never.duckdb")
+    with pytest.raises(Exception, match="λ") as error:
+        client.predict(db, ["linear"], grid, "synthetic", 1, 1, 48, api_name="/sweep")
+    assert "--" not in str(error.value)  # the page has no flags to type
+    assert not Path(db).exists()
+
+
 def test_export_writes_a_model_folder(client, folder):
     out = folder / "exported"
     args = [str(out), False, "linear", 0.3, "", ALL_MODULES, 0]
