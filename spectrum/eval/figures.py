@@ -6,13 +6,14 @@ the weight tables (``spectrum.eval.analysis``), so any caller with a DB can draw
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from spectrum.eval.results import parents
+from spectrum.eval.results import BASELINES, parents, plain_merges
 
 METRIC_TITLES = {
     "mean": "accuracy (Mean@k)",
@@ -111,7 +112,7 @@ def _band(x: list, low: list, high: list, hex_color: str, group: str) -> go.Scat
 def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> go.Figure:
     """``metric`` against λ, one line per method, its 90 % CI as a shaded band."""
     figure = go.Figure()
-    rows = table[table["benchmark"] == benchmark]
+    rows = plain_merges(table[table["benchmark"] == benchmark])
     for method, group in rows.groupby("method", sort=True):
         group = group.sort_values("lam")
         style = method_style(method)
@@ -134,9 +135,10 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
 
 
 def _levels_of(levels: pd.DataFrame, method: str):
-    """(level name, rows by λ) of one method in ``summaries(by_level=True)`` rows, whose
-    benchmark names end in ``:L<level>``."""
-    rows = levels[(levels["method"] == method) & levels["benchmark"].str.contains(":L")]
+    """(level name, rows by λ) of one method's plain merges in ``summaries(by_level=True)``
+    rows, whose benchmark names end in ``:L<level>``."""
+    rows = plain_merges(levels)
+    rows = rows[(rows["method"] == method) & rows["benchmark"].str.contains(":L")]
     order = sorted(rows["benchmark"].unique(), key=lambda b: int(b.rsplit(":L", 1)[1]))
     return [(bench, rows[rows["benchmark"] == bench].sort_values("lam")) for bench in order]
 
@@ -194,8 +196,12 @@ def accuracy_vs_tokens(
     markers, merges that Pareto-improve on a parent ringed."""
     figure = go.Figure()
     rows = table[table["benchmark"] == benchmark]
+    if "module_lams" in rows:
+        rows = rows[rows["module_lams"].isna()]  # λ-per-module grids have their heatmap
     for method, group in rows.groupby("method", sort=True):
-        group = group.sort_values("lam")
+        # A baseline's points differ by budget, not λ: its curve runs along the tokens.
+        baseline = method in BASELINES
+        group = group.sort_values(["lam", "tokens"])
         style = method_style(method)
         hue = style["color"]
         figure.add_trace(
@@ -203,10 +209,10 @@ def accuracy_vs_tokens(
                 x=group["tokens"],
                 y=group["mean"],
                 mode="markers+lines",
-                name=method,
+                name=f"{method} (baseline)" if baseline else method,
                 marker=dict(color=hue, symbol=style["symbol"], size=8),
-                line=dict(width=1, dash="dot", color=hue),
-                text=[f"λ={lam:g}" for lam in group["lam"]],
+                line=dict(width=1, dash="dash" if baseline else "dot", color=hue),
+                text=[_point_label(row) for _, row in group.iterrows()],
                 error_y=dict(
                     type="data",
                     symmetric=False,
@@ -246,6 +252,12 @@ def accuracy_vs_tokens(
             )
         )
     return _layout(figure, f"{benchmark}: accuracy vs Token#N", "Token#N", METRIC_TITLES["mean"])
+
+
+def _point_label(row: pd.Series) -> str:
+    if row["method"] == "budget_forcing":
+        return f"budget {json.loads(row['params'])['budget']} at λ={row['lam']:g}"
+    return f"λ={row['lam']:g}"
 
 
 def relative_distance(stats: pd.DataFrame, scope: str = "layer") -> go.Figure:
@@ -288,3 +300,47 @@ def delta_energy(energy: pd.DataFrame) -> go.Figure:
     )
     title = "cumulative share of Σ Δ² (positions sorted by |Δ|, largest first)"
     return _layout(figure, title, "fraction of positions", "share of Σ Δ²")
+
+
+def module_lam_grid(table: pd.DataFrame, benchmark: str, method: str) -> pd.DataFrame:
+    """Rows of ``method`` swept over λ per module kind, with a column per kind (λ_attn,
+    λ_mlp, ...); empty when the DB holds no such sweep."""
+    rows = table[
+        (table["benchmark"] == benchmark)
+        & (table["method"] == method)
+        & table["module_lams"].notna()
+    ]
+    if rows.empty:
+        return rows
+    kinds = pd.DataFrame([json.loads(value) for value in rows["module_lams"]], index=rows.index)
+    return rows.join(kinds.add_prefix("lam_"))
+
+
+def module_heatmap(
+    table: pd.DataFrame, benchmark: str, method: str, metric: str = "mean",
+    kinds: tuple[str, str] = ("attn", "mlp"),
+) -> go.Figure | None:  # fmt: skip
+    """``metric`` over (λ of ``kinds[0]``, λ of ``kinds[1]``): which part of the network
+    carries the thinking. None when the DB has no sweep over both kinds."""
+    grid = module_lam_grid(table, benchmark, method)
+    x_col, y_col = (f"lam_{kind}" for kind in reversed(kinds))
+    if grid.empty or not {x_col, y_col} <= set(grid.columns):
+        return None
+    values = grid.pivot_table(index=y_col, columns=x_col, values=metric, aggfunc="mean")
+    figure = go.Figure(
+        go.Heatmap(
+            x=list(values.columns),
+            y=list(values.index),
+            z=values.to_numpy(),
+            colorscale="Viridis",
+            colorbar=dict(title=METRIC_TITLES.get(metric, metric).split(" (")[0]),
+            texttemplate="%{z:.2f}" if metric != "tokens" else "%{z:.0f}",
+        )
+    )
+    figure.update_layout(
+        title=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}",
+        xaxis_title=f"λ of {kinds[1]}",
+        yaxis_title=f"λ of {kinds[0]}",
+        template="plotly_white",
+    )
+    return figure

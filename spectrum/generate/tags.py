@@ -1,4 +1,4 @@
 """The thinking models' reasoning tags, without torch: grading and the CLI import these."""
 
-THINK_OPEN = "<think>"
+THINK_START = "<think>"
 THINK_END = "</think>"
