@@ -109,6 +109,7 @@ def build_sweep_tab(dashboard: Dashboard, explorer: Explorer) -> None:
             while True:
                 update = updates.get()
                 if isinstance(update, Exception):
+                    yield gr.Markdown(), gr.Textbox(), IDLE, *busy  # no bar left "Starting…"
                     raise update
                 if isinstance(update, SweepResult):
                     break
