@@ -189,6 +189,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_eval_args(parser)
     add_baseline_args(parser)
+    parser.add_argument(
+        "--batch-lams",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="affine methods (transformers backend): decode every λ in one batch on one "
+        "spectrum model (a batch: --batch-size problems × every λ) instead of re-merging "
+        "per λ (default on)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -198,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     plain, module_lams = split_lam_grid(args.lam)
     spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(plain), module_lams)
     command = shlex.join(["spectrum", *sys.argv[1:]])
-    result = run_sweep(spec, args.db, progress=not args.no_progress, command=command)
+    result = run_sweep(
+        spec, args.db, progress=not args.no_progress, command=command, batch_lams=args.batch_lams
+    )
     print(f"{args.db}: {result.generated} samples generated, {result.skipped} already there")
     return 0

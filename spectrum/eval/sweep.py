@@ -311,11 +311,20 @@ class Sweeper:
         command: str = "",
         report: Callable[[SweepProgress], None] | None = None,
         stop: threading.Event | None = None,
+        batch_lams: bool | None = None,
     ) -> None:
-        """``report`` hears of every stored batch; setting ``stop`` ends the sweep after the
-        batch in flight is stored (the dashboard's progress bar and Stop button)."""
+        """``report`` hears of every stored batch (of a whole λ grid, when batched); setting
+        ``stop`` ends the sweep after the batch in flight is stored (the dashboard's progress
+        bar and Stop button)."""
         self.spec, self.progress, self.command = spec, progress, command
         self.report, self.stop = report, stop
+        # Affine methods decode all λ of the grid in one batch on one spectrum model
+        # (spectrum.eval.sweep_batched): on by default for the transformers backend when the
+        # sweep makes its own models; a caller's own provider is used as given.
+        if batch_lams is None:
+            batch_lams = provider_factory is default_provider
+        self.batch_lams = batch_lams and spec.backend == "transformers"
+        self._lam_batches = None
         self.problems = {
             b: load_problems(
                 b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
@@ -371,16 +380,32 @@ class Sweeper:
                     SweepProgress(done, total, config["method"], config["lam"], bench, elapsed)
                 )
 
-        if self._provider is None:
-            self._provider = self._provider_factory(self.spec)
-        provider, spec = self._provider, self.spec
-        generator = generator_for(provider, batch_size=spec.batch_size)
         bar = tqdm(
             total=total,
             desc="sweep",
             unit="sample",
             disable=not self.progress,
         )
+        if self.batch_lams:
+            from spectrum.eval.sweep_batched import LamBatches, split_batched
+
+            batched, todo = split_batched(todo)
+            self._lam_batches = self._lam_batches or LamBatches(self, _rows)
+            for (method, bench), entries in batched.items():
+                if self._stopped():
+                    break
+                bar.set_postfix_str(f"{method} all λ {bench}")
+                report(entries[0][0], bench)
+                self._lam_batches.run(entries, bar)
+                done += sum(len(missing) for _, _, missing in entries)
+                report(entries[0][0], bench)
+            todo = [] if self._stopped() else todo
+        if todo:
+            self._lam_batches = None  # its spectrum model goes before a live merger loads
+        if todo and self._provider is None:
+            self._provider = self._provider_factory(self.spec)
+        provider, spec = self._provider, self.spec
+        generator = generator_for(provider, batch_size=spec.batch_size) if todo else None
         for config, bench, missing in todo:
             if self._stopped():
                 break  # every stored batch stays: the next run resumes after them
