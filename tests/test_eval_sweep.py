@@ -127,7 +127,9 @@ def test_progress_reports_and_stop_between_batches_then_resume(tiny_pair, tmp_pa
         if progress.done >= 4:
             stop.set()  # as the Stop button does, from another thread, mid-sweep
 
-    first = run_sweep(spec, db, progress=False, report=report, stop=stop)
+    # The per-configuration path, as the dashboard's own provider takes (a batched λ grid
+    # reports and stops between whole grids).
+    first = run_sweep(spec, db, progress=False, report=report, stop=stop, batch_lams=False)
     assert (first.generated, first.skipped, first.stopped) == (4, 0, True)
     assert [r.done for r in reports] == [0, 2, 4]
     assert all(r.total == 8 and r.method == "linear" for r in reports)
@@ -137,7 +139,7 @@ def test_progress_reports_and_stop_between_batches_then_resume(tiny_pair, tmp_pa
         assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 4
 
     reports.clear()
-    again = run_sweep(spec, db, progress=False, report=reports.append)
+    again = run_sweep(spec, db, progress=False, report=reports.append, batch_lams=False)
     assert (again.generated, again.skipped, again.stopped) == (4, 4, False)
     assert [(r.done, r.lam) for r in reports] == [(0, 1.0), (2, 1.0), (4, 1.0)]
 

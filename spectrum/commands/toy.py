@@ -34,8 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--thinking-checks",
         type=parse_checks,
         help="re-checks in the thinking stage's traces: N, or MIN-MAX drawn per batch; 2 is "
-        "the recipe before issue #16 "
-        f"(default {cards.checks_label(Recipe().verbose_checks)})",
+        "the recipe before issue #16 (default: the recipe's range, which the cards name)",
     )
     train.set_defaults(func=run_train)
 
