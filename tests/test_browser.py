@@ -148,8 +148,8 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         # stored samples (a later Run resumes).
         page.get_by_role("tab", name="Sweep").click()
         page.get_by_label("λ grid (start:stop:step or a list)").fill("0:1:0.25")
-        # 5 λ × 5 levels × 20 problems: long enough on any machine to be stopped midway.
-        page.get_by_label("Problems (per level: synthetic)").fill("20")
+        # 5 λ × 5 levels × 60 problems: long enough on any machine to be stopped midway.
+        page.get_by_label("Problems (per level: synthetic)").fill("60")
         page.get_by_label("Results database", exact=True).fill(str(tmp_path / "sweep.duckdb"))
         run, halt = page.locator("#sweep"), page.locator("#sweep-stop")
         bar = page.locator("#sweep-progress progress")
