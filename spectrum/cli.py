@@ -1,11 +1,12 @@
-"""`spectrum` command line: each sub-command lives in ``spectrum/commands/<name>.py``.
+"""The ``spectrum`` command line: one module per sub-command in ``spectrum/commands/``.
 
 A command module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` (called with the parsed args, returning an exit code). Errors that are the
-user's fault raise ``UserError``: they print as one line, no traceback, exit 2 (with the
-flag that gets past them, when there is one). Commands from outside the library
-(``spectrum app``, in ``ui/``) are found through the ``thinking_spectrum.commands`` entry
-point group, so the library never imports the UI.
+``func`` (called with the parsed args, returning an exit code); it imports heavy
+libraries (torch, transformers, gradio) only inside ``func``, so every ``--help`` is
+instant. Errors that are the user's fault raise ``UserError``: they print as one line,
+no traceback, exit 2 (with the flag that gets past them, when there is one). Commands
+from outside the library (``spectrum app``, in ``ui/``) are found through the
+``thinking_spectrum.commands`` entry point group, so the library never imports the UI.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib import metadata
 
 from spectrum.errors import UserError
 
@@ -25,6 +25,8 @@ _ORDER = ("methods", "merge", "app")  # what a user reaches for first comes firs
 
 def command_modules() -> dict[str, str]:
     """Command name → module, the library's and the installed entry points'."""
+    from importlib import metadata  # scans every installed package: only when needed
+
     modules = {name: f"spectrum.commands.{name}" for name in _LIBRARY_COMMANDS}
     for entry in metadata.entry_points(group="thinking_spectrum.commands"):
         modules.setdefault(entry.name, entry.value)
@@ -32,8 +34,22 @@ def command_modules() -> dict[str, str]:
     return {name: modules[name] for name in ranked}
 
 
+DESCRIPTION = """\
+Tune how much a language model thinks by merging the weights of a direct (instruct) model
+and a thinking model at a strength λ: λ = 0 is the direct model, λ = 1 the thinking one,
+and every value in between is a new model. Merge checkpoints, evaluate a λ grid, find the
+phase change, write a report, or explore it all in the dashboard (`spectrum app`)."""
+
+EPILOG = "Run `spectrum COMMAND --help` for the options of one command."
+
+
 def build_parser(commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spectrum", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="spectrum",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in (commands or command_modules()).values():
         importlib.import_module(module).register(subparsers)
@@ -41,10 +57,12 @@ def build_parser(commands: dict[str, str] | None = None) -> argparse.ArgumentPar
 
 
 def _commands_for(argv: list[str]) -> dict[str, str]:
-    # Importing every command pulls in transformers, gradio and the toy trainer (seconds):
-    # when the command is named, register only that one; otherwise (help, typos) all.
-    modules = command_modules()
+    # Registering a command imports only its module (heavy libraries wait for ``func``),
+    # but a named command still needs only its own parser.
     named = next((arg for arg in argv if not arg.startswith("-")), None)
+    if named in _LIBRARY_COMMANDS:
+        return {named: f"spectrum.commands.{named}"}
+    modules = command_modules()
     return {named: modules[named]} if named in modules else modules
 
 

@@ -10,7 +10,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.generate.batch import DecodingSettings
-from spectrum.generate.chat import display_text, split_reasoning, stream_columns, stream_reply
+from spectrum.generate.chat import (
+    display_text,
+    math_markdown,
+    split_reasoning,
+    stream_columns,
+    stream_reply,
+)
 
 GREEDY = DecodingSettings(max_new_tokens=24, do_sample=False)
 CONVERSATION = [{"role": "user", "content": "What is 12 + 7?"}]
@@ -118,6 +124,35 @@ def test_stream_columns_reraises_a_column_error_and_stops_the_others():
     with pytest.raises(ValueError, match="column broke"):
         list(stream_columns({"ok": long_column, "bad": failing}))
     assert time.perf_counter() - started < 5  # the 10 s column was stopped
+
+
+def test_a_callers_stop_event_ends_every_column_at_once():
+    stop = threading.Event()
+    columns = {name: slow_counter(1000, 0.01) for name in ("a", "b", "c")}
+    started = time.perf_counter()
+    snapshots = []
+    for snapshot in stream_columns(columns, stop=stop):
+        snapshots.append(snapshot)
+        if all(value is not None for value in snapshot.values()):
+            stop.set()  # the Stop button, once every column has begun
+    assert time.perf_counter() - started < 5  # not the 10 s each column would take
+    assert all(value < 999 for value in snapshots[-1].values())
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (r"so \boxed{95}.", r"so $\boxed{95}$."),
+        (r"\boxed{\frac{1}{2}} and \boxed{3", r"$\boxed{\frac{1}{2}}$ and \boxed{3"),  # streaming
+        (
+            r"$\boxed{4}$, \(\boxed{5}\), $$\boxed{6}$$",
+            r"$\boxed{4}$, \(\boxed{5}\), $$\boxed{6}$$",
+        ),
+        ("no math", "no math"),
+    ],
+)
+def test_boxed_answers_become_math_the_page_renders(text, shown):
+    assert math_markdown(text) == shown
 
 
 def test_stream_columns_with_real_models(direct):

@@ -78,3 +78,13 @@ def test_bad_databases_are_user_errors(results_db, tmp_path):
         load_results(results_db).figures("aime24", ["linear"])
     with pytest.raises(UserError, match="at least one method"):
         load_results(results_db).figures("synthetic", ["slerp"])
+
+
+def test_explorer_opens_on_few_methods_and_draws_levels(results_db):
+    results = load_results(results_db)
+    assert results.default_methods("synthetic") == ["linear"]
+    levels = results.level_figure("synthetic", "linear")
+    assert [trace.name for trace in levels.data] == ["synthetic:L1", "synthetic:L2"]
+    assert all(len(trace.x) == 3 for trace in levels.data)  # one point per λ
+    with pytest.raises(UserError, match="no slerp results"):
+        results.level_figure("synthetic", "slerp")

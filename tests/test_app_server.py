@@ -168,13 +168,24 @@ def test_explorer_draws_the_shipped_results_database(client):
 
 def test_sweep_tab_fills_a_database_the_explorer_then_shows(client, folder):
     db = str(folder / "sweep.duckdb")
-    status, shown = client.predict(db, ["linear"], "0,1", "synthetic", 1, 1, 48, api_name="/sweep")
+    out = client.predict(db, ["linear"], "0,1", "synthetic", 1, 1, 48, api_name="/sweep")
+    status, shown, bar = out[:3]
     assert status.startswith("Done: 10 samples generated") and shown == db
+    assert '<progress value="10" max="10">' in bar and "linear · λ 1" in bar
     out = client.predict(db, None, [], api_name="/explore")
     lams, _ = explorer_lams(out)
     assert lams == [0.0, 1.0]
     with duckdb.connect(db, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM samples").fetchone() == (10,)
+
+
+@pytest.mark.parametrize("grid", ["1:0:0.1", "0,1.5"])
+def test_a_bad_sweep_grid_is_explained_without_cli_flags(client, folder, grid):
+    db = str(folder / "never.duckdb")
+    with pytest.raises(Exception, match="λ") as error:
+        client.predict(db, ["linear"], grid, "synthetic", 1, 1, 48, api_name="/sweep")
+    assert "--" not in str(error.value)  # the page has no flags to type
+    assert not Path(db).exists()
 
 
 def test_export_writes_a_model_folder(client, folder):

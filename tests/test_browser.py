@@ -1,12 +1,16 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright (no downloads).
 
 Opens the page on the embedded pair, drags the λ slider, sends a prompt, waits for all
-three columns to finish, saves a screenshot outside the tracked tree (pytest's tmp_path;
-the path is printed) and fails on any browser console error or uncaught page error.
+three columns to finish and checks the boxed answers render as math; stops a second
+turn; opens the explorer (a few methods, legends that fit); starts a sweep, watches its
+progress bar advance with Run disabled, and stops it; draws the weight analysis. Each tab
+is screenshotted outside the tracked tree (pytest's tmp_path, and $SPECTRUM_SCREENSHOTS
+when set; the paths are printed). Any browser console error or uncaught page error fails.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -29,6 +33,38 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1280, "height": 800}
 GENERATION_TIMEOUT_MS = 240_000
+MAX_LEGEND_ENTRIES = 6  # three methods, two parents, the Pareto rings
+
+
+class Screens:
+    """Screenshots into tmp_path and, when $SPECTRUM_SCREENSHOTS names a folder, there too."""
+
+    def __init__(self, page, folder: Path) -> None:
+        self.page, self.folders = page, [folder]
+        extra = os.environ.get("SPECTRUM_SCREENSHOTS")
+        if extra:
+            self.folders.append(Path(extra))
+            Path(extra).mkdir(parents=True, exist_ok=True)
+        self.paths: list[Path] = []
+
+    def take(self, name: str, *, full_page: bool = False) -> Path:
+        self.page.evaluate("window.scrollTo(0, 0)")
+        for folder in self.folders:
+            path = folder / f"{name}.png"
+            self.page.screenshot(path=str(path), full_page=full_page)
+            self.paths.append(path)
+        print(f"screenshot: {self.paths[-1]}")
+        return self.paths[-1]
+
+
+def legend_entries(plot) -> int:
+    return plot.locator("g.legend g.traces").count()
+
+
+def legend_scrolls(plot) -> bool:
+    """Plotly sizes its legend's scrollbar above zero only when the entries overflow."""
+    box = plot.locator("g.legend rect.scrollbar").bounding_box()
+    return box is not None and box["width"] > 0 and box["height"] > 0
 
 
 def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
@@ -46,9 +82,12 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
             ),
         )
         page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        screens = Screens(page, tmp_path)
         page.goto(url, wait_until="load")
         status = page.locator("#merge-status")
         expect(status).to_contain_text("linear · λ 0.50", timeout=60_000)
+        # The examples show without scrolling at 1280×800.
+        expect(page.get_by_role("button", name=re.compile(r"^Level 5: "))).to_be_in_viewport()
 
         # Drag the thumb from the middle to about 0.8 and let go: a live re-merge.
         track = page.locator("#lam-slider input[type=range]")
@@ -75,18 +114,68 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         # The merged column is labelled with the merge the slider loaded.
         expect(page.locator("#chat-merged")).to_contain_text(f"linear · λ {lam} · ")
         expect(page.locator("#chat-thinking")).to_contain_text("Reasoning")
+        # \boxed{…} answers render as math (KaTeX), not as a literal backslash command.
+        answer = page.locator("#chat-direct .bot-row").last
+        expect(answer.locator(".katex").first).to_be_attached()
+        assert "\\boxed" not in answer.inner_text()
+        screenshot = screens.take("chat")
+        screens.take("chat-full", full_page=True)
 
-        page.evaluate("window.scrollTo(0, 0)")
-        screenshot = tmp_path / "dashboard.png"
-        page.screenshot(path=str(screenshot))
-        page.screenshot(path=str(tmp_path / "dashboard-full.png"), full_page=True)
-        print(f"screenshots: {screenshot}, {tmp_path / 'dashboard-full.png'}")
+        # Stop: lit while the three columns stream, it ends them and Send comes back.
+        stop, send = page.locator("#stop"), page.locator("#send")
+        page.locator("#prompt textarea").fill(make_problems(5, 1, seed=4)[0].messages[0]["content"])
+        send.click()
+        expect(stop).to_be_enabled()
+        stop.click()
+        expect(send).to_be_enabled(timeout=60_000)
+        expect(stop).to_be_disabled()
+        expect(page.locator("#prompt textarea")).to_have_value("")  # the turn was kept
 
-        # Opening the explorer draws the stored results without pressing "Load".
+        # Opening the explorer draws the stored results without pressing "Load": the
+        # parents and a few methods, so every legend fits.
         page.get_by_role("tab", name="Spectrum explorer").click()
-        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
-        expect(page.locator(".js-plotly-plot")).to_have_count(4)
-        page.screenshot(path=str(tmp_path / "explorer.png"))
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=120_000)
+        expect(page.locator(".js-plotly-plot")).to_have_count(5, timeout=60_000)
+        ticked = page.locator("#explorer-methods input[type=checkbox]:checked")
+        assert 1 <= ticked.count() <= 3
+        for plot in page.locator(".js-plotly-plot").all():
+            assert 0 < legend_entries(plot) <= MAX_LEGEND_ENTRIES
+            assert not legend_scrolls(plot)
+        screens.take("explorer")
+        screens.take("explorer-full", full_page=True)
+
+        # A page sweep: the bar advances while Run is greyed and Stop lit; Stop keeps the
+        # stored samples (a later Run resumes).
+        page.get_by_role("tab", name="Sweep").click()
+        page.get_by_label("λ grid (start:stop:step or a list)").fill("0:1:0.25")
+        # 5 λ × 5 levels × 60 problems: long enough on any machine to be stopped midway.
+        page.get_by_label("Problems (per level: synthetic)").fill("60")
+        page.get_by_label("Results database", exact=True).fill(str(tmp_path / "sweep.duckdb"))
+        run, halt = page.locator("#sweep"), page.locator("#sweep-stop")
+        bar = page.locator("#sweep-progress progress")
+        run.click()
+        expect(run).to_be_disabled(timeout=30_000)
+        expect(halt).to_be_enabled()
+        expect(bar).to_have_attribute("value", re.compile(r"^[1-9]\d*$"), timeout=120_000)
+        first = int(bar.get_attribute("value"))
+        expect(bar).not_to_have_attribute("value", str(first), timeout=120_000)
+        assert int(bar.get_attribute("value")) > first  # it advanced
+        expect(run).to_be_disabled()
+        expect(page.locator("#sweep-progress")).to_contain_text(re.compile(r"about .* left"))
+        screens.take("sweep-running")
+        halt.click()
+        status = page.locator("#sweep-status")
+        expect(status).to_contain_text("Stopped", timeout=120_000)
+        expect(run).to_be_enabled()
+        expect(halt).to_be_disabled()
+        assert int(bar.get_attribute("value")) < int(bar.get_attribute("max"))
+        screens.take("sweep-stopped")
+
+        # The weight analysis, in the same palette.
+        page.get_by_role("tab", name="Weights").click()
+        page.locator("#analyze").click()
+        expect(page.locator(".js-plotly-plot:visible")).to_have_count(4, timeout=120_000)
+        screens.take("weights")
         browser.close()
     assert screenshot.stat().st_size > 10_000
     assert not problems, "\n".join(problems)

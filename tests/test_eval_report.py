@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime
 
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 
 from spectrum.cli import main
-from spectrum.eval import store
-from spectrum.eval.results import improvements, phase_changes, summaries
+from spectrum.eval import figures, store
+from spectrum.eval.results import improvements, pareto_area, phase_changes, rank_methods, summaries
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -91,6 +92,45 @@ def test_report_is_self_contained_with_every_method(db, tmp_path):
     assert {"synthetic:L1", "synthetic:L2"} <= names  # Think#R per level
     # Both levels start thinking above λ=0.4: half-way between the 0.25 and 0.5 grid points.
     assert "synthetic:L2: linear Think#R crosses half-way at λ≈0.375" in page
+    assert "synthetic:L2: ties Think#R crosses half-way at λ≈0.375" in page
+    for method in ("linear", "ties"):  # per level, for every method in the DB
+        assert f"<h2>{method} by difficulty level</h2>" in page
+        assert f"{method}: accuracy vs Token#N per level" in page
+    # CI bands are fills only: no markers at their edges that look like another series.
+    bands = [t for fig in traces for t in fig if t.get("fill") == "toself"]
+    assert bands and all(t["mode"] == "lines" and t["line"]["width"] == 0 for t in bands)
+    # One colour per method in every figure.
+    for method in ("linear", "ties"):
+        colors = {
+            (t.get("line") or {}).get("color") or (t.get("marker") or {}).get("color")
+            for fig in traces
+            for t in fig
+            if t.get("name") == method
+        }
+        assert colors == {figures.color(method)}
+
+
+def test_report_is_readable_like_any_file_the_user_writes(db, tmp_path):
+    out = tmp_path / "report.html"
+    old = os.umask(0o022)
+    try:
+        assert main(["report", "--db", str(db), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_methods_rank_by_pareto_area(db):
+    con = store.connect(db, read_only=True)
+    table = summaries(con)
+    con.close()
+    # Same accuracy at every λ, but linear at λ=0.75 spends 30 tokens less.
+    assert rank_methods(table, "synthetic") == ["linear", "ties"]
+    one = pd.DataFrame({"tokens": [0.0], "mean": [1.0]})
+    assert pareto_area(one, 10.0) == 1.0  # perfect accuracy for nothing: the whole box
+    half = pd.DataFrame({"tokens": [5.0, 10.0], "mean": [0.5, 1.0]})
+    assert pareto_area(half, 10.0) == pytest.approx(0.25)
 
 
 def test_report_errors(tmp_path):

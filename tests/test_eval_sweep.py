@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import duckdb
@@ -16,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.eval.benchmarks import load_problems
-from spectrum.eval.sweep import SweepSpec, parse_lams, run_sweep
+from spectrum.eval.sweep import SweepProgress, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings, TransformersGenerator
 from spectrum.weights.checkpoint import open_checkpoint
 
@@ -102,6 +103,45 @@ def test_sweep_at_lam_one_is_the_thinking_model(tiny_pair, tmp_path):
     settings = DecodingSettings(max_new_tokens=10, do_sample=False)
     own = generator.generate([p.conversation() for p in problems], settings)
     assert stored == [(p.id, g.text) for p, g in zip(problems, own, strict=True)]
+
+
+def test_progress_reports_and_stop_between_batches_then_resume(tiny_pair, tmp_path):
+    """What the dashboard's progress bar and Stop button rely on: a report per stored batch,
+    and a stop that keeps every stored batch for the next run to skip."""
+    torch.set_num_threads(1)
+    spec = SweepSpec(
+        direct=str(tiny_pair["direct"]),
+        thinking=str(tiny_pair["thinking"]),
+        lams=(0.0, 1.0),
+        limit=2,
+        levels=(1, 2),
+        decoding=dict(max_new_tokens=6, do_sample=False),
+        batch_size=2,
+    )  # 2 λ × 4 problems = 8 samples in batches of 2
+    db = tmp_path / "stopped.duckdb"
+    reports: list[SweepProgress] = []
+    stop = threading.Event()
+
+    def report(progress: SweepProgress) -> None:
+        reports.append(progress)
+        if progress.done >= 4:
+            stop.set()  # as the Stop button does, from another thread, mid-sweep
+
+    # The per-configuration path, as the dashboard's own provider takes (a batched λ grid
+    # reports and stops between whole grids).
+    first = run_sweep(spec, db, progress=False, report=report, stop=stop, batch_lams=False)
+    assert (first.generated, first.skipped, first.stopped) == (4, 0, True)
+    assert [r.done for r in reports] == [0, 2, 4]
+    assert all(r.total == 8 and r.method == "linear" for r in reports)
+    assert reports[0].eta_s is None and reports[-1].eta_s is not None
+    assert [r.lam for r in reports] == [0.0, 0.0, 0.0]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 4
+
+    reports.clear()
+    again = run_sweep(spec, db, progress=False, report=reports.append, batch_lams=False)
+    assert (again.generated, again.skipped, again.stopped) == (4, 4, False)
+    assert [(r.done, r.lam) for r in reports] == [(0, 1.0), (2, 1.0), (4, 1.0)]
 
 
 def test_parse_lams():

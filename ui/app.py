@@ -26,6 +26,10 @@ THEME = gr.themes.Soft(
 CSS = """
 .gradio-container { max-width: 1280px !important; }
 #merge-status { align-self: center; }
+#sweep-progress progress { width: 100%; height: 1.1em; accent-color: #6366f1; }
+#sweep-progress .sweep-line, #sweep-progress .sweep-idle { color: var(--body-text-color-subdued); }
+#samples th, #samples th * { word-break: normal; overflow-wrap: normal; }
+#samples td, #samples td * { overflow-wrap: anywhere; white-space: pre-wrap; }
 """
 
 

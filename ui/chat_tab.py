@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,13 @@ from spectrum.dashboard import (
 from ui.common import friendly, gpu
 
 TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
+# KaTeX renders these in every column; display_text puts bare \boxed{…} inside $…$.
+LATEX_DELIMITERS = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "\\[", "right": "\\]", "display": True},
+]
 VOTE_BUTTONS = {
     "direct": "Direct",
     "merged": "Merged",
@@ -181,9 +189,10 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         chats = [
             gr.Chatbot(
                 label=TITLES[column],
-                height=330,
+                height=300,
                 min_width=200,
                 reasoning_tags=[("<think>", "</think>")],
+                latex_delimiters=LATEX_DELIMITERS,
                 feedback_options=None,
                 buttons=["copy_all"],
                 elem_id=f"chat-{column}",
@@ -199,7 +208,13 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
             scale=5,
             elem_id="prompt",
         )
-        send = gr.Button("Send", variant="primary", scale=1, min_width=100, elem_id="send")
+        send = gr.Button("Send", variant="primary", scale=1, min_width=90, elem_id="send")
+        stop = gr.Button(
+            "Stop", variant="stop", scale=1, min_width=90, interactive=False, elem_id="stop"
+        )
+    # The examples sit right under the prompt: at 1280×800 they show without scrolling.
+    prompts, labels = example_prompts()
+    gr.Examples(prompts, inputs=prompt, example_labels=labels, label="Synthetic benchmark examples")
     with gr.Row(equal_height=True):
         small = dict(size="sm", min_width=100)
         regenerate = gr.Button("Regenerate", **small)
@@ -209,8 +224,6 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
             choice: gr.Button(text, elem_id=f"vote-{choice}", **small)
             for choice, text in VOTE_BUTTONS.items()
         }
-    prompts, labels = example_prompts()
-    gr.Examples(prompts, inputs=prompt, example_labels=labels, label="Synthetic benchmark examples")
     with gr.Accordion("Decoding", open=False):
         with gr.Row():
             mode = gr.Radio(list(SAMPLING_MODES), value="per-model defaults", label="Sampling")
@@ -251,22 +264,59 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     def show_params(method: str):
         return [gr.Group(visible=name == method) for name in controls.groups]
 
+    # One stop event per page (session), made when Send is pressed: Stop sets it and all
+    # three streams end at their next token, freeing the live model at once.
+    stops: dict[str, threading.Event] = {}
+
+    def streaming(page: gr.Request):
+        stops[page.session_hash] = threading.Event()
+        return gr.Button(interactive=False), gr.Button(interactive=True)
+
+    def idle():
+        return gr.Button(interactive=True), gr.Button(interactive=False)
+
+    def stop_streams(page: gr.Request):
+        if page.session_hash in stops:
+            stops[page.session_hash].set()
+        return gr.Button(interactive=False)
+
     @gpu
     @friendly
-    def answer(prompt_text: str, turns: list[Turn], request: MergeSpec, *decoding_values):
-        settings = decoding(*decoding_values)
+    def answer(
+        prompt_text: str,
+        turns: list[Turn],
+        request: MergeSpec,
+        mode: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        page: gr.Request,  # Gradio passes it (a positional parameter, after the inputs)
+    ):
+        settings = decoding(mode, max_new_tokens, temperature, top_p, top_k)
+        halt = stops.get(page.session_hash)  # None when called through the API alone
         partial: Turn | None = None
-        for snapshot in dashboard.chat(turns, prompt_text, request, settings):
+        for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
             replies = {column: reply for column, reply in snapshot.items() if reply}
             partial = Turn(prompt_text, replies)
             yield *render([*turns, partial]), turns, gr.Textbox()
         turns = [*turns, partial]
         yield *render(turns), turns, ""
 
-    def regenerate_last(turns: list[Turn], request: MergeSpec, *decoding_values):
+    def regenerate_last(
+        turns: list[Turn],
+        request: MergeSpec,
+        mode: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        page: gr.Request,
+    ):
         if not turns:
             raise gr.Error("nothing to regenerate yet", print_exception=False)
-        yield from answer(turns[-1].prompt, turns[:-1], request, *decoding_values)
+        settings = (mode, max_new_tokens, temperature, top_p, top_k)
+        yield from answer(turns[-1].prompt, turns[:-1], request, *settings, page)
 
     @friendly
     def vote(choice: str, turns: list[Turn], voted: Turn | None, *decoding_values):
@@ -292,14 +342,18 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     )
     controls.apply.click(remerge, controls.inputs, remerge_outputs, **hidden)
     chat_inputs = [prompt, turns_state, request_state, *decoding_inputs]
-    send.click(answer, chat_inputs, chat_outputs, api_name="chat")
-    prompt.submit(answer, chat_inputs, chat_outputs, **hidden)
-    regenerate.click(
-        friendly(regenerate_last),
-        [turns_state, request_state, *decoding_inputs],
-        chat_outputs,
-        api_name="regenerate",
-    )
+    buttons = [send, stop]
+    # Send (or Enter, or Regenerate) greys Send and lights Stop, streams, then swaps back.
+    for trigger, handler, inputs, name in (
+        (send.click, answer, chat_inputs, "chat"),
+        (prompt.submit, answer, chat_inputs, None),
+        (regenerate.click, friendly(regenerate_last), chat_inputs[1:], "regenerate"),
+    ):
+        api = dict(api_name=name) if name else hidden
+        trigger(streaming, None, buttons, queue=False, **hidden).then(
+            handler, inputs, chat_outputs, **api
+        ).then(idle, None, buttons, queue=False, **hidden)
+    stop.click(stop_streams, None, stop, queue=False, api_name="stop")
     clear.click(lambda: (*render([]), [], ""), None, chat_outputs, queue=False, **hidden)
     for choice, button in votes.items():
         button.click(

@@ -1,4 +1,5 @@
-"""The Spectrum explorer tab: metrics vs λ, the Pareto plot, stored samples, votes."""
+"""The Spectrum explorer tab: metrics vs λ, the Pareto plot, accuracy vs tokens per level,
+stored samples, votes."""
 
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ class Explorer:
     outputs: list
 
 
+# Readable headers and widths: short flags stay narrow, the response gets the room.
+SAMPLE_HEADERS = {
+    "problem_id": "problem",
+    "sample_idx": "sample",
+    "correct": "correct",
+    "thinks": "thinks",
+    "n_tokens": "tokens",
+    "response": "response",
+}
+SAMPLE_WIDTHS = ["13%", "7%", "8%", "8%", "8%", "56%"]
+
+
 def shown_path(path) -> str:
     try:
         return str(path.relative_to(REPO))
@@ -36,15 +49,25 @@ def votes_frame(dashboard: Dashboard, db: str) -> pd.DataFrame:
         gr.Warning(str(error))
         counts = {}
     rows = [{"method": m, "λ": lam, **choices} for (m, lam), choices in sorted(counts.items())]
-    return pd.DataFrame(rows, columns=["method", "λ", *CHOICES])
+    frame = pd.DataFrame(rows, columns=["method", "λ", *CHOICES])
+    return frame.rename(columns=lambda name: name.replace("_", " "))
+
+
+def samples_frame(dashboard: Dashboard, db: str, bench: str, method: str, lam: float):
+    return dashboard.samples(db, bench, method, lam).rename(columns=SAMPLE_HEADERS)
 
 
 def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     with gr.Row(equal_height=True):
         db = gr.Textbox(shown_path(dashboard.db), label="Results database (DuckDB)", scale=3)
         benchmark = gr.Dropdown([], label="Benchmark", scale=1, allow_custom_value=True)
-        methods = gr.CheckboxGroup([], label="Methods", scale=3)
         load = gr.Button("Load", variant="primary", scale=0, min_width=100, elem_id="explore")
+    methods = gr.CheckboxGroup(
+        [],
+        label="Methods",
+        info="Opens on linear and the two best by Pareto area; tick more to compare.",
+        elem_id="explorer-methods",
+    )
     with gr.Row():
         pareto = gr.Plot(
             label="Accuracy vs tokens (stars: parents, rings: Pareto improvements)",
@@ -54,11 +77,21 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     with gr.Row():
         tokens = gr.Plot(label="Token#N vs λ", show_label=False)
         think = gr.Plot(label="Think#R vs λ", show_label=False)
+    gr.Markdown("### Accuracy vs tokens per difficulty level")
+    with gr.Row():
+        level_method = gr.Dropdown([], label="Method", allow_custom_value=True, scale=1)
+        by_level = gr.Plot(label="Accuracy vs tokens per level", show_label=False, scale=3)
     gr.Markdown("### Stored responses of one configuration")
     with gr.Row(equal_height=True):
         sample_method = gr.Dropdown([], label="Method", allow_custom_value=True)
         sample_lam = gr.Dropdown([], label="λ", allow_custom_value=True)
-    samples = gr.Dataframe(wrap=True, max_height=320, label="Samples")
+    samples = gr.Dataframe(
+        wrap=True,
+        max_height=420,
+        column_widths=SAMPLE_WIDTHS,
+        label="Samples",
+        elem_id="samples",
+    )
     with gr.Accordion("Human-preference votes from the chat tab", open=False):
         votes = gr.Dataframe(label="Votes per merge")
 
@@ -68,7 +101,8 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         bench = chosen_benchmark if chosen_benchmark in results.benchmarks else None
         bench = bench or results.benchmarks[0]
         available = results.methods(bench)
-        picked = [m for m in chosen_methods or [] if m in available] or available
+        picked = [m for m in chosen_methods or [] if m in available]
+        picked = picked or results.default_methods(bench)
         plots = results.figures(bench, picked)
         lams = results.lams(bench, picked[0])
         return (
@@ -80,24 +114,37 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             plots["think"],
             gr.Dropdown(choices=picked, value=picked[0]),
             gr.Dropdown(choices=lams, value=lams[-1]),
-            dashboard.samples(db_text, bench, picked[0], lams[-1]),
+            samples_frame(dashboard, db_text, bench, picked[0], lams[-1]),
             votes_frame(dashboard, db_text),
+            gr.Dropdown(choices=available, value=picked[0]),
+            level_plot(results, bench, picked[0]),
         )
+
+    def level_plot(results, bench: str, method: str):
+        try:
+            return results.level_figure(bench, method)
+        except UserError:  # a benchmark without levels: nothing to draw, not an error
+            return None
+
+    @friendly
+    def show_levels(db_text: str, bench: str, method: str):
+        return level_plot(dashboard.results(db_text), bench, method)
 
     @friendly
     def show_samples(db_text: str, bench: str, method: str, lam: float | None):
         lams = dashboard.results(db_text).lams(bench, method)
         lam = lam if lam in lams else (lams[-1] if lams else None)
-        frame = dashboard.samples(db_text, bench, method, lam) if lam is not None else None
+        frame = samples_frame(dashboard, db_text, bench, method, lam) if lam is not None else None
         return gr.Dropdown(choices=lams, value=lam), frame
 
     inputs = [db, benchmark, methods]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
-    outputs += [sample_method, sample_lam, samples, votes]
+    outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):
         trigger(show_samples, [db, benchmark, sample_method, sample_lam], [sample_lam, samples])
+    level_method.input(show_levels, [db, benchmark, level_method], by_level, **hidden)
     benchmark.input(refresh, inputs, outputs, **hidden)
     methods.input(refresh, inputs, outputs, **hidden)
     return Explorer(db, refresh, inputs, outputs)

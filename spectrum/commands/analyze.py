@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from spectrum.eval import store
-from spectrum.eval.analysis import analyze, store_analysis
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("analyze", help="weight analysis of a direct/thinking pair")
@@ -18,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.eval import store
+    from spectrum.eval.analysis import analyze, store_analysis
+
     result = analyze(args.direct, args.thinking, progress=not args.no_progress)
     stats = result.stats
     overall = stats[stats["scope"] == "overall"].iloc[0]

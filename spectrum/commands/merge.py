@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import logging
 import sys
+from typing import TYPE_CHECKING
 
 from spectrum.errors import UserError
-from spectrum.merge import MergeConfig, merge_checkpoints
-from spectrum.merge.spec import parse_lam_text
+
+if TYPE_CHECKING:
+    from spectrum.merge import MergeConfig
 
 # Flags whose values map one to one onto MergeConfig keys (None = not given on the CLI).
 _KEYS = (
@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> MergeConfig:
+    from spectrum.merge import MergeConfig
+    from spectrum.merge.spec import parse_lam_text
+
     data = MergeConfig.from_file(args.config).to_dict() if args.config else {}
     data.update(
         {key: getattr(args, key) for key in _KEYS + _SWITCHES if getattr(args, key) is not None}
@@ -87,6 +90,8 @@ def _return_freed_tensors_to_os() -> None:
     faults (the kernel zeroes each new mapping) but keeps the peak at a few tensors.
     Process-wide, hence here in the command and not in the library. No-op off glibc.
     """
+    import ctypes
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
@@ -98,6 +103,10 @@ def _return_freed_tensors_to_os() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from spectrum.merge import merge_checkpoints
+
     logging.basicConfig(format="spectrum merge: warning: %(message)s", stream=sys.stderr)
     _return_freed_tensors_to_os()
     config = config_from_args(args)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from spectrum.methods import REGISTRY
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("methods", help="list merge methods and their parameters")
@@ -13,6 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.methods import REGISTRY
+
     for method in REGISTRY.values():
         base = "  (needs --base)" if method.needs_base else ""
         print(f"{method.name}: {method.summary}{base}")

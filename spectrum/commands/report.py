@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from spectrum.eval.report import build_report
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write an HTML report of a results DB")
@@ -15,5 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.eval.report import build_report
+
     print(f"wrote {build_report(args.db, args.out)}")
     return 0

@@ -8,8 +8,6 @@ from functools import partial
 
 from spectrum.commands.sweep import add_eval_args, add_model_args, spec_from_args
 from spectrum.errors import UserError
-from spectrum.eval.search import find_budget, find_phase
-from spectrum.eval.sweep import Sweeper, default_provider
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.eval.search import find_budget, find_phase
+    from spectrum.eval.sweep import Sweeper, default_provider
+
     if args.target == "budget" and args.max_tokens is None:
         raise UserError("--target budget needs --max-tokens N")
     try:

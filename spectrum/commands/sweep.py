@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-
-import yaml
+from typing import TYPE_CHECKING
 
 from spectrum.errors import UserError
-from spectrum.eval.sweep import SweepSpec, parse_lams, run_sweep
+
+if TYPE_CHECKING:
+    from spectrum.eval.sweep import SweepSpec
 
 
 def _key_values(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -99,6 +100,10 @@ def spec_from_args(
     lams,
     module_lams: dict[str, tuple[float, ...]] | None = None,
 ) -> SweepSpec:
+    import yaml
+
+    from spectrum.eval.sweep import SweepSpec
+
     if args.k < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--k, --batch-size and --limit must be at least 1")
     params: dict[str, dict] = {}
@@ -145,6 +150,8 @@ def spec_from_args(
 
 def baseline_args(args: argparse.Namespace) -> dict:
     """The baseline fields of a SweepSpec from the flags (none given: no baselines)."""
+    from spectrum.eval.sweep import parse_lams
+
     try:
         budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else ()
     except ValueError:
@@ -161,6 +168,8 @@ def baseline_args(args: argparse.Namespace) -> dict:
 def split_lam_grid(text: str) -> tuple[str, dict[str, tuple[float, ...]]]:
     """``0:1:0.5,attn=0:1:0.25,mlp=0|0.5`` → the plain λ grid and each module kind's grid
     (a kind's values: start:stop:step, or a list separated by ``|``)."""
+    from spectrum.eval.sweep import parse_lams
+
     items = text.split(",")
     plain = ",".join(item for item in items if "=" not in item) or "0.5"
     grids = {}
@@ -196,6 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.eval.sweep import parse_lams, run_sweep
+
     plain, module_lams = split_lam_grid(args.lam)
     spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(plain), module_lams)
     command = shlex.join(["spectrum", *sys.argv[1:]])

@@ -6,12 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from spectrum.errors import UserError
 from spectrum.eval.benchmarks import synthetic as task
-from spectrum.toy import cards, measure
-from spectrum.toy.train import PAIR_MODELS, Recipe, train_pair
 
 DEFAULT_LAMS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
@@ -38,8 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--thinking-checks",
         type=parse_checks,
         help="re-checks in the thinking stage's traces: N, or MIN-MAX drawn per batch; 2 is "
-        "the recipe before issue #16 "
-        f"(default {cards.checks_label(Recipe().verbose_checks)})",
+        "the recipe before issue #16 (default: the recipe's range, which the cards name)",
     )
     train.set_defaults(func=run_train)
 
@@ -77,6 +72,10 @@ def parse_checks(text: str) -> tuple[int, int]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from spectrum.toy.train import Recipe, train_pair
+
     recipe = replace(Recipe.tiny() if args.tiny else Recipe(), base_max_checks=args.base_max_checks)
     if args.thinking_checks:
         recipe = replace(recipe, verbose_checks=args.thinking_checks)
@@ -89,6 +88,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    from spectrum.toy import cards, measure
+    from spectrum.toy.train import PAIR_MODELS
+
     lams = parse_floats(args.lams, "--lams")
     levels = [int(level) for level in parse_floats(args.levels, "--levels")]
     for level in levels:

@@ -14,6 +14,7 @@ from spectrum.dashboard.service import (
     example_prompts,
 )
 from spectrum.dashboard.votes import CHOICES, COLUMNS
+from spectrum.eval.sweep import SweepProgress, SweepResult
 from spectrum.generate.chat import display_text
 from spectrum.merge.scope import MODULE_KINDS
 from spectrum.merge.spec import MergeSpec
@@ -32,6 +33,8 @@ __all__ = [
     "MergeSpec",
     "Param",
     "Reply",
+    "SweepProgress",
+    "SweepResult",
     "Turn",
     "decoding_for",
     "display_text",

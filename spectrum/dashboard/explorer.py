@@ -19,9 +19,10 @@ import plotly.graph_objects as go
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
 from spectrum.eval.analysis import WeightAnalysis, analyze
-from spectrum.eval.results import improvements, summaries
+from spectrum.eval.results import improvements, rank_methods, summaries
 
 EXPLORER_METRICS = ("mean", "tokens", "think")
+DEFAULT_METHODS = 3  # what the explorer opens on: more curves than this are a tangle
 SAMPLE_COLUMNS = ("problem_id", "sample_idx", "correct", "thinks", "n_tokens", "response")
 
 
@@ -32,6 +33,7 @@ class Results:
     db: Path
     table: pd.DataFrame
     better: pd.DataFrame
+    versions: tuple = ()  # the file's (mtime, size): keys the per-level summaries' cache
 
     @property
     def benchmarks(self) -> list[str]:
@@ -39,6 +41,13 @@ class Results:
 
     def methods(self, benchmark: str) -> list[str]:
         return sorted(self.table.loc[self.table["benchmark"] == benchmark, "method"].unique())
+
+    def default_methods(self, benchmark: str) -> list[str]:
+        """A readable first view: linear (the reference every paper draws) and the best
+        others by Pareto area, ``DEFAULT_METHODS`` in all."""
+        ranked = rank_methods(self.table, benchmark)
+        first = ["linear"] if "linear" in ranked else []
+        return sorted(first + [m for m in ranked if m not in first][: DEFAULT_METHODS - len(first)])
 
     def lams(self, benchmark: str, method: str) -> list[float]:
         rows = self.table[(self.table["benchmark"] == benchmark) & (self.table["method"] == method)]
@@ -58,6 +67,16 @@ class Results:
         for metric in EXPLORER_METRICS:
             plots[metric] = figures.metric_vs_lam(chosen, benchmark, metric)
         return plots
+
+    def level_figure(self, benchmark: str, method: str) -> go.Figure:
+        """Accuracy vs Token#N of ``method``, one curve over λ per difficulty level."""
+        if method not in self.methods(benchmark):
+            raise UserError(f"{self.db.name} has no {method} results on {benchmark}")
+        levels = _level_summaries(self.db, self.versions, method)
+        levels = levels[levels["benchmark"].str.startswith(f"{benchmark}:L")]
+        if levels.empty:
+            raise UserError(f"{benchmark} has no difficulty levels to plot")
+        return figures.accuracy_vs_tokens_by_level(levels, method)
 
 
 def _connect(db: Path) -> duckdb.DuckDBPyConnection:
@@ -82,6 +101,16 @@ def load_results(db: str | Path) -> Results:
     return _load_results(db.resolve(), versions)
 
 
+@lru_cache(maxsize=32)
+def _level_summaries(db: Path, versions: tuple, method: str) -> pd.DataFrame:
+    """Per-level summaries of one method (only when the page asks: the bootstrap is slow)."""
+    con = _connect(db)
+    try:
+        return summaries(con, by_level=True, methods=[method])
+    finally:
+        con.close()
+
+
 @lru_cache(maxsize=8)
 def _load_results(db: Path, versions: tuple) -> Results:
     con = _connect(db)
@@ -93,7 +122,7 @@ def _load_results(db: Path, versions: tuple) -> Results:
         con.close()
     if table.empty:
         raise UserError(f"{db} has no samples yet; run a sweep first")
-    return Results(db, table, improvements(table))
+    return Results(db, table, improvements(table), versions)
 
 
 def sample_responses(

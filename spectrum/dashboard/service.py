@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +30,7 @@ from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.eval.benchmarks import BENCHMARKS
 from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
-from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
+from spectrum.eval.sweep import SweepProgress, SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import ChatUpdate, prompt_ids, stream_columns, stream_reply
 from spectrum.live import LiveMerger, LoadedMerge
@@ -306,8 +306,13 @@ class Dashboard:
         prompt: str,
         spec: MergeSpec,
         decoding: Mapping[str, DecodingSettings],
+        stop: threading.Event | None = None,
     ) -> Iterator[dict[str, Reply | None]]:
-        """Answer ``prompt`` in all three columns at once, yielding replies as they grow."""
+        """Answer ``prompt`` in all three columns at once, yielding replies as they grow.
+
+        Setting ``stop`` ends all three at their next token: the answers so far are the
+        last snapshot, and the merged column's hold on the live model ends with them.
+        """
         if not prompt.strip():
             raise UserError("type a prompt first")
         spec = self.check(spec)
@@ -368,7 +373,8 @@ class Dashboard:
                     yield Reply(update, merge)
 
         yield from stream_columns(
-            {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")}
+            {"direct": parent("direct"), "merged": merged, "thinking": parent("thinking")},
+            stop=stop,
         )
 
     def check_request(
@@ -450,11 +456,15 @@ class Dashboard:
         limit: int,
         k: int = 1,
         max_new_tokens: int = 256,
+        report: Callable[[SweepProgress], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> SweepResult:
         """Evaluate ``methods`` × ``lams`` on the loaded pair into the results DB ``db``.
 
         It re-merges the shared live model, so chats in flight keep their truthful labels
-        but a page's next merged answer re-applies that page's own merge first.
+        but a page's next merged answer re-applies that page's own merge first. ``report``
+        hears of every stored batch; setting ``stop`` ends the sweep after the batch in
+        flight, keeping what was stored (the next call resumes there).
         """
         path = self.folders.resolve(db, "results database")
         if not methods:
@@ -476,5 +486,11 @@ class Dashboard:
             allow_pickle=self.allow_pickle,
         )
         return run_sweep(
-            spec, path, provider_factory=lambda _: self.merger, command="spectrum app (sweep tab)"
+            spec,
+            path,
+            provider_factory=lambda _: self.merger,
+            command="spectrum app (sweep tab)",
+            progress=False,  # the page draws its own bar from ``report``
+            report=report,
+            stop=stop,
         )

@@ -7,10 +7,11 @@ the weight tables (``spectrum.eval.analysis``), so any caller with a DB can draw
 from __future__ import annotations
 
 import json
+import zlib
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+from plotly.colors import qualitative, sample_colorscale
 
 from spectrum.eval.results import BASELINES, parents, plain_merges
 
@@ -22,37 +23,102 @@ METRIC_TITLES = {
     "pass": "Pass@k",
     "truncated": "truncation rate",
 }
+LAM_AXIS = "λ (0 = direct, 1 = thinking)"
+
+# One colour per method, the same in every plot of the explorer, the report and the
+# Weights tab. The registered methods get fixed, well-separated colours (in the order
+# `spectrum methods` lists them; no grey: grey and black are the parents'); any other
+# name a stable one of Dark24's.
+_METHOD_COLORS = dict(
+    zip(
+        (
+            "linear", "slerp", "task_arithmetic", "dare", "ties", "emr", "twin", "lore",
+            "topk_replace", "topk_diff_avg", "avg_topk_override",
+        ),
+        [c for c in qualitative.D3 if c != "#7F7F7F"] + ["#1B9E77", "#A6761D"],
+        strict=True,
+    )
+)  # fmt: skip
+# The parents and Δ (thinking − direct) are not methods but appear beside them.
+_ROLE_COLORS = {"direct": "#5b6470", "thinking": "#111111", "delta": "#6a3d9a"}
+# Methods that give the same model (every interpolation at λ = 0 and 1, or linear and
+# slerp on near-collinear weights) draw the same curve: dashes and open markers keep the
+# one underneath visible.
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+_SYMBOLS = ("circle", "square-open", "diamond-open", "triangle-up-open", "x-thin-open")
+PARENT_MARKERS = {
+    "direct": dict(symbol="diamond", size=15, color=_ROLE_COLORS["direct"]),
+    "thinking": dict(symbol="star", size=17, color=_ROLE_COLORS["thinking"]),
+}
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
 
 
-def _color(i: int) -> str:
-    return qualitative.Plotly[i % len(qualitative.Plotly)]
+def color(name: str) -> str:
+    """The colour of a method (or of "direct", "thinking", "delta") in every figure."""
+    if name in _METHOD_COLORS:
+        return _METHOD_COLORS[name]
+    if name in _ROLE_COLORS:
+        return _ROLE_COLORS[name]
+    return qualitative.Dark24[zlib.crc32(name.encode()) % len(qualitative.Dark24)]
 
 
-def _band_color(color: str) -> str:
-    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({red},{green},{blue},0.18)"
+def line_style(i: int) -> dict:
+    """Dash and marker of the ``i``-th curve of a plot, so coinciding curves stay apart."""
+    return dict(dash=_DASHES[i % len(_DASHES)], symbol=_SYMBOLS[i % len(_SYMBOLS)])
+
+
+def method_style(name: str) -> dict:
+    """A method's colour, dash and marker: the same wherever it is drawn."""
+    order = list(_METHOD_COLORS)
+    i = order.index(name) if name in order else zlib.crc32(name.encode())
+    return dict(color=color(name), **line_style(i))
+
+
+def _band_color(hex_color: str) -> str:
+    red, green, blue = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},0.15)"
+
+
+def _layout(figure: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
+    """The shared look: white template, a compact title, the legend in rows below."""
+    figure.update_layout(
+        title=dict(text=title, font=dict(size=15)),
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        legend=LEGEND_BELOW,
+        margin=dict(l=60, r=20, t=50, b=40),
+        **extra,
+    )
+    return figure
+
+
+def _band(x: list, low: list, high: list, hex_color: str, group: str) -> go.Scatter:
+    """A CI band as a fill only: no line and no markers at its edges."""
+    return go.Scatter(
+        x=x + x[::-1],
+        y=high + low[::-1],
+        mode="lines",
+        fill="toself",
+        fillcolor=_band_color(hex_color),
+        line=dict(width=0),
+        hoverinfo="skip",
+        showlegend=False,
+        legendgroup=group,
+        name=f"{group} 90% CI",
+    )
 
 
 def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> go.Figure:
     """``metric`` against λ, one line per method, its 90 % CI as a shaded band."""
     figure = go.Figure()
     rows = plain_merges(table[table["benchmark"] == benchmark])
-    for i, (method, group) in enumerate(rows.groupby("method", sort=True)):
+    for method, group in rows.groupby("method", sort=True):
         group = group.sort_values("lam")
-        color = _color(i)
-        figure.add_trace(
-            go.Scatter(
-                x=list(group["lam"]) + list(group["lam"])[::-1],
-                y=list(group[f"{metric}_high"]) + list(group[f"{metric}_low"])[::-1],
-                fill="toself",
-                fillcolor=_band_color(color),
-                line=dict(width=0),
-                hoverinfo="skip",
-                showlegend=False,
-                legendgroup=method,
-                name=f"{method} 90% CI",
-            )
-        )
+        style = method_style(method)
+        lams, hue = list(group["lam"]), style["color"]
+        low, high = list(group[f"{metric}_low"]), list(group[f"{metric}_high"])
+        figure.add_trace(_band(lams, low, high, hue, method))
         figure.add_trace(
             go.Scatter(
                 x=group["lam"],
@@ -60,64 +126,92 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
                 mode="lines+markers",
                 name=method,
                 legendgroup=method,
-                line=dict(color=color),
+                line=dict(color=hue, dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=8),
             )
         )
-    figure.update_layout(
-        title=f"{benchmark}: {METRIC_TITLES.get(metric, metric)} vs λ",
-        xaxis_title="λ (0 = direct, 1 = thinking)",
-        yaxis_title=METRIC_TITLES.get(metric, metric),
-        template="plotly_white",
-    )
-    return figure
+    title = f"{benchmark}: {METRIC_TITLES.get(metric, metric)} vs λ"
+    return _layout(figure, title, LAM_AXIS, METRIC_TITLES.get(metric, metric))
+
+
+def _levels_of(levels: pd.DataFrame, method: str):
+    """(level name, rows by λ) of one method's plain merges in ``summaries(by_level=True)``
+    rows, whose benchmark names end in ``:L<level>``."""
+    rows = plain_merges(levels)
+    rows = rows[(rows["method"] == method) & rows["benchmark"].str.contains(":L")]
+    order = sorted(rows["benchmark"].unique(), key=lambda b: int(b.rsplit(":L", 1)[1]))
+    return [(bench, rows[rows["benchmark"] == bench].sort_values("lam")) for bench in order]
+
+
+def _level_color(i: int, count: int) -> str:
+    # Levels are ordered (harder and harder): a sequential scale says so at a glance.
+    return sample_colorscale("Viridis", [0.9 * i / max(count - 1, 1)])[0]
 
 
 def metric_by_level(levels: pd.DataFrame, method: str, metric: str = "think") -> go.Figure:
-    """``metric`` vs λ of one method, a line per difficulty level (``summaries(by_level=True)``
-    rows, whose benchmark names end in ``:L<level>``)."""
+    """``metric`` vs λ of one method, a line per difficulty level."""
     figure = go.Figure()
-    rows = levels[(levels["method"] == method) & levels["benchmark"].str.contains(":L")]
-    for i, (bench, group) in enumerate(rows.groupby("benchmark", sort=True)):
-        group = group.sort_values("lam")
+    found = _levels_of(levels, method)
+    for i, (bench, group) in enumerate(found):
+        style = line_style(i)
         figure.add_trace(
             go.Scatter(
                 x=group["lam"],
                 y=group[metric],
                 mode="lines+markers",
                 name=bench,
-                line=dict(color=_color(i)),
+                line=dict(color=_level_color(i, len(found)), dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=8),
             )
         )
-    figure.update_layout(
-        title=f"{method}: {METRIC_TITLES.get(metric, metric)} vs λ per level",
-        xaxis_title="λ (0 = direct, 1 = thinking)",
-        yaxis_title=METRIC_TITLES.get(metric, metric),
-        template="plotly_white",
-    )
-    return figure
+    title = f"{method}: {METRIC_TITLES.get(metric, metric)} vs λ per level"
+    return _layout(figure, title, LAM_AXIS, METRIC_TITLES.get(metric, metric))
+
+
+def accuracy_vs_tokens_by_level(levels: pd.DataFrame, method: str) -> go.Figure:
+    """Accuracy vs Token#N of one method, a curve over λ per difficulty level."""
+    figure = go.Figure()
+    found = _levels_of(levels, method)
+    for i, (bench, group) in enumerate(found):
+        style = line_style(i)
+        figure.add_trace(
+            go.Scatter(
+                x=group["tokens"],
+                y=group["mean"],
+                mode="lines+markers",
+                name=bench,
+                text=[f"λ={lam:g}" for lam in group["lam"]],
+                line=dict(color=_level_color(i, len(found)), dash=style["dash"], width=1.5),
+                marker=dict(symbol=style["symbol"], size=8),
+            )
+        )
+    title = f"{method}: accuracy vs Token#N per level (λ along each curve)"
+    return _layout(figure, title, "Token#N", METRIC_TITLES["mean"])
 
 
 def accuracy_vs_tokens(
     table: pd.DataFrame, benchmark: str, improvements: pd.DataFrame | None = None
 ) -> go.Figure:
-    """Accuracy vs Token#N for every configuration; parents as stars, merges that
-    Pareto-improve on a parent ringed."""
+    """Accuracy vs Token#N for every configuration; the two parents as their own labelled
+    markers, merges that Pareto-improve on a parent ringed."""
     figure = go.Figure()
     rows = table[table["benchmark"] == benchmark]
     if "module_lams" in rows:
         rows = rows[rows["module_lams"].isna()]  # λ-per-module grids have their heatmap
-    for i, (method, group) in enumerate(rows.groupby("method", sort=True)):
+    for method, group in rows.groupby("method", sort=True):
         # A baseline's points differ by budget, not λ: its curve runs along the tokens.
         baseline = method in BASELINES
         group = group.sort_values(["lam", "tokens"])
+        style = method_style(method)
+        hue = style["color"]
         figure.add_trace(
             go.Scatter(
                 x=group["tokens"],
                 y=group["mean"],
                 mode="markers+lines",
                 name=f"{method} (baseline)" if baseline else method,
-                marker=dict(color=_color(i), symbol="diamond" if baseline else "circle"),
-                line=dict(width=1, dash="dash" if baseline else "dot"),
+                marker=dict(color=hue, symbol=style["symbol"], size=8),
+                line=dict(width=1, dash="dash" if baseline else "dot", color=hue),
                 text=[_point_label(row) for _, row in group.iterrows()],
                 error_y=dict(
                     type="data",
@@ -125,6 +219,7 @@ def accuracy_vs_tokens(
                     array=group["mean_high"] - group["mean"],
                     arrayminus=group["mean"] - group["mean_low"],
                     thickness=1,
+                    width=0,
                 ),
             )
         )
@@ -134,9 +229,10 @@ def accuracy_vs_tokens(
                 x=[parent["tokens"]],
                 y=[parent["mean"]],
                 mode="markers+text",
-                marker=dict(symbol="star", size=16, color="black"),
-                text=[role],
-                textposition="top center",
+                marker=PARENT_MARKERS[role],
+                text=[f"{role} (λ={parent['lam']:g})"],
+                # Parents sit at the plot's edges (fewest and most tokens): label inwards.
+                textposition="top left" if role == "thinking" else "top right",
                 name=f"{role} parent",
             )
         )
@@ -155,13 +251,7 @@ def accuracy_vs_tokens(
                 name="Pareto improvement on a parent",
             )
         )
-    figure.update_layout(
-        title=f"{benchmark}: accuracy vs Token#N",
-        xaxis_title="Token#N",
-        yaxis_title="accuracy (Mean@k)",
-        template="plotly_white",
-    )
-    return figure
+    return _layout(figure, f"{benchmark}: accuracy vs Token#N", "Token#N", METRIC_TITLES["mean"])
 
 
 def _point_label(row: pd.Series) -> str:
@@ -174,53 +264,42 @@ def relative_distance(stats: pd.DataFrame, scope: str = "layer") -> go.Figure:
     """‖Δ‖/‖θ_D‖ per layer (or per module), in percent, with the overall value as a line."""
     rows = stats[stats["scope"] == scope].sort_values("key")
     overall = stats[stats["scope"] == "overall"]["rel_distance"].iloc[0]
-    figure = go.Figure(go.Bar(x=rows["key"], y=100 * rows["rel_distance"], name=scope))
+    figure = go.Figure(
+        go.Bar(x=rows["key"], y=100 * rows["rel_distance"], name=scope, marker_color=color("delta"))
+    )
     figure.add_hline(
         y=100 * overall, line_dash="dash", annotation_text=f"overall {100 * overall:.3f} %"
     )
-    figure.update_layout(
-        title=f"relative distance ‖Δ‖/‖θ_D‖ per {scope}",
-        xaxis_title=scope,
-        yaxis_title="%",
-        template="plotly_white",
-    )
-    return figure
+    return _layout(figure, f"relative distance ‖Δ‖/‖θ_D‖ per {scope}", scope, "%")
 
 
 def delta_histogram(hist: pd.DataFrame) -> go.Figure:
     centers = (hist["bin_left"] + hist["bin_right"]) / 2
-    figure = go.Figure(go.Bar(x=centers, y=hist["count"], name="Δ"))
-    figure.update_layout(
-        title="distribution of Δ = θ_T − θ_D (edge bins hold everything beyond ±6 RMS)",
-        xaxis_title="Δ",
-        yaxis_title="count",
-        yaxis_type="log",
-        bargap=0,
-        template="plotly_white",
-    )
-    return figure
+    figure = go.Figure(go.Bar(x=centers, y=hist["count"], name="Δ", marker_color=color("delta")))
+    title = "distribution of Δ = θ_T − θ_D (edge bins hold everything beyond ±6 RMS)"
+    return _layout(figure, title, "Δ", "count", yaxis_type="log", bargap=0)
 
 
 def delta_energy(energy: pd.DataFrame) -> go.Figure:
     """Share of ‖Δ‖² held by the top fraction of positions, against the Gaussian reference."""
     figure = go.Figure(
         [
-            go.Scatter(x=energy["fraction"], y=energy["share"], name="Δ of this pair"),
+            go.Scatter(
+                x=energy["fraction"],
+                y=energy["share"],
+                name="Δ of this pair",
+                line=dict(color=color("delta")),
+            ),
             go.Scatter(
                 x=energy["fraction"],
                 y=energy["reference"],
                 name="difference of two i.i.d. Gaussians",
-                line=dict(dash="dash"),
+                line=dict(dash="dash", color=color("direct")),
             ),
         ]
     )
-    figure.update_layout(
-        title="cumulative share of Σ Δ² (positions sorted by |Δ|, largest first)",
-        xaxis_title="fraction of positions",
-        yaxis_title="share of Σ Δ²",
-        template="plotly_white",
-    )
-    return figure
+    title = "cumulative share of Σ Δ² (positions sorted by |Δ|, largest first)"
+    return _layout(figure, title, "fraction of positions", "share of Σ Δ²")
 
 
 def module_lam_grid(table: pd.DataFrame, benchmark: str, method: str) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import string
 import threading
 from dataclasses import dataclass
 
-from spectrum.generate.batch import THINK_END
+from spectrum.generate.tags import THINK_END
 
 GRADERS = ("exact", "math", "choice")
 MATH_TIMEOUT_S = 10.0

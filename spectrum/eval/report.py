@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +16,7 @@ from spectrum.eval.results import (
     merges_vs_baselines,
     parents,
     phase_changes,
+    plain_merges,
     stages,
     summaries,
 )
@@ -114,6 +114,38 @@ def _weight_figures(con) -> list:
     ]
 
 
+def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFrame) -> list:
+    """(heading, figures) of the report: every method together per benchmark, then each
+    method by difficulty level, then the weights."""
+    sections = []
+    for bench in sorted(table["benchmark"].unique()):
+        figs = [figures.metric_vs_lam(table, bench, m) for m in ("mean", "tokens", "think")]
+        figs.append(figures.accuracy_vs_tokens(table, bench, better))
+        for method in sorted(set(table["method"])):
+            heatmaps = [figures.module_heatmap(table, bench, method, m) for m in HEATMAPS]
+            figs += [figure for figure in heatmaps if figure is not None]
+        sections.append((bench, figs))
+    for method in sorted(plain_merges(levels)["method"].unique()):
+        figs = [figures.metric_by_level(levels, method, m) for m in ("think", "mean")]
+        figs.append(figures.accuracy_vs_tokens_by_level(levels, method))
+        sections.append((f"{method} by difficulty level", figs))
+    weights = _weight_figures(con)
+    if weights:
+        sections.append(("weights: Δ = θ_thinking − θ_direct", weights))
+    return sections
+
+
+def _write_readable(out: Path, text: str) -> None:
+    """Write ``text`` to ``out`` atomically, with a normal file's mode (0666 less umask;
+    ``mkstemp`` would make it 0600, unreadable to a web server or a colleague)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(tmp, out)
+
+
 def build_report(db: str | Path, out: str | Path) -> Path:
     db, out = Path(db), Path(out)
     if not db.is_file():
@@ -126,18 +158,8 @@ def build_report(db: str | Path, out: str | Path) -> Path:
         better, phases = improvements(table), phase_changes(table)
         levels = summaries(con, by_level=True)
         levels = levels[levels["benchmark"].str.contains(":L")]
-        figs = []
-        for bench in sorted(table["benchmark"].unique()):
-            figs += [figures.metric_vs_lam(table, bench, m) for m in ("mean", "tokens", "think")]
-            figs.append(figures.accuracy_vs_tokens(table, bench, better))
-            for method in sorted(set(table["method"])):
-                heatmaps = [figures.module_heatmap(table, bench, method, m) for m in HEATMAPS]
-                figs += [figure for figure in heatmaps if figure is not None]
-        if not levels.empty:
-            method = "linear" if "linear" in set(levels["method"]) else levels["method"].iloc[0]
-            figs += [figures.metric_by_level(levels, method, m) for m in ("think", "mean")]
-            phases = pd.concat([phases, phase_changes(levels[levels["method"] == method])])
-        figs += _weight_figures(con)
+        phases = pd.concat([phases, phase_changes(levels)])
+        sections = _sections(con, table, better, levels)
     finally:
         con.close()
     body = [
@@ -146,14 +168,13 @@ def build_report(db: str | Path, out: str | Path) -> Path:
         html.escape("\n".join(summary_lines(table, better, phases) + stage_lines(stages(levels)))),
         "</pre>",
     ]
-    # The first figure carries plotly.js inline, so the file opens offline.
-    for i, fig in enumerate(figs):
-        body.append(pio.to_html(fig, full_html=False, include_plotlyjs=i == 0))
+    first = True  # the first figure carries plotly.js inline, so the file opens offline
+    for heading, figs in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        for fig in figs:
+            body.append(pio.to_html(fig, full_html=False, include_plotlyjs=first))
+            first = False
     page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
     page += "</title></head><body>" + "\n".join(body) + "</body></html>"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(page)
-    os.replace(tmp, out)
+    _write_readable(out, page)
     return out

@@ -5,6 +5,8 @@ The report, ``spectrum search`` and the dashboard all read results through here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import duckdb
 import pandas as pd
 
@@ -29,12 +31,17 @@ def point(con: duckdb.DuckDBPyConnection, config_id: str, benchmark: str) -> Poi
 
 
 def summaries(
-    con: duckdb.DuckDBPyConnection, *, by_level: bool = False, seed: int = 0
+    con: duckdb.DuckDBPyConnection,
+    *,
+    by_level: bool = False,
+    methods: Sequence[str] | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per (benchmark, configuration): every metric with its 90 % CI over problems.
 
     ``by_level``: problems with a difficulty level count as their own benchmark
     ``<benchmark>:L<level>`` (e.g. ``synthetic:L3``), so harder levels can be compared.
+    ``methods``: only these methods' configurations (the bootstrap is the slow part).
 
     Columns: benchmark, config_id, method, lam, params, module_lams (JSON or None),
     n_problems, k, and for each metric
@@ -43,9 +50,12 @@ def summaries(
     columns = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
     # Databases written before schema 2 have no module_lams column: every row is plain.
     module_lams = "module_lams" if "module_lams" in columns else "NULL AS module_lams"
+    where = "" if methods is None else "WHERE list_contains(?, method) "
     samples = con.execute(
         f"SELECT benchmark, level, config_id, method, lam, params, {module_lams}, problem_id, "
-        f"{_SAMPLE_COLUMNS} FROM samples ORDER BY benchmark, config_id, problem_id, sample_idx"
+        f"{_SAMPLE_COLUMNS} FROM samples {where}"
+        "ORDER BY benchmark, config_id, problem_id, sample_idx",
+        [] if methods is None else [list(methods)],
     ).df()
     if by_level:
         leveled = samples["level"].notna()
@@ -164,6 +174,25 @@ def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
         ).any()
         keep.append(not dominated)
     return rows[keep].sort_values("tokens")
+
+
+def pareto_area(rows: pd.DataFrame, max_tokens: float) -> float:
+    """Share of the (Token#N ≤ ``max_tokens``) × (accuracy ≤ 1) box that ``rows``' Pareto
+    front dominates: 1 is perfect accuracy at no tokens; higher is more accuracy for less."""
+    area, below = 0.0, 0.0
+    for _, row in pareto_front(rows).iterrows():  # tokens rising, accuracy rising
+        area += max(max_tokens - row["tokens"], 0.0) * (row["mean"] - below)
+        below = row["mean"]
+    return area / max_tokens if max_tokens > 0 else 0.0
+
+
+def rank_methods(table: pd.DataFrame, benchmark: str) -> list[str]:
+    """The merge methods on ``benchmark`` (plain λ sweeps, no baselines), best Pareto area
+    first (ties by name)."""
+    rows = plain_merges(table[table["benchmark"] == benchmark])
+    max_tokens = float(rows["tokens"].max())
+    areas = {m: pareto_area(group, max_tokens) for m, group in rows.groupby("method")}
+    return sorted(areas, key=lambda m: (-areas[m], m))
 
 
 def improvements(table: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -80,6 +82,27 @@ class SweepResult:
     run_id: str
     generated: int
     skipped: int
+    stopped: bool = False  # the stop event ended it early; a later run resumes
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """Where a running sweep is: reported as each configuration starts and after every
+    stored batch."""
+
+    done: int  # samples generated and stored by this run so far
+    total: int  # samples this run has to generate
+    method: str
+    lam: float
+    benchmark: str
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate so far; None before the first batch is stored."""
+        if self.done == 0:
+            return None
+        return self.elapsed_s * (self.total - self.done) / self.done
 
 
 def parse_lams(text: str) -> tuple[float, ...]:
@@ -294,9 +317,15 @@ class Sweeper:
         provider_factory: Callable[[SweepSpec], Any] = default_provider,
         progress: bool = True,
         command: str = "",
+        report: Callable[[SweepProgress], None] | None = None,
+        stop: threading.Event | None = None,
         batch_lams: bool | None = None,
     ) -> None:
+        """``report`` hears of every stored batch (of a whole λ grid, when batched); setting
+        ``stop`` ends the sweep after the batch in flight is stored (the dashboard's progress
+        bar and Stop button)."""
         self.spec, self.progress, self.command = spec, progress, command
+        self.report, self.stop = report, stop
         # Affine methods decode all λ of the grid in one batch on one spectrum model
         # (spectrum.eval.sweep_batched): on by default for the transformers backend when the
         # sweep makes its own models; a caller's own provider is used as given.
@@ -340,15 +369,16 @@ class Sweeper:
         configs = _configurations(spec, self.hashes)
         with store.opened(self.db) as con:
             todo = _plan(con, configs, self.problems, spec.k)
-        generated = sum(len(w) for _, _, w in todo)
+        missing = sum(len(w) for _, _, w in todo)
         total = len(configs) * spec.k * sum(len(p) for p in self.problems.values())
+        generated = 0
         if todo:
             if not self._run_recorded:
                 with store.opened(self.db) as con:
                     _record_run(con, self.spec, self.run_id, self.hashes, self.command)
                 self._run_recorded = True
-            self._generate(todo)
-        return SweepResult(self.run_id, generated, total - generated)
+            generated = self._generate(todo)
+        return SweepResult(self.run_id, generated, total - missing, generated < missing)
 
     def config_id(self, method: str, lam: float) -> str:
         return store.config_id(
@@ -364,9 +394,19 @@ class Sweeper:
     def close(self) -> None:
         self._held.close()
 
-    def _generate(self, todo) -> None:
+    def _generate(self, todo) -> int:
+        """Generate and store ``todo`` batch by batch; return how many samples were stored."""
+        total, done, start_time = sum(len(w) for _, _, w in todo), 0, time.monotonic()
+
+        def report(config: dict, bench: str) -> None:
+            if self.report is not None:
+                elapsed = time.monotonic() - start_time
+                self.report(
+                    SweepProgress(done, total, config["method"], config["lam"], bench, elapsed)
+                )
+
         bar = tqdm(
-            total=sum(len(w) for _, _, w in todo),
+            total=total,
             desc="sweep",
             unit="sample",
             disable=not self.progress,
@@ -377,8 +417,14 @@ class Sweeper:
             batched, todo = split_batched(todo)
             self._lam_batches = self._lam_batches or LamBatches(self, _rows)
             for (method, bench), entries in batched.items():
+                if self._stopped():
+                    break
                 bar.set_postfix_str(f"{method} all λ {bench}")
+                report(entries[0][0], bench)
                 self._lam_batches.run(entries, bar)
+                done += sum(len(missing) for _, _, missing in entries)
+                report(entries[0][0], bench)
+            todo = [] if self._stopped() else todo
         if todo:
             self._lam_batches = None  # its spectrum model goes before a live merger loads
         if todo and self._provider is None:
@@ -386,12 +432,17 @@ class Sweeper:
         provider, spec = self._provider, self.spec
         generator = generator_for(provider, batch_size=spec.batch_size) if todo else None
         for config, bench, missing in todo:
+            if self._stopped():
+                break  # every stored batch stays: the next run resumes after them
             cid = store.config_id(config)
             provider.set(merge_spec(spec, config))
             settings = DecodingSettings(**config["decoding"])
             grader = get_benchmark(bench).grader
             bar.set_postfix_str(f"{config['method']} λ={config['lam']:g} {bench}")
+            report(config, bench)
             for start in range(0, len(missing), spec.batch_size):
+                if self._stopped():
+                    break
                 work = missing[start : start + spec.batch_size]
                 conversations = [problem.conversation() for problem, _ in work]
                 gens = generator.generate(conversations, settings, seed=spec.seed + start)
@@ -399,7 +450,13 @@ class Sweeper:
                 with store.opened(self.db) as con:  # held for this one transaction only
                     store.insert_frame(con, "samples", rows)
                 bar.update(len(work))
+                done += len(work)
+                report(config, bench)
         bar.close()
+        return done
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
 
 def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from spectrum.errors import UserError
+from spectrum.generate.tags import THINK_END, THINK_START
 
-THINK_START, THINK_END = "<think>", "</think>"
 # Qwen3's end-of-thinking text for budget forcing: at the budget, this closes the thinking
 # block and the model answers from what it has thought so far.
 QWEN3_THINK_END = (

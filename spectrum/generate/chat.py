@@ -14,6 +14,7 @@ snapshot of every column's latest value whenever one changes.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -60,9 +61,45 @@ def split_reasoning(text: str) -> tuple[str, str]:
     return "", text.strip()
 
 
+# Math the page already renders: $$…$$, $…$, \(…\), \[…\].
+_MATH = re.compile(r"(\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\])", re.DOTALL)
+_BOXED = "\\boxed{"
+
+
+def _closing_brace(text: str, opening: int) -> int | None:
+    """Index of the brace closing the one at ``opening``; None while it is still open."""
+    depth = 0
+    for i in range(opening, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return None
+
+
+def _wrap_boxed(text: str) -> str:
+    """``text`` (no math delimiters in it) with each balanced ``\\boxed{…}`` as
+    ``$\\boxed{…}$``; an unclosed one (still streaming) is left as it is."""
+    out, start = [], 0
+    while (found := text.find(_BOXED, start)) >= 0:
+        end = _closing_brace(text, found + len(_BOXED) - 1)
+        if end is None:
+            break
+        out += [text[start:found], "$", text[found : end + 1], "$"]
+        start = end + 1
+    return "".join(out) + text[start:]
+
+
+def math_markdown(text: str) -> str:
+    """``text`` with bare ``\boxed{…}`` answers put inside ``$…$``, so KaTeX renders them
+    (models write ``\boxed{95}`` outside any math delimiters)."""
+    parts = _MATH.split(text)  # odd indices: math already delimited
+    return "".join(part if i % 2 else _wrap_boxed(part) for i, part in enumerate(parts))
+
+
 def display_text(text: str) -> str:
-    """The reply with its reasoning wrapped in <think> tags, for Gradio's reasoning_tags."""
-    reasoning, answer = split_reasoning(text)
+    """The reply with its reasoning wrapped in <think> tags, for Gradio's reasoning_tags,
+    and its boxed answers as math."""
+    reasoning, answer = split_reasoning(math_markdown(text))
     if THINK_CLOSE in text:
         return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n{answer}"
     if reasoning:
@@ -220,17 +257,19 @@ def stream_columns(
     columns: Mapping[str, Callable[[threading.Event], Iterable[T]]],
     *,
     poll_s: float = 0.1,
+    stop: threading.Event | None = None,
 ) -> Iterator[dict[str, T | None]]:
     """Run each column's stream in its own thread; yield {column: latest item} snapshots.
 
-    Each factory receives a stop event that is set when the consumer stops early. The
-    last snapshot holds every column's final item. The first error of any column is
-    re-raised after all columns have stopped.
+    Each factory receives a stop event that is set when the consumer stops early, or by
+    the caller (``stop``: a Stop button ends every column at its next token). The last
+    snapshot holds every column's final item. The first error of any column is re-raised
+    after all columns have stopped.
     """
     latest: dict[str, T | None] = dict.fromkeys(columns)
     lock = threading.Lock()
     changed = threading.Event()
-    stop = threading.Event()
+    stop = stop or threading.Event()
     failures: list[BaseException] = []
 
     def run(name: str, factory: Callable[[threading.Event], Iterable[T]]) -> None:
