@@ -2,16 +2,22 @@
 
 The merged models come from a *provider* with the live merger's surface
 (``set(spec)``, ``.model``, ``.tokenizer``,
-``session()``): no checkpoint is written per λ. The unit of work is one sample; samples
-are committed to DuckDB one generation batch per transaction, so a sweep killed at any
-moment and run again skips what was committed and redoes only the batch in flight.
+``session()``): no checkpoint is written per λ. The unit of work is one sample; the
+missing units are grouped into *cells* (one configuration, one benchmark, up to
+``batch_size`` units) and each cell is committed to DuckDB in one transaction, so a sweep
+killed at any moment and run again skips what was committed and redoes only the cells in
+flight. A cell's sampling seed comes from the sweep seed, its configuration and its first
+unit, never from where or when it ran, so a sweep on a Ray pool (``distributed.py``) and
+a resumed sweep store the rows a single uninterrupted process would.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -226,9 +232,90 @@ def _record_run(con, spec: SweepSpec, run_id: str, hashes: dict, command: str) -
     store.insert_frame(con, "runs", pd.DataFrame([run]))
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One configuration's missing units on one benchmark, at most a batch of them: what a
+    worker generates in one go and the driver commits in one transaction."""
+
+    config: dict[str, Any]
+    benchmark: str
+    units: tuple[tuple[Problem, int], ...]  # (problem, sample_idx)
+    seed: int
+
+    @property
+    def config_id(self) -> str:
+        return store.config_id(self.config)
+
+
+def cell_seed(sweep_seed: int, config_id: str, benchmark: str, problem_id: str, sample: int) -> int:
+    """The sampling seed of the cell that starts at (problem, sample): a function of the
+    sweep and the unit only, so every worker, and every rerun, draws the same samples."""
+    key = f"{sweep_seed}/{config_id}/{benchmark}/{problem_id}/{sample}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
+
+
+def plan_cells(
+    con, configs: list[dict], problems: dict[str, list[Problem]], spec: SweepSpec
+) -> list[Cell]:
+    """The missing units of ``configs``, cut into cells of ``spec.batch_size``.
+
+    Cells are committed whole, so the units still missing after an interruption are whole
+    cells; cutting them again gives back the same cells (only a configuration's last cell
+    can be short, and it stays last) and so the same seeds.
+    """
+    cells = []
+    for config in configs:
+        cid = store.config_id(config)
+        for bench, bench_problems in problems.items():
+            done = store.done_keys(con, cid, bench)
+            missing = [
+                (p, s) for p in bench_problems for s in range(spec.k) if (p.id, s) not in done
+            ]
+            for start in range(0, len(missing), spec.batch_size):
+                units = tuple(missing[start : start + spec.batch_size])
+                first, sample = units[0]
+                seed = cell_seed(spec.seed, cid, bench, first.id, sample)
+                cells.append(Cell(config, bench, units, seed))
+    return cells
+
+
+def run_cell(provider, generator, spec: SweepSpec, cell: Cell, run_id: str) -> pd.DataFrame:
+    """Merge the cell's configuration (unless loaded), generate and grade: its rows."""
+    wanted = merge_spec(spec, cell.config["method"], cell.config["lam"])
+    if provider.current.spec != wanted:
+        provider.set(wanted)
+    settings = DecodingSettings(**cell.config["decoding"])
+    conversations = [problem.conversation() for problem, _ in cell.units]
+    gens = generator.generate(conversations, settings, seed=cell.seed)
+    grader = get_benchmark(cell.benchmark).grader
+    return _rows(cell.config, cell.config_id, run_id, cell.benchmark, grader, cell.units, gens)
+
+
+class Progress:
+    """The sweep's bar: units done of total (tqdm adds rate and ETA) and tokens/s."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="sweep", unit="sample", disable=not enabled)
+        self.tokens, self.started = 0, time.perf_counter()
+
+    def update(self, cell: Cell, rows: pd.DataFrame) -> None:
+        self.tokens += int(rows["n_tokens"].sum())
+        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+        c = cell.config
+        self.bar.set_postfix_str(f"{c['method']} λ={c['lam']:g} {cell.benchmark} {rate:.0f} tok/s")
+        self.bar.update(len(cell.units))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class Sweeper:
     """An open sweep: problems loaded, parents hashed, the DB open, the provider made on
-    first need and kept (``search`` evaluates one λ at a time through the same one)."""
+    first need and kept (``search`` evaluates one λ at a time through the same one).
+
+    With a ``pool`` (``spectrum.eval.distributed.RayPool``) the cells are generated by the
+    pool's workers instead, and this process only plans and writes.
+    """
 
     def __init__(
         self,
@@ -238,8 +325,9 @@ class Sweeper:
         provider_factory: Callable[[SweepSpec], Any] = default_provider,
         progress: bool = True,
         command: str = "",
+        pool: Any = None,
     ) -> None:
-        self.spec, self.progress, self.command = spec, progress, command
+        self.spec, self.progress, self.command, self.pool = spec, progress, command, pool
         self.problems = {
             b: load_problems(
                 b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
@@ -260,14 +348,14 @@ class Sweeper:
         """Generate every missing sample of the given (default: the spec's) methods × λs."""
         spec = replace(self.spec, methods=methods or self.spec.methods, lams=lams or self.spec.lams)
         configs = _configurations(spec, self.hashes)
-        todo = _plan(self.con, configs, self.problems, spec.k)
-        generated = sum(len(w) for _, _, w in todo)
+        cells = plan_cells(self.con, configs, self.problems, spec)
+        generated = sum(len(cell.units) for cell in cells)
         total = len(configs) * spec.k * sum(len(p) for p in self.problems.values())
-        if todo:
+        if cells:
             if not self._run_recorded:
                 _record_run(self.con, self.spec, self.run_id, self.hashes, self.command)
                 self._run_recorded = True
-            self._generate(todo)
+            self._generate(cells)
         return SweepResult(self.run_id, generated, total - generated)
 
     def config_id(self, method: str, lam: float) -> str:
@@ -283,31 +371,25 @@ class Sweeper:
     def close(self) -> None:
         self.con.close()
 
-    def _generate(self, todo) -> None:
-        if self._provider is None:
-            self._provider = self._provider_factory(self.spec)
-        provider, spec = self._provider, self.spec
-        generator = generator_for(provider, batch_size=spec.batch_size)
-        bar = tqdm(
-            total=sum(len(w) for _, _, w in todo),
-            desc="sweep",
-            unit="sample",
-            disable=not self.progress,
-        )
-        for config, bench, missing in todo:
-            cid = store.config_id(config)
-            provider.set(merge_spec(spec, config["method"], config["lam"]))
-            settings = DecodingSettings(**config["decoding"])
-            grader = get_benchmark(bench).grader
-            bar.set_postfix_str(f"{config['method']} λ={config['lam']:g} {bench}")
-            for start in range(0, len(missing), spec.batch_size):
-                work = missing[start : start + spec.batch_size]
-                conversations = [problem.conversation() for problem, _ in work]
-                gens = generator.generate(conversations, settings, seed=spec.seed + start)
-                rows = _rows(config, cid, self.run_id, bench, grader, work, gens)
-                store.insert_frame(self.con, "samples", rows)
-                bar.update(len(work))
-        bar.close()
+    def _generate(self, cells: list[Cell]) -> None:
+        bar = Progress(sum(len(cell.units) for cell in cells), self.progress)
+        try:
+            if self.pool is not None:
+                for cell, rows in self.pool.run(self.spec, cells, self.run_id):
+                    self._commit(bar, cell, rows)
+                return
+            if self._provider is None:
+                self._provider = self._provider_factory(self.spec)
+            generator = generator_for(self._provider, batch_size=self.spec.batch_size)
+            for cell in cells:
+                rows = run_cell(self._provider, generator, self.spec, cell, self.run_id)
+                self._commit(bar, cell, rows)
+        finally:
+            bar.close()
+
+    def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
+        store.insert_frame(self.con, "samples", rows)
+        bar.update(cell, rows)
 
 
 def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:
@@ -317,16 +399,3 @@ def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:
         return sweeper.run()
     finally:
         sweeper.close()
-
-
-def _plan(con, configs, problems, k) -> list[tuple[dict, str, list[tuple[Problem, int]]]]:
-    """(config, benchmark, missing (problem, sample_idx)) for every config with work left."""
-    todo = []
-    for config in configs:
-        cid = store.config_id(config)
-        for bench, bench_problems in problems.items():
-            done = store.done_keys(con, cid, bench)
-            missing = [(p, s) for p in bench_problems for s in range(k) if (p.id, s) not in done]
-            if missing:
-                todo.append((config, bench, missing))
-    return todo
