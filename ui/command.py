@@ -56,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow model repositories to run their own Python code (off by default)",
     )
+    parser.add_argument(
+        "--ray",
+        default=env("SPECTRUM_RAY"),
+        metavar="local|auto|ADDRESS",
+        help="run the Sweep tab's sweeps on this Ray cluster (the parents must be readable there)",
+    )
+    parser.add_argument(
+        "--ray-workers", type=int, help="Ray workers (default: one per GPU, else one on CPU)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         db=args.db or DEFAULT_DB,
         allowed_folders=args.allow_dir,
         trust_remote_code=args.trust_remote_code,
+        ray=args.ray,
+        ray_workers=args.ray_workers,
     )
     launch(dashboard, host=args.host, port=args.port)
     return 0

@@ -140,6 +140,8 @@ class Dashboard:
         db: str | Path = DEFAULT_DB,
         allowed_folders: Sequence[str | Path] = (),
         trust_remote_code: bool = False,
+        ray: str | None = None,
+        ray_workers: int | None = None,
     ) -> None:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         self.base = None if base is None else str(base)
@@ -167,6 +169,11 @@ class Dashboard:
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.
         self._claim = threading.Lock()
+        self.pool = None  # page sweeps go to this Ray pool when the app was given --ray
+        if ray is not None:
+            from spectrum.eval.distributed import RayPool
+
+            self.pool = RayPool(ray, workers=ray_workers)
 
     def weight_figures(self) -> dict:
         """Weight-analysis figures of the loaded pair (computed on first use, then kept)."""
@@ -331,5 +338,9 @@ class Dashboard:
             decoding={"max_new_tokens": int(max_new_tokens)},
         )
         return run_sweep(
-            spec, path, provider_factory=lambda _: self.merger, command="spectrum app (sweep tab)"
+            spec,
+            path,
+            provider_factory=lambda _: self.merger,
+            command="spectrum app (sweep tab)",
+            pool=self.pool,
         )

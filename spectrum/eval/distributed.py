@@ -83,7 +83,7 @@ def connect(address: str) -> None:
     runtime_env = {"env_vars": env} if env else None
     if address == "local":
         ray.init(
-            num_cpus=os.cpu_count(),
+            num_cpus=len(os.sched_getaffinity(0)),
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE,
             runtime_env=runtime_env,
@@ -138,7 +138,8 @@ class RayPool:
         )
         return actor.remote(spec, self.threads)
 
-    def _ensure_actors(self, spec: SweepSpec) -> None:
+    def start(self, spec: SweepSpec) -> None:
+        """Start the actors for ``spec``'s parents (kept while the parents stay the same)."""
         parents = (spec.direct, spec.thinking, spec.base, spec.backend)
         if self._parents == parents:
             return
@@ -153,7 +154,7 @@ class RayPool:
 
     def run(self, spec: SweepSpec, cells: list[Cell], run_id: str) -> Iterator[tuple[Cell, Any]]:
         """Yield (cell, rows) as the actors finish them, every cell exactly once."""
-        self._ensure_actors(spec)
+        self.start(spec)
         queues = _Queues(cells)
         inflight: dict[Any, tuple[int, Any, Cell]] = {}  # object ref → (slot, actor, cell)
         methods: dict[int, str | None] = {slot: None for slot in range(len(self.actors))}

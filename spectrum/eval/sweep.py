@@ -372,6 +372,8 @@ class Sweeper:
         self.con.close()
 
     def _generate(self, cells: list[Cell]) -> None:
+        if self.pool is not None:
+            self.pool.start(self.spec)  # loading the parents is not part of the rate shown
         bar = Progress(sum(len(cell.units) for cell in cells), self.progress)
         try:
             if self.pool is not None:
