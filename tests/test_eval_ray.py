@@ -136,7 +136,7 @@ def test_ray_sampled_rows_equal_single_process(pool, tmp_path):
     )
     run_sweep(sampled, tmp_path / "ray.duckdb", pool=pool, progress=False)
     rows = _rows(tmp_path / "ray.duckdb")
-    assert len(rows) == 2 * 2 * 2 * 2
+    assert len(rows) == 2 * 2 * 2  # λ × problems × samples
     assert rows == _single_process(sampled, tmp_path / "single.duckdb")
 
 
