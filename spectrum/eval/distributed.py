@@ -102,7 +102,12 @@ class RayPool:
     (``spectrum search`` runs a round at a time through the same actors)."""
 
     def __init__(
-        self, address: str, *, workers: int | None = None, gpus_per_worker: float = 0.0
+        self,
+        address: str,
+        *,
+        workers: int | None = None,
+        gpus_per_worker: float = 0.0,
+        threads: int | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise UserError("--workers must be at least 1")
@@ -111,7 +116,7 @@ class RayPool:
         connect(address)
         self.ray = _ray()
         self.workers, self.gpus_per_worker = self._sizes(workers, gpus_per_worker)
-        self.threads = self._threads()
+        self.threads = threads or self._threads()
         self.actors: list[Any] = []
         self._parents: tuple | None = None
         self.deaths = 0

@@ -1,0 +1,132 @@
+"""Sweep throughput on a local Ray pool vs one process, and the driver's write rate.
+
+    python bench/ray_sweep.py [--limit 1] [--k 2] [--max-new-tokens 32] [--repeats 2]
+
+The embedded pair, linear and slerp × λ 0:1:0.25 × the synthetic task's 5 levels, sampled
+decoding, batches (= cells) of 4. Each mode runs the same sweep into a fresh DB, with one
+torch thread per generating process: ``single`` (no Ray: this process generates and
+writes), ``ray-1`` and ``ray-2`` (a local Ray pool of 1 or 2 actors; this process only
+writes). Loading the parents is timed apart from the sweep (it happens once per worker);
+units/s is the sweep alone. Modes alternate for ``--repeats`` rounds so a change in the
+machine's load hits them alike; the best round of each is reported beside the median.
+The driver's write rate is the real rows re-inserted one cell per transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import torch
+
+from spectrum.eval import store
+from spectrum.eval.distributed import RayPool
+from spectrum.eval.sweep import SweepSpec, default_provider, run_sweep
+
+PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
+
+
+def sweep_spec(args: argparse.Namespace) -> SweepSpec:
+    return SweepSpec(
+        direct=str(PAIR / "direct"),
+        thinking=str(PAIR / "thinking"),
+        methods=("linear", "slerp"),
+        lams=(0.0, 0.25, 0.5, 0.75, 1.0),
+        limit=args.limit,
+        k=args.k,
+        decoding={"max_new_tokens": args.max_new_tokens},
+        batch_size=args.batch_size,
+    )
+
+
+def timed_sweep(spec: SweepSpec, db: Path, **kwargs) -> tuple[float, int]:
+    started = time.perf_counter()
+    result = run_sweep(spec, db, progress=False, **kwargs)
+    return time.perf_counter() - started, result.generated
+
+
+def single(spec: SweepSpec, db: Path) -> dict:
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    provider = default_provider(spec)
+    load = time.perf_counter() - started
+    seconds, units = timed_sweep(spec, db, provider_factory=lambda _: provider)
+    return dict(load_s=load, sweep_s=seconds, units=units)
+
+
+def on_ray(spec: SweepSpec, db: Path, workers: int) -> dict:
+    pool = RayPool("local", workers=workers, threads=1)
+    try:
+        started = time.perf_counter()
+        pool.start(spec)
+        load = time.perf_counter() - started
+        seconds, units = timed_sweep(spec, db, pool=pool)
+    finally:
+        pool.close()
+    return dict(load_s=load, sweep_s=seconds, units=units)
+
+
+def write_rate(db: Path, batch_size: int) -> dict:
+    """Cells per second the driver commits: the sweep's real rows, one cell a transaction."""
+    rows = duckdb.connect(str(db), read_only=True).execute("SELECT * FROM samples").df()
+    rows = rows.drop(columns=["sample_id"], errors="ignore")
+    with tempfile.TemporaryDirectory() as folder:
+        con = store.connect(Path(folder) / "write.duckdb")
+        started = time.perf_counter()
+        for start in range(0, len(rows), batch_size):
+            store.insert_frame(con, "samples", rows.iloc[start : start + batch_size])
+        seconds = time.perf_counter() - started
+        con.close()
+    cells = -(-len(rows) // batch_size)
+    return dict(cells_per_s=cells / seconds, units_per_s=len(rows) / seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=1, help="problems per synthetic level")
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    spec = sweep_spec(args)
+    runs: dict[str, list[dict]] = {"single": [], "ray-1": [], "ray-2": []}
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(args.repeats):
+            for mode in runs:
+                db = Path(folder) / f"{mode}-{repeat}.duckdb"
+                if mode == "single":
+                    runs[mode].append(single(spec, db))
+                else:
+                    runs[mode].append(on_ray(spec, db, int(mode[-1])))
+                loads.append(os.getloadavg()[0])
+                print(mode, json.dumps(runs[mode][-1]), f"load {loads[-1]:.1f}", flush=True)
+        writes = write_rate(Path(folder) / "single-0.duckdb", args.batch_size)
+    rate = {m: [r["units"] / r["sweep_s"] for r in rs] for m, rs in runs.items()}
+    summary = {
+        m: dict(
+            units=rs[0]["units"],
+            units_per_s_best=max(rate[m]),
+            units_per_s_median=statistics.median(rate[m]),
+            load_s_median=statistics.median(r["load_s"] for r in rs),
+        )
+        for m, rs in runs.items()
+    }
+    best = {m: s["units_per_s_best"] for m, s in summary.items()}
+    print(json.dumps(dict(summary=summary, driver_writes=writes), indent=1))
+    print(
+        f"scaling 1→2 workers: {best['ray-2'] / best['ray-1']:.2f}x; "
+        f"Ray overhead at 1 worker: {1 - best['ray-1'] / best['single']:.1%}; "
+        f"load average during the run: {min(loads):.1f}–{max(loads):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
