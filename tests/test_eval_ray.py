@@ -156,3 +156,28 @@ def test_killed_worker_cells_rerun_elsewhere(pool, reference, tmp_path, monkeypa
     assert (result.generated, result.skipped) == (TOTAL, 0)
     assert _counts(tmp_path / "ray.duckdb") == (TOTAL, TOTAL)
     assert _rows(tmp_path / "ray.duckdb") == reference
+
+
+def test_search_rounds_on_the_pool_find_what_one_process_finds(pool, tmp_path):
+    from spectrum.eval.search import find_phase
+    from spectrum.eval.sweep import Sweeper
+
+    spec = replace(GREEDY, methods=("linear",), lams=(0.0,), levels=(1, 3), limit=1)
+
+    def search(db: Path, **kwargs):
+        sweeper = Sweeper(spec, db, progress=False, **kwargs)
+        try:
+            return find_phase(
+                lambda lam: sweeper.point("linear", lam, "synthetic"),
+                coarse=0.25,
+                resolution=0.0625,
+                prefetch=lambda lams: sweeper.run(methods=("linear",), lams=tuple(lams)),
+            )
+        finally:
+            sweeper.close()
+
+    on_pool = search(tmp_path / "ray.duckdb", pool=pool)
+    torch.set_num_threads(1)
+    alone = search(tmp_path / "single.duckdb")
+    assert (on_pool.lam, on_pool.evaluated) == (alone.lam, alone.evaluated)
+    assert _rows(tmp_path / "ray.duckdb") == _rows(tmp_path / "single.duckdb")
