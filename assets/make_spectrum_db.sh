@@ -2,7 +2,10 @@
 # Regenerates assets/spectrum.duckdb from the embedded pair in assets/pair:
 #   1. every registered merge method over λ = 0, 0.1, …, 1 on the synthetic task;
 #   2. linear on a fine 0.01 grid around the phase change (λ = LO…HI below);
-#   3. the weight analysis of the pair.
+#   3. the baselines on the thinking parent: budget forcing at BUDGETS thinking tokens and
+#      NoThinking;
+#   4. linear with attention and MLP at their own λ (a 5 × 5 grid, other kinds at 0.5);
+#   5. the weight analysis of the pair.
 # Greedy decoding (k = 1), PER_LEVEL held-out problems per level (5 levels), at most
 # MAX_NEW new tokens. Every step is resumable: killed, it picks up where it stopped.
 # Usage: assets/make_spectrum_db.sh [DB]   (default assets/spectrum.duckdb; an existing DB
@@ -15,6 +18,7 @@ PER_LEVEL="${PER_LEVEL:-10}"
 MAX_NEW="${MAX_NEW:-128}"
 FINE_LO=0.40
 FINE_HI=0.60
+BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
@@ -24,4 +28,6 @@ COMMON=(--direct "$PAIR/direct" --thinking "$PAIR/thinking" --base "$PAIR/base"
         --batch-size 100 --db "$DB")
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods "$METHODS" --lam 0:1:0.1
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "$FINE_LO:$FINE_HI:0.01"
+"$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 1 --budgets "$BUDGETS" --no-thinking
+"$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "0.5,attn=0:1:0.25,mlp=0:1:0.25"
 "$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" --db "$DB"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,3 +63,20 @@ def compare(root: Path) -> None:
         assert all(g.finished or g.n_tokens == 8 for g in fast)
         texts.append([g.text for g in fast])
     assert texts[0] != texts[1]  # λ reached vLLM's weights
+    baselines(engine)
+
+
+def baselines(engine) -> None:
+    """Budget forcing and NoThinking through vLLM keep their promises (a random model's
+    text does not re-tokenize stably, so these are checked as properties, not equality)."""
+    tokenizer = engine.llm.get_tokenizer()
+    generator = generator_for(engine)
+    budget = DecodingSettings(do_sample=False, max_new_tokens=12, think_budget=3)
+    budget = replace(budget, think_end="</think>")
+    for generation in generator.generate(CONVERSATIONS, budget, n=2):
+        thought = generation.text.split("</think>")[0]
+        assert generation.thinks and generation.n_tokens <= 12
+        assert len(tokenizer(thought, add_special_tokens=False)["input_ids"]) <= 3
+    silent = DecodingSettings(do_sample=False, max_new_tokens=12, no_thinking=True)
+    for generation in generator.generate(CONVERSATIONS, silent):
+        assert "<think>" not in generation.text

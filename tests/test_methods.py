@@ -317,7 +317,8 @@ def test_emr_matches_formula_with_whole_model_rescalers(lam):
     expected, (gamma_d, gamma_t) = emr_oracle(as_numpy(model), lam)
     assert_matches(merge("emr", model, lam), expected, atol=5e-6)
     method = get_method("emr")
-    prepared = [(n, method.prepare(Parents(n, *ts), {}, 0)) for n, ts in model.items()]
+    params = resolve_params(method)
+    prepared = [(n, method.prepare(Parents(n, *ts), params, 0)) for n, ts in model.items()]
     stats = method.global_stats(lambda: iter(prepared), [lam], {})
     assert stats.direct == pytest.approx(gamma_d, rel=1e-6)
     assert stats.thinking == pytest.approx(gamma_t, rel=1e-6)
@@ -485,12 +486,12 @@ def test_threshold_is_exact_with_ties_zeros_and_subnormals():
 
 def test_resolve_params_fills_defaults_and_converts_cli_strings():
     assert resolve_params("dare") == {"drop_rate": 0.2}
-    assert resolve_params("ties") == {"density": 0.8}
+    assert resolve_params("ties") == {"density": 0.8, "tie_break": "zero"}
     assert resolve_params("twin") == {"mask_rate": 0.2, "variant": "magnitude"}
     assert resolve_params("lore") == {"mu": 0.1, "iterations": 2}
     assert resolve_params("topk_replace") == {"scope": "global"}
     assert resolve_params("task_arithmetic") == {"scale": 1.0}
-    assert resolve_params("ties", {"density": "0.5"}) == {"density": 0.5}
+    assert resolve_params("ties", {"density": "0.5"}) == {"density": 0.5, "tie_break": "zero"}
     assert resolve_params("lore", {"iterations": "3", "mu": 1}) == {"mu": 1.0, "iterations": 3}
     assert resolve_params("linear", {}) == {}
 
@@ -506,7 +507,7 @@ def test_resolve_params_fills_defaults_and_converts_cli_strings():
         ("lore", {"iterations": 0}, "out of range"),
         ("twin", {"variant": "qr"}, "twin parameter variant='qr' is not one of magnitude, svd"),
         ("topk_replace", {"scope": "layer"}, "is not one of global, per_tensor"),
-        ("ties", {"densty": 0.5}, "method ties has no parameter 'densty'; its parameters: density"),
+        ("ties", {"densty": 0.5}, "no parameter 'densty'; its parameters: density, tie_break"),
         ("linear", {"scale": 2}, "method linear has no parameter 'scale'; its parameters: none"),
         ("ties", {"density": True}, "is not a valid float"),
         ("nope", {}, "unknown merge method 'nope'"),

@@ -9,10 +9,11 @@ import sys
 
 from spectrum.errors import UserError
 from spectrum.merge import MergeConfig, merge_checkpoints
+from spectrum.merge.spec import parse_lam_text
 
 # Flags whose values map one to one onto MergeConfig keys (None = not given on the CLI).
 _KEYS = (
-    "direct", "thinking", "base", "method", "lam", "seed", "layers", "modules",
+    "direct", "thinking", "base", "method", "seed", "layers", "modules",
     "lam_schedule", "device", "copy_from", "max_shard_size",
 )  # fmt: skip
 _SWITCHES = ("allow_pickle", "allow_extrapolation")
@@ -32,7 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--thinking", help="thinking parent: local folder or hub id")
     parser.add_argument("--base", help="base model, for methods built on task vectors")
     parser.add_argument("--method", help="merge method (see `spectrum methods`); default linear")
-    parser.add_argument("--lam", type=float, help="merge strength λ: 0 = direct, 1 = thinking")
+    parser.add_argument(
+        "--lam",
+        help="merge strength λ: 0 = direct, 1 = thinking; KIND=λ pairs give module kinds their "
+        "own λ, e.g. 0.5,attn=0.8,mlp=0.3 (kinds: attn, mlp, embed, norm, lm_head)",
+    )
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter"
     )
@@ -58,6 +63,9 @@ def config_from_args(args: argparse.Namespace) -> MergeConfig:
     data.update(
         {key: getattr(args, key) for key in _KEYS + _SWITCHES if getattr(args, key) is not None}
     )
+    if args.lam is not None:
+        data["lam"], module_lams = parse_lam_text(args.lam)
+        data["module_lams"] = dict(module_lams) if module_lams else None
     params = dict(data.get("params") or {})
     for item in args.param:
         name, sep, value = item.partition("=")

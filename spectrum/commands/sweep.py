@@ -91,7 +91,34 @@ def pool_from_args(args: argparse.Namespace):
     return RayPool(args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
 
 
-def spec_from_args(args: argparse.Namespace, methods: tuple[str, ...], lams) -> SweepSpec:
+def add_baseline_args(parser: argparse.ArgumentParser) -> None:
+    """Baselines that make the thinking model cheaper without a merge (`sweep` only)."""
+    parser.add_argument(
+        "--budgets",
+        help="baseline: budget forcing of the thinking model at these thinking budgets "
+        "(tokens), e.g. 16,32,64",
+    )
+    parser.add_argument(
+        "--no-thinking",
+        action="store_true",
+        help="baseline: the thinking model with an empty thinking block (NoThinking)",
+    )
+    parser.add_argument(
+        "--baseline-lam",
+        default="1",
+        help="λ of the linear merges the baselines run on (default 1: the thinking parent)",
+    )
+    parser.add_argument(
+        "--think-end", help="text that closes thinking at the budget (default: Qwen3's)"
+    )
+
+
+def spec_from_args(
+    args: argparse.Namespace,
+    methods: tuple[str, ...],
+    lams,
+    module_lams: dict[str, tuple[float, ...]] | None = None,
+) -> SweepSpec:
     if args.k < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--k, --batch-size and --limit must be at least 1")
     params: dict[str, dict] = {}
@@ -130,7 +157,36 @@ def spec_from_args(args: argparse.Namespace, methods: tuple[str, ...], lams) -> 
         decoding={k: v for k, v in decoding.items() if v is not None},
         batch_size=args.batch_size,
         backend=args.backend,
+        module_lams=module_lams or {},
+        **(baseline_args(args) if hasattr(args, "budgets") else {}),
     )
+
+
+def baseline_args(args: argparse.Namespace) -> dict:
+    """The baseline fields of a SweepSpec from the flags (none given: no baselines)."""
+    try:
+        budgets = tuple(int(b) for b in args.budgets.split(",")) if args.budgets else ()
+    except ValueError:
+        raise UserError(
+            f"--budgets {args.budgets!r}: expected token counts like 16,32,64"
+        ) from None
+    found = dict(budgets=budgets, no_thinking=args.no_thinking)
+    found["baseline_lams"] = parse_lams(args.baseline_lam)
+    if args.think_end is not None:
+        found["think_end"] = args.think_end
+    return found
+
+
+def split_lam_grid(text: str) -> tuple[str, dict[str, tuple[float, ...]]]:
+    """``0:1:0.5,attn=0:1:0.25,mlp=0|0.5`` → the plain λ grid and each module kind's grid
+    (a kind's values: start:stop:step, or a list separated by ``|``)."""
+    items = text.split(",")
+    plain = ",".join(item for item in items if "=" not in item) or "0.5"
+    grids = {}
+    for item in (item for item in items if "=" in item):
+        kind, _, grid = item.partition("=")
+        grids[kind.strip()] = parse_lams(grid.replace("|", ","))
+    return plain, grids
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -139,13 +195,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_args(parser)
     parser.add_argument("--methods", default="linear", help="merge methods, comma-separated")
-    parser.add_argument("--lam", default="0:1:0.1", help="λ grid: start:stop:step or a list")
+    parser.add_argument(
+        "--lam",
+        default="0:1:0.1",
+        help="λ grid: start:stop:step or a list; KIND=GRID items sweep a module kind's own λ, "
+        "e.g. 0.5,attn=0:1:0.25,mlp=0|0.5|1 (the product of the grids is run)",
+    )
     add_eval_args(parser)
+    add_baseline_args(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(args.lam))
+    plain, module_lams = split_lam_grid(args.lam)
+    spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(plain), module_lams)
     command = shlex.join(["spectrum", *sys.argv[1:]])
     pool = pool_from_args(args)
     try:

@@ -6,11 +6,13 @@ the weight tables (``spectrum.eval.analysis``), so any caller with a DB can draw
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from spectrum.eval.results import parents
+from spectrum.eval.results import BASELINES, parents, plain_merges
 
 METRIC_TITLES = {
     "mean": "accuracy (Mean@k)",
@@ -34,7 +36,7 @@ def _band_color(color: str) -> str:
 def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> go.Figure:
     """``metric`` against λ, one line per method, its 90 % CI as a shaded band."""
     figure = go.Figure()
-    rows = table[table["benchmark"] == benchmark]
+    rows = plain_merges(table[table["benchmark"] == benchmark])
     for i, (method, group) in enumerate(rows.groupby("method", sort=True)):
         group = group.sort_values("lam")
         color = _color(i)
@@ -102,17 +104,21 @@ def accuracy_vs_tokens(
     Pareto-improve on a parent ringed."""
     figure = go.Figure()
     rows = table[table["benchmark"] == benchmark]
+    if "module_lams" in rows:
+        rows = rows[rows["module_lams"].isna()]  # λ-per-module grids have their heatmap
     for i, (method, group) in enumerate(rows.groupby("method", sort=True)):
-        group = group.sort_values("lam")
+        # A baseline's points differ by budget, not λ: its curve runs along the tokens.
+        baseline = method in BASELINES
+        group = group.sort_values(["lam", "tokens"])
         figure.add_trace(
             go.Scatter(
                 x=group["tokens"],
                 y=group["mean"],
                 mode="markers+lines",
-                name=method,
-                marker=dict(color=_color(i)),
-                line=dict(width=1, dash="dot"),
-                text=[f"λ={lam:g}" for lam in group["lam"]],
+                name=f"{method} (baseline)" if baseline else method,
+                marker=dict(color=_color(i), symbol="diamond" if baseline else "circle"),
+                line=dict(width=1, dash="dash" if baseline else "dot"),
+                text=[_point_label(row) for _, row in group.iterrows()],
                 error_y=dict(
                     type="data",
                     symmetric=False,
@@ -156,6 +162,12 @@ def accuracy_vs_tokens(
         template="plotly_white",
     )
     return figure
+
+
+def _point_label(row: pd.Series) -> str:
+    if row["method"] == "budget_forcing":
+        return f"budget {json.loads(row['params'])['budget']} at λ={row['lam']:g}"
+    return f"λ={row['lam']:g}"
 
 
 def relative_distance(stats: pd.DataFrame, scope: str = "layer") -> go.Figure:
@@ -206,6 +218,50 @@ def delta_energy(energy: pd.DataFrame) -> go.Figure:
         title="cumulative share of Σ Δ² (positions sorted by |Δ|, largest first)",
         xaxis_title="fraction of positions",
         yaxis_title="share of Σ Δ²",
+        template="plotly_white",
+    )
+    return figure
+
+
+def module_lam_grid(table: pd.DataFrame, benchmark: str, method: str) -> pd.DataFrame:
+    """Rows of ``method`` swept over λ per module kind, with a column per kind (λ_attn,
+    λ_mlp, ...); empty when the DB holds no such sweep."""
+    rows = table[
+        (table["benchmark"] == benchmark)
+        & (table["method"] == method)
+        & table["module_lams"].notna()
+    ]
+    if rows.empty:
+        return rows
+    kinds = pd.DataFrame([json.loads(value) for value in rows["module_lams"]], index=rows.index)
+    return rows.join(kinds.add_prefix("lam_"))
+
+
+def module_heatmap(
+    table: pd.DataFrame, benchmark: str, method: str, metric: str = "mean",
+    kinds: tuple[str, str] = ("attn", "mlp"),
+) -> go.Figure | None:  # fmt: skip
+    """``metric`` over (λ of ``kinds[0]``, λ of ``kinds[1]``): which part of the network
+    carries the thinking. None when the DB has no sweep over both kinds."""
+    grid = module_lam_grid(table, benchmark, method)
+    x_col, y_col = (f"lam_{kind}" for kind in reversed(kinds))
+    if grid.empty or not {x_col, y_col} <= set(grid.columns):
+        return None
+    values = grid.pivot_table(index=y_col, columns=x_col, values=metric, aggfunc="mean")
+    figure = go.Figure(
+        go.Heatmap(
+            x=list(values.columns),
+            y=list(values.index),
+            z=values.to_numpy(),
+            colorscale="Viridis",
+            colorbar=dict(title=METRIC_TITLES.get(metric, metric).split(" (")[0]),
+            texttemplate="%{z:.2f}" if metric != "tokens" else "%{z:.0f}",
+        )
+    )
+    figure.update_layout(
+        title=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}",
+        xaxis_title=f"λ of {kinds[1]}",
+        yaxis_title=f"λ of {kinds[0]}",
         template="plotly_white",
     )
     return figure

@@ -12,7 +12,16 @@ import plotly.io as pio
 
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
-from spectrum.eval.results import improvements, parents, phase_changes, summaries
+from spectrum.eval.results import (
+    improvements,
+    merges_vs_baselines,
+    parents,
+    phase_changes,
+    stages,
+    summaries,
+)
+
+HEATMAPS = ("mean", "tokens")  # accuracy and Token#N over (λ_attn, λ_mlp)
 
 
 def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
@@ -44,6 +53,8 @@ def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFram
                 f"{row['parent_mean']:.3f}, tokens {row['tokens']:.1f} vs "
                 f"{row['parent_tokens']:.1f}{' (CI-clear)' if row['clear'] else ''}"
             )
+        lines += stage_lines(stages(table[table["benchmark"] == bench]))
+        lines += baseline_lines(merges_vs_baselines(rows))
         best = (
             rows.sort_values(["mean", "tokens"], ascending=[False, True]).groupby("method").head(1)
         )
@@ -52,6 +63,36 @@ def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFram
             for _, r in best.sort_values("mean", ascending=False).iterrows()
         )
         lines.append(f"{bench}: best accuracy per method: {ranking}")
+    return lines
+
+
+def stage_lines(found: pd.DataFrame) -> list[str]:
+    """The interpolation study's three stages, one line per method and benchmark."""
+    lines = []
+    for (bench, method), rows in found.groupby(["benchmark", "method"], sort=True):
+        parts = [
+            f"stage {row.stage} λ {row.lam_from:g}–{row.lam_to:g} (Think#R "
+            f"{row.think_from:.2f}→{row.think_to:.2f}, Token#N {row.tokens_from:.0f}→"
+            f"{row.tokens_to:.0f})"
+            for row in rows.itertuples()
+        ]
+        lines.append(f"{bench}: {method} " + "; ".join(parts))
+    return lines
+
+
+def baseline_lines(versus: pd.DataFrame) -> list[str]:
+    """Does a merge beat each baseline on accuracy and tokens (and clearly, by the CIs)?"""
+    lines = []
+    for row in versus.itertuples():
+        what = row.baseline + (f" {row.params}" if row.baseline == "budget_forcing" else "")
+        head = f"{row.benchmark}: {what} ({row.baseline_mean:.3f}, {row.baseline_tokens:.1f} tok)"
+        if row.merge is None:
+            lines.append(f"{head}: no merge beats it on both accuracy and tokens")
+            continue
+        lines.append(
+            f"{head}: beaten by {row.merge} ({row.merge_mean:.3f}, {row.merge_tokens:.1f} tok)"
+            + (" — clear by the 90 % CIs" if row.clear else " — within the 90 % CIs")
+        )
     return lines
 
 
@@ -89,6 +130,9 @@ def build_report(db: str | Path, out: str | Path) -> Path:
         for bench in sorted(table["benchmark"].unique()):
             figs += [figures.metric_vs_lam(table, bench, m) for m in ("mean", "tokens", "think")]
             figs.append(figures.accuracy_vs_tokens(table, bench, better))
+            for method in sorted(set(table["method"])):
+                heatmaps = [figures.module_heatmap(table, bench, method, m) for m in HEATMAPS]
+                figs += [figure for figure in heatmaps if figure is not None]
         if not levels.empty:
             method = "linear" if "linear" in set(levels["method"]) else levels["method"].iloc[0]
             figs += [figures.metric_by_level(levels, method, m) for m in ("think", "mean")]
@@ -99,7 +143,7 @@ def build_report(db: str | Path, out: str | Path) -> Path:
     body = [
         f"<h1>Thinking Spectrum results: {html.escape(db.name)}</h1>",
         "<h2>Summary</h2><pre>",
-        html.escape("\n".join(summary_lines(table, better, phases))),
+        html.escape("\n".join(summary_lines(table, better, phases) + stage_lines(stages(levels)))),
         "</pre>",
     ]
     # The first figure carries plotly.js inline, so the file opens offline.

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS samples (
     extracted VARCHAR, gold VARCHAR, correct BOOLEAN, latency_s DOUBLE, created_at TIMESTAMP,
     PRIMARY KEY (config_id, benchmark, problem_id, sample_idx)
 );
+-- Added in schema 2: λ per module kind (JSON {kind: λ}), NULL for plain merges.
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS module_lams JSON;
 CREATE TABLE IF NOT EXISTS weight_stats (
     analysis_id VARCHAR, direct VARCHAR, thinking VARCHAR, direct_hash VARCHAR,
     thinking_hash VARCHAR, scope VARCHAR, key VARCHAR, numel BIGINT,

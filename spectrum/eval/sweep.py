@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ from spectrum.eval import results, store
 from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
 from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
-from spectrum.generate.batch import DecodingSettings, Generation, generator_for
+from spectrum.generate.batch import (
+    QWEN3_THINK_END,
+    DecodingSettings,
+    Generation,
+    generator_for,
+)
 from spectrum.merge.spec import MergeSpec, check_lam
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
@@ -60,6 +66,14 @@ class SweepSpec:
     decoding: dict[str, Any] = field(default_factory=dict)  # overrides of the per-λ defaults
     batch_size: int = 16
     backend: str = "transformers"  # or "vllm"
+    # λ per module kind: each kind's grid; the sweep runs their product at every λ.
+    module_lams: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Baselines without a merge (docs/SCHEMA.md): budget forcing at each thinking budget
+    # and NoThinking, on the linear merges at ``baseline_lams`` (1.0: the thinking parent).
+    budgets: tuple[int, ...] = ()
+    no_thinking: bool = False
+    baseline_lams: tuple[float, ...] = (1.0,)
+    think_end: str = QWEN3_THINK_END
 
 
 @dataclass(frozen=True)
@@ -124,16 +138,44 @@ def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
     }
 
 
-def merge_spec(spec: SweepSpec, method: str, lam: float) -> MergeSpec:
-    """The checked ``MergeSpec`` of one grid point of the sweep."""
+def merge_spec(spec: SweepSpec, config: dict[str, Any]) -> MergeSpec:
+    """The checked ``MergeSpec`` of one configuration; a baseline runs on a linear merge."""
+    method = "linear" if config["method"] in results.BASELINES else config["method"]
     return MergeSpec(
         method,
-        lam,
+        config["lam"],
         spec.params.get(method) or {},
         layers=spec.layers,
         modules=spec.modules,
         seed=spec.seed,
+        module_lams=config.get("module_lams"),
     ).checked(has_base=spec.base is not None)
+
+
+def _module_lam_grid(spec: SweepSpec) -> list[dict[str, float] | None]:
+    """Every combination of the module kinds' λ grids (``[None]`` when there are none)."""
+    if not spec.module_lams:
+        return [None]
+    kinds = sorted(spec.module_lams)
+    return [
+        dict(zip(kinds, values, strict=True))
+        for values in product(*(spec.module_lams[k] for k in kinds))
+    ]
+
+
+def _baselines(spec: SweepSpec) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(method, params, decoding overrides) of each baseline the spec asks for."""
+    found = [
+        (
+            "budget_forcing",
+            {"budget": budget},
+            {"think_budget": budget, "think_end": spec.think_end},
+        )
+        for budget in spec.budgets
+    ]
+    if spec.no_thinking:
+        found.append(("no_thinking", {}, {"no_thinking": True}))
+    return found
 
 
 def default_provider(spec: SweepSpec):
@@ -151,26 +193,31 @@ def default_provider(spec: SweepSpec):
 
 
 def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
-    """One dict per (method, λ): everything that decides a sample's distribution."""
+    """One dict per (method, λ[, module λs]) and per baseline: everything that decides a
+    sample's distribution (its hash is the configuration id)."""
+    common = dict(
+        parents=hashes,
+        layers=spec.layers,
+        modules=list(spec.modules) if spec.modules else None,
+        merge_seed=spec.seed,
+        data_seed=spec.data_seed,
+    )
     configs = []
     for method in spec.methods:
-        params = dict(merge_spec(spec, method, 0.0).params)
         for lam in spec.lams:
-            check_lam(lam)
-            decoding = DecodingSettings.for_lam(lam, **spec.decoding).as_dict()
-            configs.append(
-                dict(
-                    parents=hashes,
-                    method=method,
-                    lam=lam,
-                    params=params,
-                    layers=spec.layers,
-                    modules=list(spec.modules) if spec.modules else None,
-                    merge_seed=spec.seed,
-                    data_seed=spec.data_seed,
-                    decoding=decoding,
-                )
-            )
+            for module_lams in _module_lam_grid(spec):
+                config = dict(common, method=method, lam=check_lam(lam))
+                if module_lams is not None:  # only when used: older ids stay the same
+                    config["module_lams"] = module_lams
+                config["params"] = dict(merge_spec(spec, config).params)
+                config["decoding"] = DecodingSettings.for_lam(lam, **spec.decoding).as_dict()
+                configs.append(config)
+    for lam in spec.baseline_lams:
+        for method, params, decoding in _baselines(spec):
+            config = dict(common, method=method, lam=check_lam(lam), params=params)
+            merge_spec(spec, config)  # the linear merge it runs on must be valid
+            settings = DecodingSettings.for_lam(lam, **spec.decoding, **decoding)
+            configs.append(dict(config, decoding=settings.as_dict()))
     return configs
 
 
@@ -190,6 +237,7 @@ def _rows(
                 params=json.dumps(config["params"], sort_keys=True),
                 layers=config["layers"],
                 modules=",".join(config["modules"]) if config["modules"] else None,
+                module_lams=json.dumps(config["module_lams"]) if "module_lams" in config else None,
                 merge_seed=config["merge_seed"],
                 **{k: config["decoding"][k] for k in ("temperature", "top_p", "top_k")},
                 max_new_tokens=config["decoding"]["max_new_tokens"],
@@ -281,7 +329,7 @@ def plan_cells(
 
 def run_cell(provider, generator, spec: SweepSpec, cell: Cell, run_id: str) -> pd.DataFrame:
     """Merge the cell's configuration (unless loaded), generate and grade: its rows."""
-    wanted = merge_spec(spec, cell.config["method"], cell.config["lam"])
+    wanted = merge_spec(spec, cell.config)
     if provider.current.spec != wanted:
         provider.set(wanted)
     settings = DecodingSettings(**cell.config["decoding"])

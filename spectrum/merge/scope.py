@@ -76,6 +76,8 @@ class MergeScope:
     layers: str | None = None
     modules: tuple[str, ...] | None = None
     lam_schedule: tuple[float, ...] | None = None
+    # (kind, λ) pairs: that kind's tensors merge at their own λ, the others at the plain λ.
+    module_lams: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -89,6 +91,16 @@ class MergeScope:
                 )
         if self.lam_schedule is not None and len(self.lam_schedule) == 0:
             raise UserError("empty λ schedule; give at least one value, e.g. 0.5,0.9")
+        if self.module_lams is not None:
+            unknown = [kind for kind, _ in self.module_lams if kind not in MODULE_KINDS]
+            if unknown or not self.module_lams:
+                raise UserError(
+                    f"λ for unknown module kind(s) {', '.join(unknown) or '(none given)'}; "
+                    f"choose from {', '.join(MODULE_KINDS)}"
+                )
+            if self.lam_schedule is not None:
+                # Depth and module kind would both set a tensor's λ: one rule at a time.
+                raise UserError("give either a λ schedule over layers or λ per module kind")
 
     def check_layers(self, num_layers: int) -> None:
         """Refuse a layer selection that names layers the model does not have."""
@@ -106,8 +118,11 @@ class MergeScope:
         layer = layer_of(name)
         if self.layers is not None and (layer is None or layer not in parse_layers(self.layers)):
             return None
-        if self.modules is not None and module_of(name) not in self.modules:
+        kind = module_of(name)
+        if self.modules is not None and kind not in self.modules:
             return None
+        if self.module_lams is not None:
+            return dict(self.module_lams).get(kind, lam)
         if self.lam_schedule is None or layer is None:
             return lam
         position = layer / (num_layers - 1) if num_layers > 1 else 1.0  # as mergekit
@@ -115,8 +130,11 @@ class MergeScope:
         return float(np.interp(position, anchors, self.lam_schedule))
 
     def describe(self) -> dict:
-        return {
+        described = {
             "layers": self.layers,
             "modules": list(self.modules) if self.modules is not None else None,
             "lam_schedule": list(self.lam_schedule) if self.lam_schedule is not None else None,
         }
+        if self.module_lams is not None:  # only when used: older records keep their form
+            described["module_lams"] = dict(self.module_lams)
+        return described

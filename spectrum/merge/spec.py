@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from spectrum.errors import UserError
-from spectrum.merge.scope import MergeScope
+from spectrum.merge.scope import MODULE_KINDS, MergeScope
 from spectrum.methods import MergeMethod, get_method, resolve_params
 
 EXTRAPOLATION_HINT = "pass --allow-extrapolation to extrapolate"
@@ -36,6 +36,50 @@ def check_lam(lam: float, *, allow_extrapolation: bool = False) -> float:
             cli_hint=EXTRAPOLATION_HINT,
         )
     return value
+
+
+def _module_lams(value: Any) -> tuple[tuple[str, float], ...] | None:
+    """``{"attn": 0.8}``, ``"attn=0.8,mlp=0.5"`` or pairs → sorted (kind, λ) pairs."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise UserError(
+                f"λ per module kind {value!r}: write KIND=λ pairs, e.g. attn=0.8,mlp=0.5"
+            )
+        value = [(kind, lam) for kind, _, lam in pairs]
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        return tuple(sorted((str(kind).strip(), float(lam)) for kind, lam in items))
+    except (TypeError, ValueError):
+        raise UserError(f"λ per module kind {value!r}: each λ must be a number") from None
+
+
+def parse_lam_text(text: str) -> tuple[float | None, tuple[tuple[str, float], ...] | None]:
+    """``"0.7"`` → (0.7, None); ``"0.5,attn=0.8,mlp=0.3"`` → (0.5, (("attn", 0.8), ...)).
+
+    The bare number is λ for every module kind not named; it may be left out only when
+    every kind is named (then the plain λ is unused and set to the first kind's).
+    """
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    bare = [part for part in parts if "=" not in part]
+    named = _module_lams(",".join(part for part in parts if "=" in part) or None)
+    if len(bare) > 1 or (not bare and not named):
+        raise UserError(f"λ {text!r}: one number, optionally with KIND=λ pairs (0.5,attn=0.8)")
+    try:
+        lam = float(bare[0]) if bare else None
+    except ValueError:
+        raise UserError(f"λ {bare[0]!r} is not a number") from None
+    if lam is None and named is not None:
+        missing = [kind for kind in MODULE_KINDS if kind not in dict(named)]
+        if missing:
+            raise UserError(
+                f"λ {text!r} names no λ for {', '.join(missing)}: add a bare number for the "
+                "kinds not named, e.g. 0.5,attn=0.8,mlp=0.3"
+            )
+        lam = named[0][1]
+    return lam, named
 
 
 def _frozen_tuple(value: Any, kind: type) -> tuple | None:
@@ -65,6 +109,8 @@ class MergeSpec:
     modules: tuple[str, ...] | None = None
     lam_schedule: tuple[float, ...] | None = None
     seed: int = 0
+    # λ per module kind, e.g. (("attn", 0.8), ("mlp", 0.5)); kinds not named take ``lam``.
+    module_lams: tuple[tuple[str, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str):
@@ -84,19 +130,20 @@ class MergeSpec:
         object.__setattr__(self, "layers", None if self.layers is None else str(self.layers))
         object.__setattr__(self, "modules", _frozen_tuple(self.modules, str))
         object.__setattr__(self, "lam_schedule", _frozen_tuple(self.lam_schedule, float))
+        object.__setattr__(self, "module_lams", _module_lams(self.module_lams))
         _ = self.scope  # a malformed layer range or module kind fails at construction
 
     @property
     def scope(self) -> MergeScope:
-        return MergeScope(self.layers, self.modules, self.lam_schedule)
+        return MergeScope(self.layers, self.modules, self.lam_schedule, self.module_lams)
 
     @property
     def merge_method(self) -> MergeMethod:
         return get_method(self.method)
 
     def lams(self) -> tuple[float, ...]:
-        """Every strength the spec names: λ and the schedule's values."""
-        return (self.lam, *(self.lam_schedule or ()))
+        """Every strength the spec names: λ, the schedule's values, the module kinds' λs."""
+        return (self.lam, *(self.lam_schedule or ()), *(lam for _, lam in self.module_lams or ()))
 
     def with_lam(self, lam: float) -> MergeSpec:
         return replace(self, lam=lam)
@@ -127,6 +174,8 @@ class MergeSpec:
         text = f"{self.method} · λ {self.lam:.2f}"
         if self.lam_schedule:
             text += f" · schedule {','.join(f'{v:g}' for v in self.lam_schedule)}"
+        if self.module_lams:
+            text += " · " + " ".join(f"{kind} {lam:.2f}" for kind, lam in self.module_lams)
         if self.layers:
             text += f" · layers {self.layers}"
         if self.modules:
@@ -143,6 +192,7 @@ class MergeSpec:
             "modules": None if self.modules is None else list(self.modules),
             "lam_schedule": None if self.lam_schedule is None else list(self.lam_schedule),
             "seed": self.seed,
+            "module_lams": None if self.module_lams is None else dict(self.module_lams),
         }
 
     @classmethod

@@ -1,6 +1,8 @@
 """`emr` (Elect, Mask & Rescale), collapsed to one model as the paper did (docs/METHODS.md).
 
-flag = sign(τ_D + τ_T); M_i = [τ_i·flag > 0]; τ_uni = flag ⊙ max(|M_D⊙τ_D|, |M_T⊙τ_T|);
+flag = sign(τ_D + τ_T) (where the sum is 0: −1 as the authors' code, or 0 with
+``sign_rule=paper``; docs/METHODS.md); M_i = [τ_i·flag > 0];
+τ_uni = flag ⊙ max(|M_D⊙τ_D|, |M_T⊙τ_T|);
 γ_i = Σ_n mean|τ_i[n]| / Σ_n mean|M_i[n]⊙τ_uni[n]| over all merged tensors n (the
 ``global_stats`` pass, fed by four per-tensor means that ``prepare`` keeps);
 θ = θ_B + (1−λ)γ_D·M_D⊙τ_uni + λγ_T·M_T⊙τ_uni. A γ whose masked vector is zero in every
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.common.base import MergeMethod, Parents, Prepared, PreparedStream
+from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared, PreparedStream
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,10 @@ def _mean_abs(tensor: Tensor) -> Tensor:
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
     tau_direct = parents.direct - parents.base
     tau_thinking = parents.thinking - parents.base
-    flag = torch.sign(tau_direct + tau_thinking)
+    total = tau_direct + tau_thinking
+    # Where τ_D = −τ_T the sum is 0: the authors' code elects −1 there, the paper's sign 0.
+    reference = params["sign_rule"] == "reference"
+    flag = torch.where(total > 0, 1.0, -1.0) if reference else torch.sign(total)
     mask_direct = tau_direct * flag > 0
     mask_thinking = tau_thinking * flag > 0
     unified = flag * torch.maximum(
@@ -85,6 +90,15 @@ METHOD = MergeMethod(
     prepare=prepare,
     apply=apply,
     global_stats=global_stats,
+    params=(
+        Param(
+            "sign_rule",
+            str,
+            "reference",
+            "elected sign where τ_D + τ_T = 0: reference (−1, the authors' code) or paper (0)",
+            choices=("reference", "paper"),
+        ),
+    ),
     needs_base=True,
     interpolates=False,
 )
