@@ -1,15 +1,16 @@
 """Sweep throughput on a local Ray pool vs one process, and the driver's write rate.
 
-    python bench/ray_sweep.py [--limit 1] [--k 2] [--max-new-tokens 32] [--repeats 2]
+    python bench/ray_sweep.py [--limit 1] [--k 4] [--max-new-tokens 32] [--batch-size 10]
 
 The embedded pair, linear and slerp × λ 0:1:0.25 × the synthetic task's 5 levels, sampled
-decoding, batches (= cells) of 4. Each mode runs the same sweep into a fresh DB, with one
-torch thread per generating process: ``single`` (no Ray: this process generates and
-writes), ``ray-1`` and ``ray-2`` (a local Ray pool of 1 or 2 actors; this process only
+decoding, cells of 10 units (2 per configuration). Each mode runs the same sweep into a
+fresh DB, with one torch thread per generating process: ``single`` (no Ray: this process
+generates and writes), ``ray-1`` and ``ray-2`` (a local Ray pool of 1 or 2 actors; this process only
 writes). Loading the parents is timed apart from the sweep (it happens once per worker);
 units/s is the sweep alone. Modes alternate for ``--repeats`` rounds so a change in the
 machine's load hits them alike; the best round of each is reported beside the median.
-The driver's write rate is the real rows re-inserted one cell per transaction.
+The driver's write rate is the real rows re-inserted 16 a transaction (the default
+``--batch-size``), as they are and with responses padded to 40k characters (≈ 10k tokens).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import time
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import torch
 
 from spectrum.eval import store
 from spectrum.eval.distributed import RayPool
 from spectrum.eval.sweep import SweepSpec, default_provider, run_sweep
 
+CELLS_WRITTEN = 64
 PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
 
 
@@ -72,10 +75,15 @@ def on_ray(spec: SweepSpec, db: Path, workers: int) -> dict:
     return dict(load_s=load, sweep_s=seconds, units=units)
 
 
-def write_rate(db: Path, batch_size: int) -> dict:
-    """Cells per second the driver commits: the sweep's real rows, one cell a transaction."""
+def write_rate(db: Path, batch_size: int, response_chars: int = 0) -> dict:
+    """Cells per second the driver commits: the sweep's real rows, one cell a transaction;
+    with ``response_chars``, each response padded to that length (a long reasoning trace)."""
     rows = duckdb.connect(str(db), read_only=True).execute("SELECT * FROM samples").df()
-    rows = rows.drop(columns=["sample_id"], errors="ignore")
+    copies = -(-CELLS_WRITTEN * batch_size // len(rows))  # enough rows for CELLS_WRITTEN cells
+    rows = pd.concat([rows.assign(sample_idx=rows["sample_idx"] + 1000 * i) for i in range(copies)])
+    rows = rows.iloc[: CELLS_WRITTEN * batch_size]
+    if response_chars:
+        rows["response"] = rows["response"].str.pad(response_chars, side="right", fillchar="x")
     with tempfile.TemporaryDirectory() as folder:
         con = store.connect(Path(folder) / "write.duckdb")
         started = time.perf_counter()
@@ -90,9 +98,9 @@ def write_rate(db: Path, batch_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=1, help="problems per synthetic level")
-    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     spec = sweep_spec(args)
@@ -108,7 +116,11 @@ def main() -> None:
                     runs[mode].append(on_ray(spec, db, int(mode[-1])))
                 loads.append(os.getloadavg()[0])
                 print(mode, json.dumps(runs[mode][-1]), f"load {loads[-1]:.1f}", flush=True)
-        writes = write_rate(Path(folder) / "single-0.duckdb", args.batch_size)
+        first = Path(folder) / "single-0.duckdb"
+        writes = {
+            "real rows": write_rate(first, 16),
+            "40k-char responses": write_rate(first, 16, response_chars=40_000),
+        }
     rate = {m: [r["units"] / r["sweep_s"] for r in rs] for m, rs in runs.items()}
     summary = {
         m: dict(
