@@ -20,7 +20,6 @@ import torch
 
 from spectrum.eval.sweep import SweepSpec, run_sweep
 
-
 PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
 ROWS = (
     "SELECT config_id, method, lam, benchmark, problem_id, sample_idx, response, n_tokens, "
