@@ -1,16 +1,18 @@
 """Sweep throughput on a local Ray pool vs one process, and the driver's write rate.
 
-    python bench/ray_sweep.py [--limit 1] [--k 4] [--max-new-tokens 32] [--batch-size 10]
+    python bench/ray_sweep.py [--limit 2] [--k 8] [--max-new-tokens 32] [--batch-size 16]
 
 The embedded pair, linear and slerp × λ 0:1:0.25 × the synthetic task's 5 levels, sampled
-decoding, cells of 10 units (2 per configuration). Each mode runs the same sweep into a
-fresh DB, with one torch thread per generating process: ``single`` (no Ray: this process
-generates and writes), ``ray-1`` and ``ray-2`` (a local Ray pool of 1 or 2 actors; this process only
-writes). Loading the parents is timed apart from the sweep (it happens once per worker);
-units/s is the sweep alone. Modes alternate for ``--repeats`` rounds so a change in the
-machine's load hits them alike; the best round of each is reported beside the median.
-The driver's write rate is the real rows re-inserted 16 a transaction (the default
-``--batch-size``), as they are and with responses padded to 40k characters (≈ 10k tokens).
+decoding: 800 units in cells of 16. Each mode runs the same sweep into a fresh DB, with one
+torch thread per generating process: ``single`` (no Ray: this process generates and
+writes), ``ray-1`` and ``ray-2`` (a local Ray pool of 1 or 2 actors; this process only
+writes). Loading the parents is timed apart from the sweep (once per worker); units/s is
+the sweep alone. Modes alternate for ``--repeats`` rounds so a change in the machine's load
+hits them alike; the best round of each is reported beside the median. On a shared
+machine wall-clock rates depend on the neighbours, so the CPU seconds the generating
+processes use are reported too (units per CPU-second: the rate with a core each). The
+driver's write rate is real rows re-inserted 16 a transaction, as they are and with
+responses padded to 40k characters (≈ 10k tokens).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import ray
 import torch
 
 from spectrum.eval import store
@@ -48,10 +51,22 @@ def sweep_spec(args: argparse.Namespace) -> SweepSpec:
     )
 
 
-def timed_sweep(spec: SweepSpec, db: Path, **kwargs) -> tuple[float, int]:
-    started = time.perf_counter()
+def timed_sweep(spec: SweepSpec, db: Path, **kwargs) -> dict:
+    """Wall seconds, units, and this process's CPU seconds (generation here, or writes only)."""
+    started, cpu = time.perf_counter(), time.process_time()
     result = run_sweep(spec, db, progress=False, **kwargs)
-    return time.perf_counter() - started, result.generated
+    return dict(
+        sweep_s=time.perf_counter() - started,
+        units=result.generated,
+        driver_cpu_s=time.process_time() - cpu,
+    )
+
+
+def worker_cpu(pool: RayPool) -> float:
+    """CPU seconds the pool's actors have used: what they would take on dedicated cores."""
+    return sum(
+        ray.get([a.__ray_call__.remote(lambda self: time.process_time()) for a in pool.actors])
+    )
 
 
 def single(spec: SweepSpec, db: Path) -> dict:
@@ -59,8 +74,7 @@ def single(spec: SweepSpec, db: Path) -> dict:
     started = time.perf_counter()
     provider = default_provider(spec)
     load = time.perf_counter() - started
-    seconds, units = timed_sweep(spec, db, provider_factory=lambda _: provider)
-    return dict(load_s=load, sweep_s=seconds, units=units)
+    return dict(load_s=load, **timed_sweep(spec, db, provider_factory=lambda _: provider))
 
 
 def on_ray(spec: SweepSpec, db: Path, workers: int) -> dict:
@@ -69,10 +83,12 @@ def on_ray(spec: SweepSpec, db: Path, workers: int) -> dict:
         started = time.perf_counter()
         pool.start(spec)
         load = time.perf_counter() - started
-        seconds, units = timed_sweep(spec, db, pool=pool)
+        cpu = worker_cpu(pool)
+        measured = timed_sweep(spec, db, pool=pool)
+        measured["worker_cpu_s"] = worker_cpu(pool) - cpu
     finally:
         pool.close()
-    return dict(load_s=load, sweep_s=seconds, units=units)
+    return dict(load_s=load, **measured)
 
 
 def write_rate(db: Path, batch_size: int, response_chars: int = 0) -> dict:
@@ -97,10 +113,10 @@ def write_rate(db: Path, batch_size: int, response_chars: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=1, help="problems per synthetic level")
-    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=2, help="problems per synthetic level")
+    parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     spec = sweep_spec(args)
@@ -128,6 +144,9 @@ def main() -> None:
             units_per_s_best=max(rate[m]),
             units_per_s_median=statistics.median(rate[m]),
             load_s_median=statistics.median(r["load_s"] for r in rs),
+            # units per CPU-second of generating process(es): the rate on dedicated cores
+            units_per_cpu_s=max(r["units"] / r.get("worker_cpu_s", r["driver_cpu_s"]) for r in rs),
+            driver_cpu_s_per_unit=min(r["driver_cpu_s"] / r["units"] for r in rs),
         )
         for m, rs in runs.items()
     }
