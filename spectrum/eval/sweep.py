@@ -302,28 +302,39 @@ def cell_seed(sweep_seed: int, config_id: str, benchmark: str, problem_id: str, 
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
 
 
-def plan_cells(
-    con, configs: list[dict], problems: dict[str, list[Problem]], spec: SweepSpec
-) -> list[Cell]:
-    """The missing units of ``configs``, cut into cells of ``spec.batch_size``.
+# (config, benchmark, missing (problem, sample_idx)): one entry of the sweep's plan.
+Entry = tuple[dict[str, Any], str, list[tuple[Problem, int]]]
+
+
+def _plan(con, configs, problems, k) -> list[Entry]:
+    """(config, benchmark, missing (problem, sample_idx)) for every config with work left."""
+    todo = []
+    for config in configs:
+        cid = store.config_id(config)
+        for bench, bench_problems in problems.items():
+            done = store.done_keys(con, cid, bench)
+            missing = [(p, s) for p in bench_problems for s in range(k) if (p.id, s) not in done]
+            if missing:
+                todo.append((config, bench, missing))
+    return todo
+
+
+def cells_of(todo: list[Entry], spec: SweepSpec) -> list[Cell]:
+    """The plan's missing units cut into cells of ``spec.batch_size``.
 
     Cells are committed whole, so the units still missing after an interruption are whole
     cells; cutting them again gives back the same cells (only a configuration's last cell
     can be short, and it stays last) and so the same seeds.
     """
     cells = []
-    for config in configs:
+    for config, bench, missing in todo:
         cid = store.config_id(config)
-        for bench, bench_problems in problems.items():
-            done = store.done_keys(con, cid, bench)
-            missing = [
-                (p, s) for p in bench_problems for s in range(spec.k) if (p.id, s) not in done
-            ]
-            for start in range(0, len(missing), spec.batch_size):
-                units = tuple(missing[start : start + spec.batch_size])
-                first, sample = units[0]
-                seed = cell_seed(spec.seed, cid, bench, first.id, sample)
-                cells.append(Cell(config, bench, units, seed))
+        for start in range(0, len(missing), spec.batch_size):
+            units = tuple(missing[start : start + spec.batch_size])
+            first, sample = units[0]
+            cells.append(
+                Cell(config, bench, units, cell_seed(spec.seed, cid, bench, first.id, sample))
+            )
     return cells
 
 
@@ -373,9 +384,18 @@ class Sweeper:
         provider_factory: Callable[[SweepSpec], Any] = default_provider,
         progress: bool = True,
         command: str = "",
+        batch_lams: bool | None = None,
         pool: Any = None,
     ) -> None:
         self.spec, self.progress, self.command, self.pool = spec, progress, command, pool
+        # Affine methods decode all λ of the grid in one batch on one spectrum model
+        # (spectrum.eval.sweep_batched): on by default for the transformers backend when the
+        # sweep makes its own models; a caller's own provider is used as given. A Ray pool
+        # runs per-λ cells (its workers hold live mergers).
+        if batch_lams is None:
+            batch_lams = provider_factory is default_provider
+        self.batch_lams = batch_lams and spec.backend == "transformers" and pool is None
+        self._lam_batches = None
         self.problems = {
             b: load_problems(
                 b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
@@ -396,14 +416,14 @@ class Sweeper:
         """Generate every missing sample of the given (default: the spec's) methods × λs."""
         spec = replace(self.spec, methods=methods or self.spec.methods, lams=lams or self.spec.lams)
         configs = _configurations(spec, self.hashes)
-        cells = plan_cells(self.con, configs, self.problems, spec)
-        generated = sum(len(cell.units) for cell in cells)
+        todo = _plan(self.con, configs, self.problems, spec.k)
+        generated = sum(len(missing) for _, _, missing in todo)
         total = len(configs) * spec.k * sum(len(p) for p in self.problems.values())
-        if cells:
+        if todo:
             if not self._run_recorded:
                 _record_run(self.con, self.spec, self.run_id, self.hashes, self.command)
                 self._run_recorded = True
-            self._generate(cells)
+            self._generate(todo)
         return SweepResult(self.run_id, generated, total - generated)
 
     def config_id(self, method: str, lam: float) -> str:
@@ -419,23 +439,38 @@ class Sweeper:
     def close(self) -> None:
         self.con.close()
 
-    def _generate(self, cells: list[Cell]) -> None:
+    def _generate(self, todo: list[Entry]) -> None:
         if self.pool is not None:
             self.pool.start(self.spec)  # loading the parents is not part of the rate shown
-        bar = Progress(sum(len(cell.units) for cell in cells), self.progress)
+        bar = Progress(sum(len(missing) for _, _, missing in todo), self.progress)
         try:
-            if self.pool is not None:
-                for cell, rows in self.pool.run(self.spec, cells, self.run_id):
-                    self._commit(bar, cell, rows)
-                return
-            if self._provider is None:
-                self._provider = self._provider_factory(self.spec)
-            generator = generator_for(self._provider, batch_size=self.spec.batch_size)
-            for cell in cells:
-                rows = run_cell(self._provider, generator, self.spec, cell, self.run_id)
-                self._commit(bar, cell, rows)
+            if self.batch_lams:
+                from spectrum.eval.sweep_batched import LamBatches, split_batched
+
+                batched, todo = split_batched(todo)
+                self._lam_batches = self._lam_batches or LamBatches(self, _rows)
+                for (method, bench), entries in batched.items():
+                    bar.bar.set_postfix_str(f"{method} all λ {bench}")
+                    self._lam_batches.run(entries, bar.bar)
+            if todo:
+                self._lam_batches = None  # its spectrum model goes before a live merger loads
+            self._run_cells(cells_of(todo, self.spec), bar)
         finally:
             bar.close()
+
+    def _run_cells(self, cells: list[Cell], bar: Progress) -> None:
+        if self.pool is not None:
+            for cell, rows in self.pool.run(self.spec, cells, self.run_id):
+                self._commit(bar, cell, rows)
+            return
+        if not cells:
+            return
+        if self._provider is None:
+            self._provider = self._provider_factory(self.spec)
+        generator = generator_for(self._provider, batch_size=self.spec.batch_size)
+        for cell in cells:
+            rows = run_cell(self._provider, generator, self.spec, cell, self.run_id)
+            self._commit(bar, cell, rows)
 
     def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
         store.insert_frame(self.con, "samples", rows)

@@ -1,0 +1,96 @@
+"""`spectrum generate`: answer one prompt at several λ, all in one batch (spectrum model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from spectrum.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="answer one prompt at several λ in one batch (affine methods)",
+        description="Load one spectrum model (the parents' E₀/E₁ of an affine merge) and "
+        "answer a prompt at every λ of --lams in one batch, without re-merging.",
+    )
+    parser.add_argument("--direct", required=True, help="direct (instruct) parent folder")
+    parser.add_argument("--thinking", required=True, help="thinking parent folder")
+    parser.add_argument("--base", help="base model, for methods built on task vectors")
+    parser.add_argument("--method", default="linear", help="an affine merge method")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter"
+    )
+    parser.add_argument("--lams", required=True, help="λ values, comma-separated: 0,0.3,0.6,1")
+    parser.add_argument("--prompt", required=True, help="the user message")
+    parser.add_argument("--raw", action="store_true", help="no chat template: the prompt as is")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding")
+    parser.add_argument("--temperature", type=float, help="override the per-λ default")
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0, help="merge seed (DARE) and sampling seed")
+    parser.add_argument("--layers", help="decoder layers to merge, e.g. 12-35 or 0-3,8")
+    parser.add_argument("--modules", help="module kinds to merge: attn,mlp,embed,norm,lm_head")
+    parser.add_argument("--lam-schedule", help="per-layer λ over depth, e.g. 0.5,0.9")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per λ")
+    parser.set_defaults(func=run)
+
+
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: write numbers separated by commas") from None
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"bad --param {item!r}; write NAME=VALUE")
+        params[name.strip()] = value.strip()
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports here, so `spectrum --help` stays fast.
+    from spectrum.generate.batch import DecodingSettings, chat_prompts
+    from spectrum.live.spectrum_generate import SpectrumGenerator, unit_seed
+    from spectrum.live.spectrum_model import SpectrumModel, check_lams
+    from spectrum.merge.scope import MergeScope
+
+    lams = parse_floats(args.lams, "--lams")
+    check_lams(lams)  # before the model loads
+    scope = MergeScope(
+        args.layers,
+        tuple(args.modules.split(",")) if args.modules else None,
+        parse_floats(args.lam_schedule, "--lam-schedule") if args.lam_schedule else None,
+    )
+    spectrum = SpectrumModel.load(
+        args.direct, args.thinking, args.base, method=args.method,
+        params=parse_params(args.param), seed=args.seed, scope=scope, device=args.device,
+    )  # fmt: skip
+    overrides = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                     max_new_tokens=args.max_new_tokens)  # fmt: skip
+    if args.greedy:
+        overrides["do_sample"] = False
+    settings = [DecodingSettings.for_lam(lam, **overrides) for lam in lams]
+    conversation = [{"role": "user", "content": args.prompt}]
+    prompt = args.prompt if args.raw else chat_prompts(spectrum.toy.tokenizer, [conversation])[0]
+    generator = SpectrumGenerator(spectrum, batch_size=len(lams))
+    # Each λ samples from its own seed: its answer does not depend on the other λs asked.
+    seeds = [unit_seed(args.seed, lam) for lam in lams]
+    gens = generator.generate_rows([prompt] * len(lams), lams, settings, seeds)
+    for lam, row_settings, gen in zip(lams, settings, gens, strict=True):
+        if args.json:
+            record = dict(lam=lam, text=gen.text, n_tokens=gen.n_tokens, finished=gen.finished,
+                          spec=spectrum.spec(lam), decoding=row_settings.as_dict())  # fmt: skip
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(f"--- λ={lam:g} ({gen.n_tokens} tokens{'' if gen.finished else ', truncated'})")
+            print(gen.text)
+    return 0

@@ -1,0 +1,440 @@
+"""One model that runs every λ of an affine merge at once, a λ per sequence.
+
+For the methods that are affine in λ (linear, task_arithmetic, dare, twin, lore) every
+merged tensor is θ(λ) = (1−λ)·E₀ + λ·E₁ with E₀ = θ(0) and E₁ = θ(1). Every weight enters
+the network linearly (matmuls, embedding rows, norm gains, router and expert matrices), so
+a model holding E₀ and E₁ computes the merged model's layer for sequence b with its own
+λ_b as ``y_b = lerp(x_b·E₀ᵀ, x_b·E₁ᵀ, λ_b)``; nonlinearities (activations, softmax, the
+router's top-k, attention) then run on the merged activations, as in the merged model.
+
+Construction: the model is loaded from the direct parent (E₀ = θ_D wherever the merge does
+not reach), then every in-scope checkpoint tensor gets E₀ and E₁ from the method's own
+``prepare`` / ``apply`` at λ = 0 and λ = 1 (for ``linear``: the parents themselves, so no
+float32 copy is ever made). E₁ lives in one extra tensor per in-scope parameter, laid out
+like the parameter, and is reached through the same checkpoint views as E₀
+(``spectrum.live.views``), which handles Qwen3-MoE's fused 3-D experts. Modules outside
+the merge scope stay plain modules with one copy of their weights. Memory: one model plus
+one copy of the in-scope tensors, in the parents' dtype.
+
+Per-sequence λ, thread-safe: a call carries its λs as a ``(batch, groups)`` tensor of
+strengths, one column per (layer, module kind) group — the two things a ``MergeScope``
+decides a tensor's strength from, so per-layer λ schedules and partial scopes come out
+right. The tensor travels as a model keyword argument (``spectrum_strengths``), so
+``generate()`` expands it with the rows for ``num_return_sequences`` / beams exactly as
+it expands the attention mask. A forward pre-hook on the model takes it out of the
+keyword arguments and puts it in a ``ContextVar`` for the duration of that forward;
+every thread has its own context, so concurrent ``generate()`` calls from several threads
+(a dashboard) each see their own λs, and nothing is shared or mutated between calls. The
+spectrum modules read it and fail loudly when a forward was called without λs.
+
+Exactness: rows at λ = 0 and λ = 1 compute ``lerp`` at 0 / 1, which returns y₀ / y₁
+exactly (except that −0 may become +0), so a dense model's λ = 0 and λ = 1 rows are the
+parents (``linear``) or the merged endpoints (other methods) bit for bit. Qwen3-MoE's
+experts run the eager per-expert loop on the tokens routed to each expert; another λ in the
+batch changes how many tokens an expert sees, so the matmul shapes — and the last bits —
+can differ from the parent's. Other λ are within float32 rounding of the separately merged
+model: lerp of two products is not the product with the lerped weight, bit for bit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from spectrum.devices import resolve_device
+from spectrum.errors import UserError
+from spectrum.live.views import checkpoint_views
+from spectrum.merge.scope import MergeScope, layer_of, module_of
+from spectrum.merge.spec import check_lam
+from spectrum.methods import MergeMethod, Parents, get_method, resolve_params
+from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
+
+AFFINE_METHODS = ("linear", "task_arithmetic", "dare", "twin", "lore")
+STRENGTHS_KWARG = "spectrum_strengths"
+# The running forward's strengths, (batch, groups): set by the model's forward, per thread.
+_STRENGTHS: ContextVar[Tensor | None] = ContextVar("spectrum_strengths", default=None)
+
+
+def check_affine(method: str) -> None:
+    get_method(method)  # an unknown name gets the registry's own message
+    if method not in AFFINE_METHODS:
+        raise UserError(
+            f"method {method} is not affine in λ, so one model cannot serve every λ; "
+            f"the spectrum model takes {', '.join(AFFINE_METHODS)}"
+        )
+
+
+def check_lams(lams: Sequence[float]) -> None:
+    for lam in lams:
+        check_lam(lam)
+
+
+def _row_weights(output: Tensor, column: int) -> Tensor:
+    """This module's strength per row of ``output``, shaped to broadcast against it.
+
+    ``output`` is (batch, ...) or, inside MoE blocks, (batch·tokens, ...) with the tokens
+    of one sequence consecutive (a ``view(-1, hidden)`` of (batch, tokens, hidden)).
+    """
+    strengths = _STRENGTHS.get()
+    if strengths is None:
+        raise RuntimeError("a spectrum model ran without λs; call it through SpectrumModel")
+    weights = strengths[:, column]
+    if output.shape[0] != weights.shape[0]:
+        weights = weights.repeat_interleave(output.shape[0] // weights.shape[0])
+    return weights.view(-1, *([1] * (output.ndim - 1)))
+
+
+def _mix(at_zero: Tensor, at_one: Tensor, weight: Tensor) -> Tensor:
+    """(1−w)·at_zero + w·at_one, exact at w = 0 and w = 1; float32 math for half dtypes."""
+    if at_zero.dtype == torch.float32:
+        return torch.lerp(at_zero, at_one, weight)
+    return torch.lerp(at_zero.float(), at_one.float(), weight).to(at_zero.dtype)
+
+
+class _SpectrumLinear(nn.Linear):
+    spectrum_column: int
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias_at_one = getattr(self, "bias_at_one", self.bias)
+        at_zero = F.linear(x, self.weight, self.bias)
+        at_one = F.linear(x, self.weight_at_one, bias_at_one)
+        return _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
+
+
+class _SpectrumEmbedding(nn.Embedding):
+    spectrum_column: int
+
+    def forward(self, ids: Tensor) -> Tensor:
+        at_zero = super().forward(ids)
+        at_one = F.embedding(ids, self.weight_at_one, self.padding_idx)
+        return _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
+
+
+class _SpectrumRMSNorm(nn.Module):
+    """Mixin over a Qwen3 RMSNorm class: the same normalisation, two gains."""
+
+    spectrum_column: int
+    variance_epsilon: float
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        normed = (hidden_states * torch.rsqrt(variance + self.variance_epsilon)).to(dtype)
+        at_zero, at_one = self.weight * normed, self.weight_at_one * normed
+        return _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
+
+
+class _SpectrumRouter(nn.Module):
+    """Mixin over Qwen3-MoE's top-k router: merged logits, then the router's own choice."""
+
+    spectrum_column: int
+
+    def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+        at_zero = F.linear(hidden_states, self.weight)
+        at_one = F.linear(hidden_states, self.weight_at_one)
+        router_logits = _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
+        router_probs = F.softmax(router_logits, dtype=torch.float, dim=-1)
+        top_value, top_index = torch.topk(router_probs, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            top_value /= top_value.sum(dim=-1, keepdim=True)
+        return router_logits, top_value.to(router_logits.dtype), top_index
+
+
+class _SpectrumExperts(nn.Module):
+    """Mixin over Qwen3-MoE's fused experts: the eager per-expert loop, two weight sets."""
+
+    spectrum_column: int
+
+    def forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
+        weights = _row_weights(hidden_states, self.spectrum_column)  # (tokens, 1)
+        final = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)
+            hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        for expert in hit[:, 0].tolist():
+            if expert == self.num_experts:
+                continue
+            top_k_pos, token_idx = torch.where(expert_mask[expert])
+            state, weight = hidden_states[token_idx], weights[token_idx]
+            gate_up = _mix(
+                F.linear(state, self.gate_up_proj[expert]),
+                F.linear(state, self.gate_up_proj_at_one[expert]),
+                weight,
+            )
+            gate, up = gate_up.chunk(2, dim=-1)
+            state = self.act_fn(gate) * up
+            state = _mix(
+                F.linear(state, self.down_proj[expert]),
+                F.linear(state, self.down_proj_at_one[expert]),
+                weight,
+            )
+            state = state * top_k_weights[token_idx, top_k_pos, None]
+            final.index_add_(0, token_idx, state.to(final.dtype))
+        return final
+
+
+_SPECTRUM_CLASSES: dict[type, type] = {}
+
+
+def _spectrum_class(cls: type) -> type:
+    """The spectrum version of a module class: a subclass whose forward mixes E₀ and E₁."""
+    if cls not in _SPECTRUM_CLASSES:
+        if issubclass(cls, nn.Linear):
+            mixin: type = _SpectrumLinear
+        elif issubclass(cls, nn.Embedding):
+            mixin = _SpectrumEmbedding
+        elif cls.__name__ in ("Qwen3RMSNorm", "Qwen3MoeRMSNorm"):  # others may differ (1 + w)
+            mixin = _SpectrumRMSNorm
+        elif cls.__name__ == "Qwen3MoeTopKRouter":
+            mixin = _SpectrumRouter
+        elif cls.__name__ == "Qwen3MoeExperts":
+            mixin = _SpectrumExperts
+        else:
+            raise UserError(f"the spectrum model cannot merge a {cls.__name__} module")
+        _SPECTRUM_CLASSES[cls] = type(f"Spectrum{cls.__name__}", (mixin, cls), {})
+    return _SPECTRUM_CLASSES[cls]
+
+
+class SpectrumModel:
+    """A transformers causal LM holding E₀ and E₁: ``forward`` / ``generate`` with a λ per row.
+
+    Build it with ``SpectrumModel.load(direct, thinking, base, method=..., ...)``.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        *,
+        method: str,
+        params: dict[str, Any],
+        seed: int,
+        scope: MergeScope,
+        groups: list[str],
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.method = method
+        self.params = params
+        self.seed = seed
+        self.scope = scope
+        self.num_layers = int(model.config.num_hidden_layers)
+        # One representative checkpoint name per strength column: a scope decides a
+        # tensor's strength from its layer and module kind only.
+        self.groups = groups
+        model.__class__ = _spectrum_causal_lm(type(model))
+
+    @classmethod
+    @torch.no_grad()
+    def load(
+        cls,
+        direct: str | Path,
+        thinking: str | Path,
+        base: str | Path | None = None,
+        *,
+        method: str = "linear",
+        params: dict[str, Any] | None = None,
+        seed: int = 0,
+        scope: MergeScope | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+    ) -> SpectrumModel:
+        """Load the direct parent and add E₁ (and E₀ for methods other than linear).
+
+        Parents are read one tensor at a time, so the peak is the model plus its E₁ copy
+        plus one tensor's float32 preparation.
+        """
+        check_affine(method)
+        merge_method = get_method(method)
+        if merge_method.needs_base and base is None:
+            raise UserError(f"method {method} needs a base model; pass --base")
+        params = resolve_params(merge_method, params)
+        scope = scope or MergeScope()
+        target = resolve_device(device)
+        roles = (("direct", direct), ("thinking", thinking), ("base", base))
+        checkpoints = {role: open_checkpoint(path) for role, path in roles if path is not None}
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoints["direct"].path, dtype=dtype or "auto"
+        )
+        model = model.to(target).eval()
+        scope.check_layers(int(model.config.num_hidden_layers))
+        endpoints = _Endpoints(model, scope, merge_method, params, seed)
+        endpoints.fill(checkpoints)
+        groups = endpoints.install()
+        tokenizer = AutoTokenizer.from_pretrained(checkpoints["direct"].path)
+        return cls(
+            model, tokenizer, method=method, params=params, seed=seed, scope=scope, groups=groups
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def spec(self, lam: float) -> dict[str, Any]:
+        """The merge one row at ``lam`` runs: what ``spectrum merge`` would be given."""
+        return dict(
+            method=self.method, lam=lam, params=self.params, seed=self.seed,
+            scope=self.scope.describe(),
+        )  # fmt: skip
+
+    def strengths(self, lams: Sequence[float]) -> Tensor:
+        """(rows, groups) float32 strengths: each group's merge strength for each row's λ."""
+        check_lams(lams)
+        table = [
+            [self.scope.strength_for(name, float(lam), self.num_layers) for name in self.groups]
+            for lam in lams
+        ]
+        return torch.tensor(table, dtype=torch.float32, device=self.device).view(
+            len(lams), len(self.groups)
+        )
+
+    def forward(self, input_ids: Tensor, lams: Sequence[float], **kwargs: Any) -> Any:
+        """The model's forward (logits and all), row b merged at ``lams[b]``."""
+        self._check_rows(input_ids, lams)
+        return self.model(input_ids=input_ids, **{STRENGTHS_KWARG: self.strengths(lams)}, **kwargs)
+
+    __call__ = forward
+
+    def generate(self, input_ids: Tensor, lams: Sequence[float], **kwargs: Any) -> Tensor:
+        """``model.generate`` with row b merged at ``lams[b]`` (its returned sequences too)."""
+        self._check_rows(input_ids, lams)
+        return self.model.generate(
+            input_ids=input_ids, **{STRENGTHS_KWARG: self.strengths(lams)}, **kwargs
+        )
+
+    def held_bytes(self) -> int:
+        """Bytes of every tensor the model holds (parameters, E₁ copies, buffers), once each."""
+        seen: dict[int, int] = {}
+        for tensor in [*self.model.parameters(), *self.model.buffers()]:
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return sum(seen.values())
+
+    @staticmethod
+    def _check_rows(input_ids: Tensor, lams: Sequence[float]) -> None:
+        if len(lams) != input_ids.shape[0]:
+            raise UserError(
+                f"{len(lams)} λ values for {input_ids.shape[0]} sequences; give one each"
+            )
+
+
+def _spectrum_causal_lm(cls: type) -> type:
+    """``cls`` whose forward takes ``spectrum_strengths`` and holds it for its duration.
+
+    The keyword is a declared parameter (the signature is the original one plus it), so
+    ``generate()`` accepts it, expands it with the rows and hands it to every step, and
+    still sees the original parameters (``logits_to_keep``...).
+    """
+    base_forward = cls.forward
+
+    def forward(self, *args: Any, spectrum_strengths: Tensor | None = None, **kwargs: Any) -> Any:
+        # Set even when None: a forward without λs must fail, not reuse an earlier call's.
+        token = _STRENGTHS.set(spectrum_strengths)
+        try:
+            return base_forward(self, *args, **kwargs)
+        finally:
+            _STRENGTHS.reset(token)
+
+    signature = inspect.signature(base_forward)
+    parameters = list(signature.parameters.values())
+    extra = inspect.Parameter(STRENGTHS_KWARG, inspect.Parameter.KEYWORD_ONLY, default=None)
+    last = len(parameters) - (parameters[-1].kind == inspect.Parameter.VAR_KEYWORD)
+    forward.__signature__ = signature.replace(
+        parameters=[*parameters[:last], extra, *parameters[last:]]
+    )
+    return type(f"Spectrum{cls.__name__}", (cls,), {"forward": forward})
+
+
+class _Endpoints:
+    """E₀ / E₁ of every in-scope checkpoint tensor, written through the model's views."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        scope: MergeScope,
+        method: MergeMethod,
+        params: dict[str, Any],
+        seed: int,
+    ):
+        self.model, self.scope, self.method = model, scope, method
+        self.params, self.seed = params, seed
+        self.num_layers = int(model.config.num_hidden_layers)
+        self.views = checkpoint_views(model)
+        owners = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
+        # Names a merge changes: floating tensors in scope (the in-scope test is λ-free).
+        self.names = [
+            name
+            for name, view in self.views.items()
+            if view.is_floating_point() and self._in_scope(name)
+        ]
+        self.owner = {
+            name: owners[self.views[name].untyped_storage().data_ptr()] for name in self.names
+        }
+        # E₁ starts as a copy of E₀: a parameter part that no in-scope name covers stays θ_D
+        # at every λ, as it does in the merged model.
+        self.at_one: dict[int, Tensor] = {}
+        for param in self.owner.values():
+            self.at_one.setdefault(id(param), param.detach().clone())
+
+    def _in_scope(self, name: str) -> bool:
+        return self.scope.strength_for(name, 0.0, self.num_layers) is not None
+
+    def _view_at_one(self, name: str) -> Tensor:
+        view, param = self.views[name], self.owner[name]
+        offset = view.storage_offset() - param.storage_offset()
+        return self.at_one[id(param)].as_strided(view.shape, view.stride(), offset)
+
+    def fill(self, checkpoints: dict[str, Checkpoint]) -> None:
+        device = self.model.device
+        for name in self.names:
+            if self.method.name == "linear":
+                # E₀ is the direct parent the model was loaded from; E₁ the thinking one.
+                self._view_at_one(name).copy_(checkpoints["thinking"].get(name))
+                continue
+            tensors = {role: ckpt.get(name).to(device, torch.float32)
+                       for role, ckpt in checkpoints.items()}  # fmt: skip
+            parents = Parents(name, tensors["direct"], tensors["thinking"], tensors.get("base"))
+            prepared = self.method.prepare(parents, self.params, self.seed)
+            self.views[name].copy_(self.method.apply(prepared, 0.0, self.params, None))
+            self._view_at_one(name).copy_(self.method.apply(prepared, 1.0, self.params, None))
+
+    def install(self) -> list[str]:
+        """Swap every module that owns an in-scope parameter for its spectrum class.
+
+        Returns one representative checkpoint name per strength column.
+        """
+        group_of = {id(self.owner[n]): (layer_of(n), module_of(n), n) for n in self.names}
+        for name in self.names:
+            key = group_of[id(self.owner[name])]
+            if key[:2] != (layer_of(name), module_of(name)):
+                raise UserError(f"parameter holding {name} mixes layers or module kinds")
+        columns: dict[tuple, int] = {}
+        groups: list[str] = []
+        for module in self.model.modules():
+            owned = [(pname, p) for pname, p in module.named_parameters(recurse=False)
+                     if id(p) in self.at_one]  # fmt: skip
+            if not owned:
+                continue
+            keys = {group_of[id(p)][:2] for _, p in owned}
+            if len(keys) > 1:
+                raise UserError(f"a {type(module).__name__} mixes layers or module kinds")
+            key = keys.pop()
+            if key not in columns:
+                columns[key] = len(groups)
+                groups.append(group_of[id(owned[0][1])][2])
+            module.__class__ = _spectrum_class(type(module))
+            module.spectrum_column = columns[key]
+            for pname, param in owned:
+                # Not persistent: state_dict() stays the E₀ model's; .to() still moves it.
+                module.register_buffer(f"{pname}_at_one", self.at_one[id(param)], persistent=False)
+        return groups
