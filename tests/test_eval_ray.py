@@ -58,8 +58,10 @@ def _counts(db: Path) -> tuple[int, int]:
 
 
 def _single_process(spec: SweepSpec, db: Path) -> list[tuple]:
+    """The single-process sweep's rows, re-merging per λ as the workers do (its one-batch
+    λ decode of affine methods gives the same greedy rows, tests/test_sweep_batched.py)."""
     torch.set_num_threads(1)  # as each Ray worker here: same kernels, same floats
-    run_sweep(spec, db, progress=False)
+    run_sweep(spec, db, progress=False, batch_lams=False)
     return _rows(db)
 
 
@@ -132,10 +134,8 @@ def test_ray_rows_equal_single_process(pool, reference, tmp_path):
 def test_ray_sampled_rows_equal_single_process(pool, tmp_path):
     """Seeds come from the sweep, the configuration and the cell's first unit: sampled
     rows do not depend on which worker drew them."""
-    # slerp: the single-process sweep runs it per λ, as the workers do (affine methods it
-    # decodes all λ in one batch, whose per-row seeds draw other samples).
     sampled = replace(
-        GREEDY, methods=("slerp",), lams=(0.5, 1.0), limit=1, k=2, decoding={"max_new_tokens": 16}
+        GREEDY, methods=("linear",), lams=(0.5, 1.0), limit=1, k=2, decoding={"max_new_tokens": 16}
     )
     run_sweep(sampled, tmp_path / "ray.duckdb", pool=pool, progress=False)
     rows = _rows(tmp_path / "ray.duckdb")
@@ -168,7 +168,7 @@ def test_search_rounds_on_the_pool_find_what_one_process_finds(pool, tmp_path):
     spec = replace(GREEDY, methods=("linear",), lams=(0.0,), levels=(1, 3), limit=1)
 
     def search(db: Path, **kwargs):
-        sweeper = Sweeper(spec, db, progress=False, **kwargs)
+        sweeper = Sweeper(spec, db, progress=False, batch_lams=False, **kwargs)
         try:
             return find_phase(
                 lambda lam: sweeper.point("linear", lam, "synthetic"),
