@@ -1,7 +1,8 @@
 """Sweeps on a Ray cluster: the driver plans and writes, a pool of actors generates.
 
 Protocol. The driver (``Sweeper`` with a ``RayPool``) plans the missing cells exactly as a
-single-process sweep does (``sweep.cells_of``) and hands them to ``RayPool.run``. Each
+single-process sweep's per-λ path does (``sweep.cells_of``; its one-batch λ decode of
+affine methods stays single-process) and hands them to ``RayPool.run``. Each
 actor loads the parents once (a live merger, transformers or vLLM) and runs one cell per
 call with ``sweep.run_cell``, the single-process code, returning the cell's graded rows.
 Only the driver writes DuckDB, one transaction per cell, as rows come back.
