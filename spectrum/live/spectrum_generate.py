@@ -72,7 +72,7 @@ class SpectrumGenerator(TransformersGenerator):
     """``TransformersGenerator``'s batching, padding and records, one λ per row."""
 
     def __init__(self, spectrum: SpectrumModel, *, batch_size: int = 16):
-        super().__init__(spectrum.model, spectrum.tokenizer, batch_size=batch_size)
+        super().__init__(spectrum.model, spectrum.toy.tokenizer, batch_size=batch_size)
         self.spectrum = spectrum
 
     def generate_rows(
