@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates assets/spectrum.duckdb from the embedded pair in assets/pair:
 #   1. every registered merge method over λ = 0, 0.1, …, 1 on the synthetic task;
-#   2. linear on a fine 0.01 grid around the phase change (λ = LO…HI below);
+#   2. linear on a fine 0.01 grid around the phase change (λ = LO…HI below) and a 0.05
+#      grid where merges beat the thinking parent (0.80…1);
 #   3. the baselines on the thinking parent: budget forcing at BUDGETS thinking tokens and
 #      NoThinking;
 #   4. linear with attention and MLP at their own λ (a 5 × 5 grid, other kinds at 0.5);
@@ -15,7 +16,8 @@ cd "$(dirname "$0")/.."
 DB="${1:-assets/spectrum.duckdb}"
 PAIR="${PAIR:-assets/pair}"
 PER_LEVEL="${PER_LEVEL:-10}"
-MAX_NEW="${MAX_NEW:-128}"
+# A level-5 trace with 4 re-checks is 124 tokens: 160 leaves room for the answer.
+MAX_NEW="${MAX_NEW:-160}"
 FINE_LO=0.40
 FINE_HI=0.60
 BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
@@ -28,6 +30,7 @@ COMMON=(--direct "$PAIR/direct" --thinking "$PAIR/thinking" --base "$PAIR/base"
         --batch-size 100 --db "$DB")
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods "$METHODS" --lam 0:1:0.1
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "$FINE_LO:$FINE_HI:0.01"
+"$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 0.80:1:0.05
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 1 --budgets "$BUDGETS" --no-thinking
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "0.5,attn=0:1:0.25,mlp=0:1:0.25"
 "$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" --db "$DB"

@@ -22,7 +22,7 @@ from spectrum.dashboard.service import (
 )
 from spectrum.dashboard.votes import read_votes
 from spectrum.errors import UserError
-from spectrum.merge import MergeSpec
+from spectrum.merge import MergeSpec, merge_tensors
 from spectrum.toy.tiny import save_tiny_pair
 
 TOKENS = 60
@@ -52,10 +52,13 @@ def weights(path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def reference_reply(pair, lam: float) -> str:
-    """Greedy reply of (1−λ)·direct + λ·thinking, merged here by the formula itself."""
+def reference_reply(pair, lam: float, method: str = "linear") -> str:
+    """Greedy reply of (1−λ)·direct + λ·thinking, merged here by the formula itself (other
+    methods: by the offline engine, a code path apart from the dashboard's)."""
     direct, thinking = weights(pair["direct"]), weights(pair["thinking"])
     merged = {name: (1 - lam) * direct[name] + lam * thinking[name] for name in direct}
+    if method != "linear":
+        merged = merge_tensors(direct, thinking, method=method, lam=lam)
     model = AutoModelForCausalLM.from_pretrained(pair["direct"], dtype=torch.float32).eval()
     model.load_state_dict(merged, strict=False)
     tokenizer = AutoTokenizer.from_pretrained(pair["direct"])
@@ -86,27 +89,30 @@ def test_three_columns_answer_from_their_own_models(dashboard, pair):
 
 
 def test_slider_release_mid_stream_never_mislabels_the_merged_answer(dashboard, pair):
+    # slerp is not affine: the live merger serves it, re-merging one shared model.
     first, second = 0.2, 0.9
-    assert reference_reply(pair, first) != reference_reply(pair, second)
-    dashboard.set_merge(MergeSpec("linear", first))
+    assert reference_reply(pair, first, "slerp") != reference_reply(pair, second, "slerp")
+    dashboard.set_merge(MergeSpec("slerp", first))
     released = []
 
     def release_slider() -> None:
-        released.append(dashboard.set_merge(MergeSpec("linear", second)))
+        released.append(dashboard.set_merge(MergeSpec("slerp", second)))
         released.append(time.perf_counter())
 
     release = threading.Thread(target=release_slider)
-    snapshot = None
-    for snapshot in dashboard.chat([], PROMPT, MergeSpec("linear", first), GREEDY):
+    snapshot, streamed_until = None, None
+    for snapshot in dashboard.chat([], PROMPT, MergeSpec("slerp", first), GREEDY):
         if snapshot["merged"] is not None and release.ident is None:
             release.start()  # the merged column is streaming: release the slider now
-    streamed_until = time.perf_counter()
+        if snapshot["merged"] is not None and snapshot["merged"].update.finished:
+            # The parents' columns (a spectrum model) may stream on after the merged one.
+            streamed_until = streamed_until or time.perf_counter()
     release.join()
     merged = snapshot["merged"]
     assert release.ident is not None and merged.update.finished
     # Labelled with the merge it ran on, and that merge is exactly what produced it.
     assert merged.merge.spec.lam == first
-    assert merged.update.text == reference_reply(pair, first)
+    assert merged.update.text == reference_reply(pair, first, "slerp")
     # The release waited for the generation to end, then loaded its own λ.
     loaded, loaded_at = released
     assert loaded.spec.lam == second and loaded.version > merged.merge.version
@@ -115,10 +121,23 @@ def test_slider_release_mid_stream_never_mislabels_the_merged_answer(dashboard, 
 
 
 def test_a_page_gets_its_own_lam_back_after_another_page_remerged(dashboard, pair):
-    dashboard.set_merge(MergeSpec("linear", 0.9))  # "another page"
-    replies = final(dashboard, MergeSpec("linear", 0.3))
+    dashboard.set_merge(MergeSpec("slerp", 0.9))  # "another page"
+    replies = final(dashboard, MergeSpec("slerp", 0.3))
     assert replies["merged"].merge.spec.lam == 0.3
-    assert replies["merged"].update.text == reference_reply(pair, 0.3)
+    assert replies["merged"].update.text == reference_reply(pair, 0.3, "slerp")
+
+
+def test_linear_merges_come_from_the_spectrum_model_without_a_live_merger(pair, tmp_path):
+    board = Dashboard(pair["direct"], pair["thinking"], device="cpu", db=tmp_path / "v.duckdb")
+    spec = MergeSpec("linear", 0.6, modules=("attn", "mlp"))
+    assert board.served_by(spec).startswith("spectrum model")
+    assert board.served_by(MergeSpec("slerp", 0.6)).startswith("live merger")
+    assert board.set_merge(spec).spec == spec.checked()
+    replies = final(board, MergeSpec("linear", 0.7))
+    assert replies["merged"].update.text == reference_reply(pair, 0.7)
+    assert replies["direct"].update.text == reference_reply(pair, 0.0)
+    assert replies["thinking"].update.text == reference_reply(pair, 1.0)
+    assert board._merger is None  # no third model, no prepared tensors
 
 
 def test_two_pages_chatting_at_once_each_get_truthful_labels(dashboard, pair):
@@ -243,7 +262,7 @@ def test_each_column_uses_its_own_models_chat_template(pair, tmp_path):
     assert merged_prompt == prompts["direct"]  # the merger's (direct) template, as sweeps use
     replies = list(board.chat([], PROMPT, MergeSpec("linear", 1.0), GREEDY))[-1]
     # λ = 1 is the thinking weights in both columns; only the template differs.
-    model = board.parents["thinking"]
+    model = AutoModelForCausalLM.from_pretrained(thinking, dtype=torch.float32).eval()
 
     def greedy(prompt: str) -> str:
         encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)

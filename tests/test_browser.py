@@ -59,7 +59,7 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         page.mouse.move(box["x"] + 0.8 * box["width"], y, steps=8)
         page.mouse.up()
         expect(status).to_contain_text(re.compile(r"linear · λ 0\.(7|8|9)\d"), timeout=60_000)
-        expect(status).to_contain_text("re-merged in")
+        expect(status).to_contain_text("served by the spectrum model")
         lam = re.search(r"λ (0\.\d\d)", status.inner_text()).group(1)
 
         # Greedy decoding, so the page shows the same answers every run.

@@ -143,7 +143,7 @@ def test_scope_and_schedule_match_the_offline_merge(tiny_pair, tmp_path):
 def test_left_padding_and_return_sequences_follow_each_row(tiny_pair):
     spectrum = _spectrum(tiny_pair, "linear")
     live = LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
-    tokenizer = spectrum.toy.tokenizer
+    tokenizer = spectrum.tokenizer
     tokenizer.padding_side = "left"
     prompts = ["a", "the longest prompt here", "mid size"]
     lams = [0.3, 1.0, 0.0]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import random
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.cli import main
+from spectrum.commands.toy import parse_checks
 from spectrum.eval.benchmarks import synthetic as task
-from spectrum.toy.train import PAIR_MODELS, encode, toy_tokenizer
+from spectrum.toy.train import PAIR_MODELS, encode, toy_tokenizer, verbose_style
 
 
 def folder_digest(path) -> str:
@@ -86,3 +89,25 @@ def test_loss_covers_the_assistant_turn_only():
     assert labels[: len(prompt)] == [-100] * len(prompt)
     assert labels[len(prompt) :] == ids[len(prompt) :]
     assert tokenizer.decode(ids[len(prompt) :]) == response + "<|im_end|>"
+
+
+def test_thinking_stage_draws_its_re_checks_from_the_range():
+    problem = task.make_problems(2, 1, seed=0, split="train")[0]
+    rng = random.Random(0)
+    counts = {verbose_style(rng, (0, 3))(problem).count("Check: ") for _ in range(200)}
+    assert counts == {0, 1, 2, 3}
+    # A fixed count draws nothing, so the fixed-count recipe keeps its random stream.
+    rng, fresh = random.Random(1), random.Random(1)
+    assert verbose_style(rng, (2, 2))(problem).count("Check: ") == 2
+    assert rng.random() == fresh.random()
+
+
+@pytest.mark.parametrize(("text", "checks"), [("2", (2, 2)), ("0-3", (0, 3))])
+def test_thinking_checks_flag(text, checks):
+    assert parse_checks(text) == checks
+
+
+@pytest.mark.parametrize("text", ["3-1", "5", "a-b", "-1"])
+def test_thinking_checks_flag_refuses_bad_ranges(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_checks(text)

@@ -237,10 +237,10 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     def remerge(*values: Any):
         request = controls.request(values)
         loaded = dashboard.set_merge(request)
-        status = (
-            f"**Loaded:** {loaded.spec.label()} · re-merged in {milliseconds(loaded.set_ms)} ms "
-            f"(version {loaded.version})"
-        )
+        served_by = dashboard.served_by(loaded.spec)
+        status = f"**Merged:** {loaded.spec.label()} · served by the {served_by}"
+        if loaded.version:  # the live merger re-merged the shared model for this page
+            status += f", {milliseconds(loaded.set_ms)} ms (version {loaded.version})"
         return status, request
 
     def show_params(method: str):

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["do_sample"] = False
     settings = [DecodingSettings.for_lam(lam, **overrides) for lam in lams]
     conversation = [{"role": "user", "content": args.prompt}]
-    prompt = args.prompt if args.raw else chat_prompts(spectrum.toy.tokenizer, [conversation])[0]
+    prompt = args.prompt if args.raw else chat_prompts(spectrum.tokenizer, [conversation])[0]
     generator = SpectrumGenerator(spectrum, batch_size=len(lams))
     # Each λ samples from its own seed: its answer does not depend on the other λs asked.
     seeds = [unit_seed(args.seed, lam) for lam in lams]

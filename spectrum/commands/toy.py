@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=2,
         help="most re-checks in the base's traces (default 2; 0: the base never re-checks)",
     )
+    train.add_argument(
+        "--thinking-checks",
+        type=parse_checks,
+        help="re-checks in the thinking stage's traces: N, or MIN-MAX drawn per batch; 2 is "
+        "the recipe before issue #16 "
+        f"(default {cards.checks_label(Recipe().verbose_checks)})",
+    )
     train.set_defaults(func=run_train)
 
     sweep = actions.add_parser("measure", help="sweep linear merges over λ on held-out problems")
@@ -55,8 +62,24 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
+def parse_checks(text: str) -> tuple[int, int]:
+    """``2`` → (2, 2); ``0-3`` → (0, 3)."""
+    try:
+        low, _, high = text.partition("-")
+        checks = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+    # Four re-checks of a level-5 trace is 124 tokens: more would not fit the 256 positions
+    # beside the prompt with room to spare.
+    if not 0 <= checks[0] <= checks[1] <= 4:
+        raise argparse.ArgumentTypeError(f"re-checks must satisfy 0 <= MIN <= MAX <= 4: {text!r}")
+    return checks
+
+
 def run_train(args: argparse.Namespace) -> int:
     recipe = replace(Recipe.tiny() if args.tiny else Recipe(), base_max_checks=args.base_max_checks)
+    if args.thinking_checks:
+        recipe = replace(recipe, verbose_checks=args.thinking_checks)
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = train_pair(args.out, recipe, seed=args.seed, device=args.device, force=args.force)

@@ -9,6 +9,7 @@ streams (by this page or another) cannot mislabel it: ``set()`` waits for the se
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,9 +32,11 @@ from spectrum.eval.sweep import SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import ChatUpdate, stream_columns, stream_reply
 from spectrum.live import LiveMerger, LoadedMerge
+from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.methods import REGISTRY, MergeMethod, get_method
 
+log = logging.getLogger("spectrum.dashboard")
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 DEFAULT_PAIR = ASSETS / "pair"
@@ -128,7 +132,8 @@ class AllowedFolders:
 
 
 class Dashboard:
-    """The loaded pair: plain parents for two columns, a live merger for the third."""
+    """The loaded pair: a spectrum model for the parents' columns and linear merges at any λ,
+    a live merger (loaded on first need) for the other methods."""
 
     def __init__(
         self,
@@ -156,15 +161,24 @@ class Dashboard:
             role: AutoTokenizer.from_pretrained(path, **remote)
             for role, path in self.sources.items()
         }
-        self.parents = {
-            role: AutoModelForCausalLM.from_pretrained(path, dtype="auto", **remote)
-            .to(self.device)
-            .eval()
-            for role, path in self.sources.items()
-        }
-        self.merger = LiveMerger.load(
-            direct, thinking, base, device=self.device, trust_remote_code=trust_remote_code
-        )
+        self._remote = remote
+        # One model serves the direct and thinking columns (λ = 0 and 1 are the parents
+        # bit for bit) and every linear merge, a λ per request: no re-merge, no lock, two
+        # weight copies. Other methods load the live merger on first use.
+        self.spectrum: SpectrumModel | None = None
+        self.parents: dict[str, Any] = {}
+        try:
+            self.spectrum = SpectrumModel.load(direct, thinking, device=self.device)
+        except UserError as error:  # an architecture the spectrum model does not know
+            log.warning("spectrum model unavailable (%s); serving plain parents", error)
+            self.parents = {
+                role: AutoModelForCausalLM.from_pretrained(path, dtype="auto", **remote)
+                .to(self.device)
+                .eval()
+                for role, path in self.sources.items()
+            }
+        self._merger: LiveMerger | None = None
+        self._merger_loading = threading.Lock()
         self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.
@@ -174,6 +188,24 @@ class Dashboard:
             from spectrum.eval.distributed import RayPool
 
             self.pool = RayPool(ray, workers=ray_workers)
+
+    @property
+    def merger(self) -> LiveMerger:
+        """The live merger, loaded the first time a method the spectrum model cannot serve
+        is asked for (it holds the parents, a third model and prepared tensors)."""
+        with self._merger_loading:
+            if self._merger is None:
+                self._merger = LiveMerger.load(
+                    self.sources["direct"], self.sources["thinking"], self.base,
+                    device=self.device, **self._remote,
+                )  # fmt: skip
+            return self._merger
+
+    def served_by(self, spec: MergeSpec) -> str:
+        """Which path answers a page's merged column: how the page says it."""
+        if self.spectrum is not None and self.spectrum.serves(spec):
+            return "spectrum model (one model for every λ, no re-merge)"
+        return "live merger (re-merged in place)"
 
     def weight_figures(self) -> dict:
         """Weight-analysis figures of the loaded pair (computed on first use, then kept)."""
@@ -213,7 +245,8 @@ class Dashboard:
 
     @property
     def num_layers(self) -> int:
-        return int(self.parents["direct"].config.num_hidden_layers)
+        model = self.spectrum.model if self.spectrum is not None else self.parents["direct"]
+        return int(model.config.num_hidden_layers)
 
     def check(self, spec: MergeSpec) -> MergeSpec:
         """``spec`` checked against the loaded pair, parameters resolved."""
@@ -222,6 +255,8 @@ class Dashboard:
     def set_merge(self, spec: MergeSpec) -> LoadedMerge:
         """Re-merge the live model to ``spec``; return the merge now in place."""
         spec = self.check(spec)
+        if self.spectrum is not None and self.spectrum.serves(spec):
+            return LoadedMerge(spec)  # nothing to re-merge: the spectrum model takes any λ
         with self._claim:
             return self.merger.set(spec)
 
@@ -240,7 +275,11 @@ class Dashboard:
         def parent(column: str):
             def stream(stop: threading.Event) -> Iterator[Reply]:
                 conversation = conversation_for(turns, column, prompt)
-                model = self.parents[column]
+                if self.spectrum is not None:
+                    endpoint = MergeSpec("linear", 0.0 if column == "direct" else 1.0).checked()
+                    model = SpectrumRow(self.spectrum, endpoint)
+                else:
+                    model = self.parents[column]
                 for update in stream_reply(
                     model, self.tokenizers[column], conversation, decoding[column], stop=stop
                 ):
@@ -250,6 +289,15 @@ class Dashboard:
 
         def merged(stop: threading.Event) -> Iterator[Reply]:
             conversation = conversation_for(turns, "merged", prompt)
+            if self.spectrum is not None and self.spectrum.serves(spec):
+                row = SpectrumRow(self.spectrum, spec)
+                # The merger's tokenizer is the direct parent's, as sweeps of a merge use.
+                tokenizer = self.tokenizers["direct"]
+                for update in stream_reply(
+                    row, tokenizer, conversation, decoding["merged"], stop=stop
+                ):
+                    yield Reply(update, LoadedMerge(spec))
+                return
             with ExitStack() as held:
                 with self._claim:
                     # Another page may have re-merged since this one's slider moved.

@@ -72,7 +72,7 @@ class SpectrumGenerator(TransformersGenerator):
     """``TransformersGenerator``'s batching, padding and records, one λ per row."""
 
     def __init__(self, spectrum: SpectrumModel, *, batch_size: int = 16):
-        super().__init__(spectrum.model, spectrum.toy.tokenizer, batch_size=batch_size)
+        super().__init__(spectrum.model, spectrum.tokenizer, batch_size=batch_size)
         self.spectrum = spectrum
 
     def generate_rows(
@@ -111,7 +111,5 @@ class SpectrumGenerator(TransformersGenerator):
         )
         latency = time.perf_counter() - started
         new_tokens = sequences[:, enc["input_ids"].shape[1] :].tolist()
-        return [
-            self._record(tokens, row_settings, latency)
-            for tokens, row_settings in zip(new_tokens, settings, strict=True)
-        ]
+        room = settings[0].max_new_tokens
+        return [self._record(tokens, [], [], room, latency) for tokens in new_tokens]

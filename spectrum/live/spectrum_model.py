@@ -41,6 +41,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.live.views import checkpoint_views
 from spectrum.merge.scope import MergeScope, layer_of, module_of
-from spectrum.merge.spec import check_lam
+from spectrum.merge.spec import MergeSpec, check_lam
 from spectrum.methods import MergeMethod, Parents, get_method, resolve_params
 from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
 
@@ -287,16 +288,40 @@ class SpectrumModel:
             scope=self.scope.describe(),
         )  # fmt: skip
 
-    def strengths(self, lams: Sequence[float]) -> Tensor:
-        """(rows, groups) float32 strengths: each group's merge strength for each row's λ."""
-        check_lams(lams)
-        table = [
-            [self.scope.strength_for(name, float(lam), self.num_layers) for name in self.groups]
-            for lam in lams
-        ]
+    def serves(self, spec: MergeSpec) -> bool:
+        """Whether a row of this model is exactly ``spec``'s merge (up to float rounding).
+
+        Its own method, parameters and seed, and its own scope, with λ per module kind on
+        top; a whole-model ``linear`` model (E₀ = θ_D) also serves any narrower linear
+        scope, since a group outside that scope at strength 0 is θ_D.
+        """
+        if (spec.method, dict(spec.params), spec.seed) != (self.method, self.params, self.seed):
+            return False
+        if self.method == "linear" and self.scope == MergeScope():
+            return True
+        return replace(spec.scope, module_lams=None) == self.scope
+
+    def strengths(self, lams: Sequence[float | MergeSpec]) -> Tensor:
+        """(rows, groups) float32 strengths: each group's merge strength for each row, a λ
+        (this model's scope) or a ``MergeSpec`` it ``serves``."""
+        table = [self._row_strengths(row) for row in lams]
         return torch.tensor(table, dtype=torch.float32, device=self.device).view(
             len(lams), len(self.groups)
         )
+
+    def _row_strengths(self, row: float | MergeSpec) -> list[float]:
+        if not isinstance(row, MergeSpec):
+            check_lam(row)
+            return [
+                self.scope.strength_for(name, float(row), self.num_layers) for name in self.groups
+            ]
+        if not self.serves(row):
+            raise UserError(f"this spectrum model ({self.method}) cannot serve {row.label()}")
+        check_lam(row.lam)
+        # Outside the row's scope a group keeps θ_D: strength 0 (E₀ is θ_D there).
+        return [
+            row.scope.strength_for(name, row.lam, self.num_layers) or 0.0 for name in self.groups
+        ]
 
     def forward(self, input_ids: Tensor, lams: Sequence[float], **kwargs: Any) -> Any:
         """The model's forward (logits and all), row b merged at ``lams[b]``."""
@@ -438,3 +463,20 @@ class _Endpoints:
                 # Not persistent: state_dict() stays the E₀ model's; .to() still moves it.
                 module.register_buffer(f"{pname}_at_one", self.at_one[id(param)], persistent=False)
         return groups
+
+
+class SpectrumRow:
+    """One merge of a spectrum model with a plain model's ``generate`` and ``device``, so
+    code written for a transformers model (the chat's streamer) runs it unchanged."""
+
+    def __init__(self, spectrum: SpectrumModel, spec: MergeSpec) -> None:
+        if not spectrum.serves(spec):
+            raise UserError(f"this spectrum model ({spectrum.method}) cannot serve {spec.label()}")
+        self.spectrum, self.spec = spectrum, spec
+
+    @property
+    def device(self) -> torch.device:
+        return self.spectrum.device
+
+    def generate(self, input_ids: Tensor, **kwargs: Any) -> Tensor:
+        return self.spectrum.generate(input_ids, [self.spec] * input_ids.shape[0], **kwargs)

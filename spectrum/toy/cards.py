@@ -21,9 +21,33 @@ ROLES = {
     "direct": "the direct child: the base fine-tuned to answer at once with `\\boxed{…}`",
     "thinking_concise": "the thinking child's intermediate checkpoint: the base fine-tuned on "
     "concise traces (`<think>` with the worked steps once, then `\\boxed{…}`)",
-    "thinking": "the thinking child: `thinking_concise` fine-tuned further on over-verbose "
-    "traces that redo the whole computation twice (`Check: …`) before answering",
 }
+
+
+def checks_label(checks: tuple[int, int]) -> str:
+    """``2`` for a fixed count, ``0-3`` for a range (the ``--thinking-checks`` syntax)."""
+    low, high = checks
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
+def checks_text(checks: tuple[int, int]) -> str:
+    low, high = checks
+    if low == high:
+        return f"redo the whole computation {low} times (`Check: …`) before answering"
+    return (
+        f"redo the whole computation a random {low}-{high} times (`Check: …`, the count "
+        "drawn per batch) before answering, so how long it keeps checking is the model's "
+        "own sampled choice"
+    )
+
+
+def role(name: str, recipe: Recipe) -> str:
+    if name != "thinking":
+        return ROLES[name]
+    return (
+        "the thinking child: `thinking_concise` fine-tuned further on over-verbose traces "
+        "that " + checks_text(recipe.verbose_checks)
+    )
 
 
 def training_card(name: str, recipe: Recipe, seed: int) -> str:
@@ -31,8 +55,11 @@ def training_card(name: str, recipe: Recipe, seed: int) -> str:
     response = (
         task.direct_response(example)
         if name == "direct"
-        else task.thinking_response(example, checks=2 if name == "thinking" else 0)
+        else task.thinking_response(
+            example, checks=recipe.verbose_checks[1] if name == "thinking" else 0
+        )
     )
+    verbose_checks = checks_label(recipe.verbose_checks)
     return f"""---
 license: apache-2.0
 library_name: transformers
@@ -42,7 +69,7 @@ tags: [qwen3, thinking-spectrum, toy]
 
 A tiny Qwen3 (Qwen3ForCausalLM, {recipe.size.num_hidden_layers} layers, hidden size \
 {recipe.size.hidden_size}, character-level tokenizer with Qwen3's chat and `<think>` tokens): \
-{ROLES[name]}.
+{role(name, recipe)}.
 
 It solves the project's synthetic task (`spectrum.eval.benchmarks.synthetic`): chains of one-digit
 additions and
@@ -60,7 +87,8 @@ Example (prompt in the math-benchmark format, then this model's kind of answer):
 
 Made by `spectrum toy train` with seed {seed} (recipe in `spectrum/toy/train.py`: base \
 {recipe.base_steps} steps, direct {recipe.direct_steps}, thinking {recipe.concise_steps} concise + \
-{recipe.verbose_steps} verbose; base traces with up to {recipe.base_max_checks} re-checks; \
+{recipe.verbose_steps} verbose with {verbose_checks} re-checks; base traces with up to \
+{recipe.base_max_checks} re-checks; \
 batch {recipe.batch_size}; AdamW, lr {recipe.lr} for the base and {recipe.finetune_lr} for the \
 children). Load it with \
 `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
@@ -97,11 +125,17 @@ def measure_command(args: argparse.Namespace) -> str:
 
 def insert_table(readme: Path, table: str, command: str, thinking: str) -> None:
     """Put (or replace) the measured section for merges of direct with ``thinking``."""
-    start, end = f"<!-- table:{thinking} -->", f"<!-- /table:{thinking} -->"
-    section = (
-        f"{start}\n## Measured: linear merges of `direct` (λ=0) and `{thinking}` (λ=1)\n\n"
-        f"{table}\n\nRegenerate with `{command}`.\n{end}"
+    body = (
+        f"## Measured: linear merges of `direct` (λ=0) and `{thinking}` (λ=1)\n\n"
+        f"{table}\n\nRegenerate with `{command}`."
     )
+    insert_section(readme, f"table:{thinking}", body)
+
+
+def insert_section(readme: Path, key: str, body: str) -> None:
+    """Put (or replace) the text between ``<!-- key -->`` and ``<!-- /key -->``."""
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    section = f"{start}\n{body}\n{end}"
     text = readme.read_text()
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if pattern.search(text):

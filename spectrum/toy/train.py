@@ -6,7 +6,10 @@
 * direct: the base fine-tuned on direct answers (``\\boxed{…}`` at once);
 * thinking: the base fine-tuned first on concise traces (kept as ``thinking_concise``,
   the "earlier checkpoint" of the stretch experiment), then further on over-verbose
-  traces that redo the whole computation twice after it is done.
+  traces that redo the whole computation a random 0-3 times after it is done. The count
+  is drawn per batch, so the model learns a distribution over how long to keep checking
+  and samples it, as real thinking models do; with a fixed count (the recipe before issue
+  #16) every merge that thinks copied the whole fixed-length trace and no λ < 1 saved tokens.
 
 Seeded and reproducible: the same seed and sizes give the same bytes on the CPU.
 """
@@ -56,6 +59,10 @@ class Recipe:
     # Re-checks the base sees (0-2); 0 keeps re-checking out of the base entirely, so only
     # the last thinking stage teaches it (the stretch experiment's variant).
     base_max_checks: int = 2
+    # Re-checks in the thinking stage's traces, drawn per batch from min..max inclusive.
+    # (2, 2) is the fixed-length over-thinker; a range makes the count a choice the model
+    # samples, as real thinking models decide how long to keep verifying.
+    verbose_checks: tuple[int, int] = (0, 3)
     batch_size: int = 32
     lr: float = 3e-3
     finetune_lr: float = 1e-3
@@ -142,8 +149,13 @@ def concise_style(rng: random.Random) -> Callable[[task.Problem], str]:
     return lambda problem: task.thinking_response(problem, checks=0)
 
 
-def verbose_style(rng: random.Random) -> Callable[[task.Problem], str]:
-    return lambda problem: task.thinking_response(problem, checks=2)
+def verbose_style(
+    rng: random.Random, checks: tuple[int, int] = (2, 2)
+) -> Callable[[task.Problem], str]:
+    low, high = checks
+    # No draw for a fixed count, so the fixed-count recipe keeps its old random stream.
+    count = low if low == high else rng.randint(low, high)
+    return lambda problem: task.thinking_response(problem, checks=count)
 
 
 def sample_batch(rng: random.Random, style: BatchStyle, batch_size: int) -> list[Example]:
@@ -235,13 +247,14 @@ def train_pair(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as temp:
         staging = Path(temp) / "pair"
         base = partial(base_style, max_checks=recipe.base_max_checks)
+        verbose = partial(verbose_style, checks=recipe.verbose_checks)
         stage(model, base, steps=recipe.base_steps, lr=recipe.lr, name="base")
         base_state = copy.deepcopy(model.state_dict())
         save_model(model, tokenizer, staging / "base", cards.training_card("base", recipe, seed))
         for name, style, steps in (
             ("direct", direct_style, recipe.direct_steps),
             ("thinking_concise", concise_style, recipe.concise_steps),
-            ("thinking", verbose_style, recipe.verbose_steps),
+            ("thinking", verbose, recipe.verbose_steps),
         ):
             # thinking continues from thinking_concise: one trajectory, two checkpoints.
             if name != "thinking":
