@@ -501,9 +501,9 @@ def main() -> None:
         # The allocator settings `spectrum merge` and `spectrum app` use (freed tensors
         # leave RSS): without them glibc's heap keeps freed float32 copies and a process
         # that prepares several methods grows far past what it holds.
-        from spectrum.commands.merge import _return_freed_tensors_to_os
+        from spectrum.devices import return_freed_memory_to_os
 
-        _return_freed_tensors_to_os()
+        return_freed_memory_to_os()
         {"live": child_live, "dashboard": child_dashboard, "generate": child_generate,
          "vllm": child_vllm, "gpu-live": child_gpu_live}[args.step](args)  # fmt: skip
         return

@@ -73,6 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow model repositories to run their own Python code (off by default)",
     )
+    parser.add_argument(
+        "--ray",
+        default=env("SPECTRUM_RAY"),
+        metavar="local|auto|ADDRESS",
+        help="run the Sweep tab's sweeps on this Ray cluster (the parents must be readable there)",
+    )
+    parser.add_argument(
+        "--ray-workers", type=int, help="Ray workers (default: one per GPU, else one on CPU)"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,11 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.commands.merge import _return_freed_tensors_to_os
+    from spectrum.dashboard import return_freed_memory_to_os
 
     # Freed float32 copies leave RSS, so a re-merge to a new method stays within the
     # planner's figure (bench/RESULTS.md, real-scale rehearsal).
-    _return_freed_tensors_to_os()
+    return_freed_memory_to_os()
     for role in ("direct", "thinking", "base"):
         source = getattr(args, role)
         looks_local = source is not None and (
@@ -121,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         limits=ChatLimits(args.max_new_tokens, args.max_seconds),
+        ray=args.ray,
+        ray_workers=args.ray_workers,
     )
     launch(dashboard, host=args.host, port=args.port)
     return 0

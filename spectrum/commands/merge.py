@@ -81,34 +81,14 @@ def config_from_args(args: argparse.Namespace) -> MergeConfig:
     return MergeConfig.from_dict(data)
 
 
-def _return_freed_tensors_to_os() -> None:
-    """Serve every block of 4 MiB or more by mmap, so a freed tensor leaves RSS at once.
-
-    glibc raises its mmap threshold (up to 32 MiB) each time a large block is freed; from
-    then on tensors come from heap arenas that fragment and keep their memory, and
-    streaming a model looks like holding a good part of it. A fixed threshold costs page
-    faults (the kernel zeroes each new mapping) but keeps the peak at a few tensors.
-    Process-wide, hence here in the command and not in the library. No-op off glibc.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD
-        # Fixing the threshold also fixes the trim threshold at 128 KiB, and trimming freed
-        # slices hands their pages back only to fault them in again for the next slice.
-        libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD
-    except OSError:
-        return
-
-
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from spectrum.devices import return_freed_memory_to_os
     from spectrum.merge import merge_checkpoints
 
     logging.basicConfig(format="spectrum merge: warning: %(message)s", stream=sys.stderr)
-    _return_freed_tensors_to_os()
+    return_freed_memory_to_os()
     config = config_from_args(args)
     out = merge_checkpoints(config, args.out, force=args.force, progress=not args.quiet)
     print(f"merged {config.spec.method} at λ={config.spec.lam} into {out}")

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from functools import partial
 
-from spectrum.commands.sweep import add_eval_args, add_model_args, spec_from_args
+from spectrum.commands.sweep import add_eval_args, add_model_args, pool_from_args, spec_from_args
 from spectrum.errors import UserError
 
 
@@ -31,8 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.eval.search import find_budget, find_phase
-    from spectrum.eval.sweep import Sweeper, default_provider
+    from spectrum.eval.sweep import default_provider
 
     if args.target == "budget" and args.max_tokens is None:
         raise UserError("--target budget needs --max-tokens N")
@@ -50,23 +49,42 @@ def run(args: argparse.Namespace) -> int:
             provider["model"] = default_provider(spec)
         return provider["model"]
 
-    for bench in spec.benchmarks:
-        sweeper = Sweeper(
-            replace(spec, benchmarks=(bench,)),
-            args.db,
-            provider_factory=shared_provider,
-            progress=not args.no_progress,
-        )
-        evaluate = partial(sweeper.point, args.method, benchmark=bench)
-        try:
-            if args.target == "phase":
-                found = find_phase(evaluate, metric=args.metric, lo=lo, hi=hi, coarse=args.coarse)
-            else:
-                found = find_budget(evaluate, args.max_tokens, lo=lo, hi=hi, coarse=args.coarse)
-        finally:
-            sweeper.close()
-        print(describe(bench, args, found))
+    pool = pool_from_args(args)  # one pool of workers for every benchmark and round
+    try:
+        for bench in spec.benchmarks:
+            print(describe(bench, args, _search(args, spec, bench, shared_provider, pool, lo, hi)))
+    finally:
+        if pool is not None:
+            pool.close()
     return 0
+
+
+def _search(args, spec, bench: str, provider_factory, pool, lo: float, hi: float):
+    from spectrum.eval.search import find_budget, find_phase
+    from spectrum.eval.sweep import Sweeper
+
+    sweeper = Sweeper(
+        replace(spec, benchmarks=(bench,)),
+        args.db,
+        provider_factory=provider_factory,
+        progress=not args.no_progress,
+        pool=pool,
+    )
+    evaluate = partial(sweeper.point, args.method, benchmark=bench)
+
+    def prefetch(lams: list[float]) -> None:  # a round's probes at once: in parallel on a pool
+        sweeper.run(methods=(args.method,), lams=tuple(lams))
+
+    try:
+        if args.target == "phase":
+            return find_phase(
+                evaluate, metric=args.metric, lo=lo, hi=hi, coarse=args.coarse, prefetch=prefetch
+            )
+        return find_budget(
+            evaluate, args.max_tokens, lo=lo, hi=hi, coarse=args.coarse, prefetch=prefetch
+        )
+    finally:
+        sweeper.close()
 
 
 def describe(bench: str, args: argparse.Namespace, found) -> str:

@@ -70,6 +70,29 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--db", required=True, help="DuckDB results file (created if missing)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--ray",
+        metavar="local|auto|ADDRESS",
+        help="generate on a Ray cluster: local (start one here), auto (the running one) or "
+        "HOST:PORT; this process only plans and writes the DB",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="Ray workers (default: one per GPU, else one on CPU)"
+    )
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (default 1 on GPUs)"
+    )
+
+
+def pool_from_args(args: argparse.Namespace):
+    """The Ray pool ``--ray`` asks for, or None; ray is imported only then."""
+    if args.ray is None:
+        if args.workers is not None or args.gpus_per_worker:
+            raise UserError("--workers and --gpus-per-worker need --ray local|auto|ADDRESS")
+        return None
+    from spectrum.eval.distributed import RayPool
+
+    return RayPool(args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
 
 
 def add_baseline_args(parser: argparse.ArgumentParser) -> None:
@@ -210,8 +233,18 @@ def run(args: argparse.Namespace) -> int:
     plain, module_lams = split_lam_grid(args.lam)
     spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(plain), module_lams)
     command = shlex.join(["spectrum", *sys.argv[1:]])
-    result = run_sweep(
-        spec, args.db, progress=not args.no_progress, command=command, batch_lams=args.batch_lams
-    )
+    pool = pool_from_args(args)
+    try:
+        result = run_sweep(
+            spec,
+            args.db,
+            progress=not args.no_progress,
+            command=command,
+            batch_lams=args.batch_lams,
+            pool=pool,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
     print(f"{args.db}: {result.generated} samples generated, {result.skipped} already there")
     return 0

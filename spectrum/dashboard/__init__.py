@@ -14,6 +14,7 @@ from spectrum.dashboard.service import (
     example_prompts,
 )
 from spectrum.dashboard.votes import CHOICES, COLUMNS
+from spectrum.devices import return_freed_memory_to_os
 from spectrum.eval.sweep import SweepProgress, SweepResult
 from spectrum.generate.chat import display_text
 from spectrum.merge.scope import MODULE_KINDS
@@ -39,4 +40,5 @@ __all__ = [
     "decoding_for",
     "display_text",
     "example_prompts",
+    "return_freed_memory_to_os",
 ]

@@ -172,6 +172,8 @@ class Dashboard:
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         limits: ChatLimits = ChatLimits(),
+        ray: str | None = None,
+        ray_workers: int | None = None,
     ) -> None:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         self.base = None if base is None else str(base)
@@ -215,6 +217,11 @@ class Dashboard:
         # One page's "set if not what I asked for, then generate" must not interleave with
         # another page's, or both would re-merge back and forth.
         self._claim = threading.Lock()
+        self.pool = None  # page sweeps go to this Ray pool when the app was given --ray
+        if ray is not None:
+            from spectrum.eval.distributed import RayPool
+
+            self.pool = RayPool(ray, workers=ray_workers)
 
     @property
     def merger(self) -> LiveMerger:
@@ -493,4 +500,5 @@ class Dashboard:
             progress=False,  # the page draws its own bar from ``report``
             report=report,
             stop=stop,
+            pool=self.pool,
         )

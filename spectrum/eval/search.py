@@ -12,6 +12,10 @@ Both targets start from a coarse grid and then bisect, so each costs about
 * ``budget``: the most accurate λ whose Token#N stays at most ``max_tokens``. The boundary
   between the last affordable coarse λ and the next is bisected (Token#N grows with λ),
   then the most accurate affordable λ evaluated wins (ties: fewer tokens).
+
+``prefetch``, when given, is called with each round's λ probes before they are read one at
+a time: the coarse grid is one round, so a Ray pool evaluates it all in parallel (each
+bisection step is a round of one λ, whose cells the pool still spreads).
 """
 
 from __future__ import annotations
@@ -116,10 +120,13 @@ def find_phase(
     hi: float = 1.0,
     coarse: float = 0.125,
     resolution: float = GRID_STEP,
+    prefetch: Callable[[list[float]], None] | None = None,
 ) -> SearchResult:
     result = SearchResult("phase", None, None, grid_evaluations=len(grid(lo, hi, GRID_STEP)))
     f = _memo(evaluate, result.evaluated)
     coarse_lams = grid(lo, hi, coarse)
+    if prefetch is not None:
+        prefetch(coarse_lams)
     values = [f(lam).metric(metric) for lam in coarse_lams]
     sign, level = _level(values)
     pair = _steepest_crossing(coarse_lams, [sign * v for v in values], level)
@@ -140,10 +147,13 @@ def find_budget(
     hi: float = 1.0,
     coarse: float = 0.125,
     resolution: float = GRID_STEP,
+    prefetch: Callable[[list[float]], None] | None = None,
 ) -> SearchResult:
     result = SearchResult("budget", None, None, grid_evaluations=len(grid(lo, hi, GRID_STEP)))
     f = _memo(evaluate, result.evaluated)
     coarse_lams = grid(lo, hi, coarse)
+    if prefetch is not None:
+        prefetch(coarse_lams)
     affordable = [lam for lam in coarse_lams if f(lam).tokens <= max_tokens]
     if not affordable:
         result.note = f"no λ in [{lo:g}, {hi:g}] stays under {max_tokens:g} tokens"

@@ -2,15 +2,20 @@
 
 The merged models come from a *provider* with the live merger's surface
 (``set(spec)``, ``.model``, ``.tokenizer``,
-``session()``): no checkpoint is written per λ. The unit of work is one sample; samples
-are committed to DuckDB one generation batch per transaction, so a sweep killed at any
-moment and run again skips what was committed and redoes only the batch in flight.
+``session()``): no checkpoint is written per λ. The unit of work is one sample; the
+missing units are grouped into *cells* (one configuration, one benchmark, up to
+``batch_size`` units) and each cell is committed to DuckDB in one transaction, so a sweep
+killed at any moment and run again skips what was committed and redoes only the cells in
+flight. A cell's sampling seed comes from the sweep seed, its configuration and its first
+unit, never from where or when it ran, so a sweep on a Ray pool (``distributed.py``) and
+a resumed sweep store the rows a single uninterrupted process would.
 The DB is open only for those transactions (``store.opened``), so the dashboard reads it
 and records votes while a sweep runs; one sweep per DB at a time (``store.sweep_lock``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -304,10 +309,102 @@ def _record_run(con, spec: SweepSpec, run_id: str, hashes: dict, command: str) -
     store.insert_frame(con, "runs", pd.DataFrame([run]))
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One configuration's missing units on one benchmark, at most a batch of them: what a
+    worker generates in one go and the driver commits in one transaction."""
+
+    config: dict[str, Any]
+    benchmark: str
+    units: tuple[tuple[Problem, int], ...]  # (problem, sample_idx)
+    seed: int
+
+    @property
+    def config_id(self) -> str:
+        return store.config_id(self.config)
+
+
+def cell_seed(sweep_seed: int, config_id: str, benchmark: str, problem_id: str, sample: int) -> int:
+    """The sampling seed of the cell that starts at (problem, sample): a function of the
+    sweep and the unit only, so every worker, and every rerun, draws the same samples."""
+    key = f"{sweep_seed}/{config_id}/{benchmark}/{problem_id}/{sample}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
+
+
+# (config, benchmark, missing (problem, sample_idx)): one entry of the sweep's plan.
+Entry = tuple[dict[str, Any], str, list[tuple[Problem, int]]]
+
+
+def _plan(con, configs, problems, k) -> list[Entry]:
+    """(config, benchmark, missing (problem, sample_idx)) for every config with work left."""
+    todo = []
+    for config in configs:
+        cid = store.config_id(config)
+        for bench, bench_problems in problems.items():
+            done = store.done_keys(con, cid, bench)
+            missing = [(p, s) for p in bench_problems for s in range(k) if (p.id, s) not in done]
+            if missing:
+                todo.append((config, bench, missing))
+    return todo
+
+
+def cells_of(todo: list[Entry], spec: SweepSpec) -> list[Cell]:
+    """The plan's missing units cut into cells of ``spec.batch_size``.
+
+    Cells are committed whole, so the units still missing after an interruption are whole
+    cells; cutting them again gives back the same cells (only a configuration's last cell
+    can be short, and it stays last) and so the same seeds.
+    """
+    cells = []
+    for config, bench, missing in todo:
+        cid = store.config_id(config)
+        for start in range(0, len(missing), spec.batch_size):
+            units = tuple(missing[start : start + spec.batch_size])
+            first, sample = units[0]
+            cells.append(
+                Cell(config, bench, units, cell_seed(spec.seed, cid, bench, first.id, sample))
+            )
+    return cells
+
+
+def run_cell(provider, generator, spec: SweepSpec, cell: Cell, run_id: str) -> pd.DataFrame:
+    """Merge the cell's configuration (unless loaded), generate and grade: its rows."""
+    wanted = merge_spec(spec, cell.config)
+    if provider.current.spec != wanted:
+        provider.set(wanted)
+    settings = DecodingSettings(**cell.config["decoding"])
+    conversations = [problem.conversation() for problem, _ in cell.units]
+    gens = generator.generate(conversations, settings, seed=cell.seed)
+    grader = get_benchmark(cell.benchmark).grader
+    return _rows(cell.config, cell.config_id, run_id, cell.benchmark, grader, cell.units, gens)
+
+
+class Progress:
+    """The sweep's bar: units done of total (tqdm adds rate and ETA) and tokens/s."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, desc="sweep", unit="sample", disable=not enabled)
+        self.tokens, self.started = 0, time.perf_counter()
+
+    def update(self, cell: Cell, rows: pd.DataFrame) -> None:
+        self.tokens += int(rows["n_tokens"].sum())
+        rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+        c = cell.config
+        self.bar.set_postfix_str(f"{c['method']} λ={c['lam']:g} {cell.benchmark} {rate:.0f} tok/s")
+        self.bar.update(len(cell.units))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class Sweeper:
     """An open sweep: the DB's sweep lock held, problems loaded, parents hashed, the
     provider made on first need and kept (``search`` evaluates one λ at a time through the
-    same one). The DB itself is opened per transaction."""
+    same one). The DB itself is opened per transaction.
+
+    With a ``pool`` (``spectrum.eval.distributed.RayPool``) the cells are generated by the
+    pool's workers instead, and this process only plans and writes.
+    """
 
     def __init__(
         self,
@@ -320,18 +417,20 @@ class Sweeper:
         report: Callable[[SweepProgress], None] | None = None,
         stop: threading.Event | None = None,
         batch_lams: bool | None = None,
+        pool: Any = None,
     ) -> None:
         """``report`` hears of every stored batch (of a whole λ grid, when batched); setting
         ``stop`` ends the sweep after the batch in flight is stored (the dashboard's progress
         bar and Stop button)."""
-        self.spec, self.progress, self.command = spec, progress, command
+        self.spec, self.progress, self.command, self.pool = spec, progress, command, pool
         self.report, self.stop = report, stop
         # Affine methods decode all λ of the grid in one batch on one spectrum model
         # (spectrum.eval.sweep_batched): on by default for the transformers backend when the
-        # sweep makes its own models; a caller's own provider is used as given.
+        # sweep makes its own models; a caller's own provider is used as given. A Ray pool
+        # runs per-λ cells (its workers hold live mergers).
         if batch_lams is None:
             batch_lams = provider_factory is default_provider
-        self.batch_lams = batch_lams and spec.backend == "transformers"
+        self.batch_lams = batch_lams and spec.backend == "transformers" and pool is None
         self._lam_batches = None
         self.db = Path(db)
         self._held = ExitStack()
@@ -394,66 +493,72 @@ class Sweeper:
     def close(self) -> None:
         self._held.close()
 
-    def _generate(self, todo) -> int:
-        """Generate and store ``todo`` batch by batch; return how many samples were stored."""
-        total, done, start_time = sum(len(w) for _, _, w in todo), 0, time.monotonic()
+    def _generate(self, todo: list[Entry]) -> int:
+        """Generate and store ``todo`` cell by cell (affine methods on the batched path:
+        whole λ grids); return how many samples were stored."""
+        if self.pool is not None:
+            self.pool.start(self.spec)  # loading the parents is not part of the rate shown
+        self._total = sum(len(missing) for _, _, missing in todo)
+        self._done, self._started = 0, time.monotonic()
+        bar = Progress(self._total, self.progress)
+        try:
+            if self.batch_lams:
+                from spectrum.eval.sweep_batched import LamBatches, split_batched
 
-        def report(config: dict, bench: str) -> None:
-            if self.report is not None:
-                elapsed = time.monotonic() - start_time
-                self.report(
-                    SweepProgress(done, total, config["method"], config["lam"], bench, elapsed)
-                )
+                batched, todo = split_batched(todo)
+                self._lam_batches = self._lam_batches or LamBatches(self, _rows)
+                for (method, bench), entries in batched.items():
+                    if self._stopped():
+                        break
+                    bar.bar.set_postfix_str(f"{method} all λ {bench}")
+                    self._report(entries[0][0], bench)
+                    self._lam_batches.run(entries, bar.bar)
+                    self._done += sum(len(missing) for _, _, missing in entries)
+                    self._report(entries[0][0], bench)
+                todo = [] if self._stopped() else todo
+            if todo:
+                self._lam_batches = None  # its spectrum model goes before a live merger loads
+            self._run_cells(cells_of(todo, self.spec), bar)
+        finally:
+            bar.close()
+        return self._done
 
-        bar = tqdm(
-            total=total,
-            desc="sweep",
-            unit="sample",
-            disable=not self.progress,
-        )
-        if self.batch_lams:
-            from spectrum.eval.sweep_batched import LamBatches, split_batched
-
-            batched, todo = split_batched(todo)
-            self._lam_batches = self._lam_batches or LamBatches(self, _rows)
-            for (method, bench), entries in batched.items():
+    def _run_cells(self, cells: list[Cell], bar: Progress) -> None:
+        if self.pool is not None:
+            for cell, rows in self.pool.run(self.spec, cells, self.run_id):
+                self._commit(bar, cell, rows)
                 if self._stopped():
-                    break
-                bar.set_postfix_str(f"{method} all λ {bench}")
-                report(entries[0][0], bench)
-                self._lam_batches.run(entries, bar)
-                done += sum(len(missing) for _, _, missing in entries)
-                report(entries[0][0], bench)
-            todo = [] if self._stopped() else todo
-        if todo:
-            self._lam_batches = None  # its spectrum model goes before a live merger loads
-        if todo and self._provider is None:
+                    return  # cells in flight are dropped: the next run redoes them
+            return
+        if not cells:
+            return
+        if self._provider is None:
             self._provider = self._provider_factory(self.spec)
-        provider, spec = self._provider, self.spec
-        generator = generator_for(provider, batch_size=spec.batch_size) if todo else None
-        for config, bench, missing in todo:
+        generator = generator_for(self._provider, batch_size=self.spec.batch_size)
+        previous = None
+        for cell in cells:
             if self._stopped():
-                break  # every stored batch stays: the next run resumes after them
-            cid = store.config_id(config)
-            provider.set(merge_spec(spec, config))
-            settings = DecodingSettings(**config["decoding"])
-            grader = get_benchmark(bench).grader
-            bar.set_postfix_str(f"{config['method']} λ={config['lam']:g} {bench}")
-            report(config, bench)
-            for start in range(0, len(missing), spec.batch_size):
-                if self._stopped():
-                    break
-                work = missing[start : start + spec.batch_size]
-                conversations = [problem.conversation() for problem, _ in work]
-                gens = generator.generate(conversations, settings, seed=spec.seed + start)
-                rows = _rows(config, cid, self.run_id, bench, grader, work, gens)
-                with store.opened(self.db) as con:  # held for this one transaction only
-                    store.insert_frame(con, "samples", rows)
-                bar.update(len(work))
-                done += len(work)
-                report(config, bench)
-        bar.close()
-        return done
+                return  # every stored cell stays: the next run resumes after them
+            if (cell.config_id, cell.benchmark) != previous:  # a configuration starts
+                self._report(cell.config, cell.benchmark)
+                previous = (cell.config_id, cell.benchmark)
+            rows = run_cell(self._provider, generator, self.spec, cell, self.run_id)
+            self._commit(bar, cell, rows)
+
+    def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
+        with store.opened(self.db) as con:  # held for this one transaction only
+            store.insert_frame(con, "samples", rows)
+        bar.update(cell, rows)
+        self._done += len(cell.units)
+        self._report(cell.config, cell.benchmark)
+
+    def _report(self, config: dict, bench: str) -> None:
+        if self.report is not None:
+            elapsed = time.monotonic() - self._started
+            progress = SweepProgress(
+                self._done, self._total, config["method"], config["lam"], bench, elapsed
+            )
+            self.report(progress)
 
     def _stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
@@ -466,16 +571,3 @@ def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:
         return sweeper.run()
     finally:
         sweeper.close()
-
-
-def _plan(con, configs, problems, k) -> list[tuple[dict, str, list[tuple[Problem, int]]]]:
-    """(config, benchmark, missing (problem, sample_idx)) for every config with work left."""
-    todo = []
-    for config in configs:
-        cid = store.config_id(config)
-        for bench, bench_problems in problems.items():
-            done = store.done_keys(con, cid, bench)
-            missing = [(p, s) for p in bench_problems for s in range(k) if (p.id, s) not in done]
-            if missing:
-                todo.append((config, bench, missing))
-    return todo
