@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from spectrum.errors import UserError
 from spectrum.live import LiveMerger
+from spectrum.live.spectrum_model import SpectrumModel
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.weights.output import MARKER, SHIPPED_ASSETS
 
@@ -217,6 +218,10 @@ def test_non_finite_parent_is_refused_naming_tensor_and_count(tiny_pair, tmp_pat
         no_leftovers(out)
     with pytest.raises(UserError, match="3 non-finite"):
         LiveMerger.load(tiny_pair["direct"], thinking, device="cpu")
+    # The dashboard's spectrum model reads the same tensors: refused the same way.
+    for method, base in (("linear", None), ("task_arithmetic", tiny_pair["base"])):
+        with pytest.raises(UserError, match=f"thinking parent tensor {name} holds 3 non-finite"):
+            SpectrumModel.load(tiny_pair["direct"], thinking, base, method=method, device="cpu")
 
 
 @pytest.mark.parametrize("lam", ["nan", "inf", "-inf"])

@@ -57,6 +57,7 @@ from spectrum.merge.scope import MergeScope, layer_of, module_of
 from spectrum.merge.spec import MergeSpec, check_lam
 from spectrum.methods import MergeMethod, Parents, get_method, resolve_params
 from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
+from spectrum.weights.validate import check_finite
 
 AFFINE_METHODS = ("linear", "task_arithmetic", "dare", "twin", "lore")
 STRENGTHS_KWARG = "spectrum_strengths"
@@ -424,10 +425,16 @@ class _Endpoints:
         for name in self.names:
             if self.method.name == "linear":
                 # E₀ is the direct parent the model was loaded from; E₁ the thinking one.
-                self._view_at_one(name).copy_(checkpoints["thinking"].get(name))
+                at_one = checkpoints["thinking"].get(name)
+                check_finite(self.views[name], name, "direct")
+                check_finite(at_one, name, "thinking")
+                self._view_at_one(name).copy_(at_one)
                 continue
-            tensors = {role: ckpt.get(name).to(device, torch.float32)
-                       for role, ckpt in checkpoints.items()}  # fmt: skip
+            tensors = {}
+            for role, ckpt in checkpoints.items():
+                tensors[role] = ckpt.get(name)
+                check_finite(tensors[role], name, role)
+                tensors[role] = tensors[role].to(device, torch.float32)
             parents = Parents(name, tensors["direct"], tensors["thinking"], tensors.get("base"))
             prepared = self.method.prepare(parents, self.params, self.seed)
             self.views[name].copy_(self.method.apply(prepared, 0.0, self.params, None))
