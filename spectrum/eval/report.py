@@ -86,7 +86,7 @@ def baseline_lines(versus: pd.DataFrame) -> list[str]:
     for row in versus.itertuples():
         what = row.baseline + (f" {row.params}" if row.baseline == "budget_forcing" else "")
         head = f"{row.benchmark}: {what} ({row.baseline_mean:.3f}, {row.baseline_tokens:.1f} tok)"
-        if row.merge is None:
+        if pd.isna(row.merge):  # no merge beats it (None in a frame reads back as NaN)
             lines.append(f"{head}: no merge beats it on both accuracy and tokens")
             continue
         lines.append(
