@@ -164,6 +164,11 @@ def test_explorer_draws_the_shipped_results_database(client):
         ).fetchall()
     assert lams == [lam for (lam,) in stored]
     assert any(trace.get("name") == "thinking parent" for trace in pareto["data"])
+    # The researcher's statements and the attention × MLP heatmaps of the shipped sweep.
+    findings, accuracy_heatmap = out[12], json.loads(out[13]["plot"])
+    assert "linear stage 1" in findings and "stage 3" in findings
+    assert "budget_forcing" in findings and "no_thinking" in findings
+    assert accuracy_heatmap["data"][0]["type"] == "heatmap"
 
 
 def test_sweep_tab_fills_a_database_the_explorer_then_shows(client, folder):

@@ -51,15 +51,18 @@ class MergeControls:
     groups: dict[str, gr.Group]  # each method's parameter widgets, shown when it is picked
     status: gr.Markdown  # the merge now loaded, and how long the re-merge took
     apply: gr.Button
+    module_lams: gr.Textbox  # λ per module kind, e.g. attn=0.8,mlp=0.3 (others: the slider)
 
     @property
     def inputs(self) -> list[gr.Component]:
         widgets = [widget for _, _, widget in self.params]
-        return [self.method, self.lam, self.layers, self.modules, self.seed, *widgets]
+        # The per-kind λ goes last: API callers that leave it out get its default ("").
+        return [self.method, self.lam, self.layers, self.modules, self.seed, *widgets,
+                self.module_lams]  # fmt: skip
 
     def request(self, values: tuple[Any, ...]) -> MergeSpec:
         """The merge the widgets' ``values`` (in ``inputs`` order) describe."""
-        method, lam, layers, modules, seed, *param_values = values
+        method, lam, layers, modules, seed, *param_values, module_lams = values
         params = {
             name: value
             for (owner, name, _), value in zip(self.params, param_values, strict=True)
@@ -74,6 +77,7 @@ class MergeControls:
             layers=(layers or "").strip() or None,
             modules=None if set(modules) == set(MODULE_KINDS) else tuple(modules),
             seed=int(seed or 0),
+            module_lams=(module_lams or "").strip() or None,
         )
 
 
@@ -174,8 +178,17 @@ def build_merge_controls(dashboard: Dashboard) -> MergeControls:
                 list(MODULE_KINDS), value=list(MODULE_KINDS), label="Modules to merge"
             )
             seed = gr.Number(0, precision=0, label="Merge seed (DARE masks)", minimum=0)
+        module_lams = gr.Textbox(
+            "",  # a value makes the API parameter optional: older callers send none
+            label="λ per module kind",
+            placeholder="e.g. attn=0.8,mlp=0.3 — other kinds merge at the slider's λ",
+            max_lines=1,
+            elem_id="module-lams",
+        )
         apply = gr.Button("Apply parameters and scope", size="sm")
-    return MergeControls(method, lam, layers, modules, seed, params, groups, status, apply)
+    return MergeControls(
+        method, lam, layers, modules, seed, params, groups, status, apply, module_lams
+    )
 
 
 def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:

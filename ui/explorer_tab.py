@@ -81,6 +81,12 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     with gr.Row():
         level_method = gr.Dropdown([], label="Method", allow_custom_value=True, scale=1)
         by_level = gr.Plot(label="Accuracy vs tokens per level", show_label=False, scale=3)
+    with gr.Accordion("What the results show: stages, phase change, improvements, baselines"):
+        findings = gr.Markdown(elem_id="findings")
+    # Which part of the network carries the thinking (a sweep with λ per module kind).
+    with gr.Row(elem_id="heatmaps"):
+        heat_accuracy = gr.Plot(label="Accuracy over (λ_attn, λ_mlp)", show_label=False)
+        heat_tokens = gr.Plot(label="Token#N over (λ_attn, λ_mlp)", show_label=False)
     gr.Markdown("### Stored responses of one configuration")
     with gr.Row(equal_height=True):
         sample_method = gr.Dropdown([], label="Method", allow_custom_value=True)
@@ -118,6 +124,8 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             votes_frame(dashboard, db_text),
             gr.Dropdown(choices=available, value=picked[0]),
             level_plot(results, bench, picked[0]),
+            results.findings(bench),
+            *results.heatmaps(bench),
         )
 
     def level_plot(results, bench: str, method: str):
@@ -140,6 +148,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     inputs = [db, benchmark, methods]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
     outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
+    outputs += [findings, heat_accuracy, heat_tokens]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):

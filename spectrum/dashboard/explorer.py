@@ -19,7 +19,8 @@ import plotly.graph_objects as go
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
 from spectrum.eval.analysis import WeightAnalysis, analyze
-from spectrum.eval.results import improvements, rank_methods, summaries
+from spectrum.eval.report import HEATMAPS, summary_lines
+from spectrum.eval.results import improvements, phase_changes, rank_methods, summaries
 
 EXPLORER_METRICS = ("mean", "tokens", "think")
 DEFAULT_METHODS = 3  # what the explorer opens on: more curves than this are a tangle
@@ -41,6 +42,27 @@ class Results:
 
     def methods(self, benchmark: str) -> list[str]:
         return sorted(self.table.loc[self.table["benchmark"] == benchmark, "method"].unique())
+
+    def findings(self, benchmark: str) -> str:
+        """What the results show on ``benchmark``, as the report states it: the parents,
+        the phase change and the three stages per method, every Pareto improvement with its
+        CI, and whether a merge beats each baseline."""
+        rows = self.table[self.table["benchmark"] == benchmark]
+        better = (
+            self.better[self.better["benchmark"] == benchmark]
+            if not self.better.empty
+            else self.better
+        )
+        lines = summary_lines(rows, better, phase_changes(rows))
+        return "\n".join(f"- {line.strip()}" for line in lines)
+
+    def heatmaps(self, benchmark: str) -> list[go.Figure | None]:
+        """Accuracy and Token#N over (λ_attn, λ_mlp) of the first method swept that way."""
+        for method in self.methods(benchmark):
+            found = [figures.module_heatmap(self.table, benchmark, method, m) for m in HEATMAPS]
+            if found[0] is not None:
+                return found
+        return [None] * len(HEATMAPS)
 
     def default_methods(self, benchmark: str) -> list[str]:
         """A readable first view: linear (the reference every paper draws) and the best
