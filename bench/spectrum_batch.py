@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from live_remerge import SHAPES as REMERGE_SHAPES  # bench/ is on sys.path
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from spectrum.live import LiveMerger
@@ -45,16 +46,7 @@ from spectrum.methods import get_method
 from spectrum.toy.tokenizer import build_char_tokenizer
 
 SHAPES = {
-    "small": dict(  # bench/live_remerge.py's CPU shape
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=64,
-        vocab_size=8192,
-        tie_word_embeddings=False,
-    ),
+    "small": REMERGE_SHAPES["small"],  # the live re-merge benchmark's CPU shape
     "qwen3-0.6b": dict(  # Qwen3-0.6B's config.json shapes (layers cut by --layers)
         hidden_size=1024,
         intermediate_size=3072,
