@@ -419,8 +419,9 @@ class _Endpoints:
         # E₁ starts as a copy of E₀: a parameter part that no in-scope name covers stays θ_D
         # at every λ, as it does in the merged model.
         self.at_one: dict[int, Tensor] = {}
-        for param in self.owner.values():
-            self.at_one.setdefault(id(param), param.detach().clone())
+        for param in self.owner.values():  # once per parameter: 256 names share a MoE one
+            if id(param) not in self.at_one:
+                self.at_one[id(param)] = param.detach().clone()
 
     def _in_scope(self, name: str) -> bool:
         return self.scope.strength_for(name, 0.0, self.num_layers) is not None

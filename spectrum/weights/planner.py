@@ -346,12 +346,19 @@ def dashboard_need(pair: PairFacts, method: str, live: Need, hardware: Hardware)
 
 
 def batched_need(pair: PairFacts, hardware: Hardware) -> Need:
-    """The batched spectrum model: one copy of each parent's tensors, nothing more."""
+    """The batched spectrum model: one copy of each parent's tensors and, while it loads,
+    the views probe, then the thinking parent's tensor in hand."""
     plain = pair.parent_bytes[0] + pair.parent_bytes[1]
     base = PROCESS_BYTES["transformers"]
     if hardware.device == "cpu":
-        return Need("batched spectrum model", "—", 0, base + plain)
-    return Need("batched spectrum model", "—", CUDA_CONTEXT + plain, base + pair.largest_bytes)
+        return Need(
+            "batched spectrum model",
+            "—",
+            0,
+            base + max(pair.probe_bytes, plain + pair.largest_bytes),
+        )
+    loading = max(pair.probe_bytes, pair.largest_bytes)
+    return Need("batched spectrum model", "—", CUDA_CONTEXT + plain, base + loading)
 
 
 def merge_need(pair: PairFacts, method: str, hardware: Hardware) -> Need:
