@@ -309,8 +309,9 @@ def live_need(
     # Disk reads: the inputs of the tensor in hand and of the one read ahead.
     reads = _inputs(method, pair.has_base) * pair.adjacent_bytes
     # Loading (spectrum.live.loading) builds the views first, then fills the model one
-    # tensor at a time: on the host, the views probe, then one tensor in hand.
-    loading = max(pair.probe_bytes, pair.largest_bytes)
+    # tensor at a time: on the host, the views probe, then one tensor in hand. vLLM loads
+    # its own model (counted in its constants).
+    loading = max(pair.probe_bytes, pair.largest_bytes) if backend != "vllm" else 0
     if cpu:
         # The model's pages are untouched while the views are probed (allocated, empty).
         merging = {
@@ -318,9 +319,8 @@ def live_need(
             "streamed": model + prepared + min(CHUNK_BYTES, prepared) + work,
             "disk": model + reads + work,
         }[policy]
-        if backend == "vllm":  # vLLM loads its own model; our loader does not run
+        if backend == "vllm":
             merging += _vllm_cpu_extra(pair, policy, bpe)
-            loading = 0
         held_here = 0 if policy == "disk" else held
         host = held_here + max(merging, loading, model + pair.largest_bytes)
         return Need("live merger", policy, 0, base + kv + host)
