@@ -45,16 +45,20 @@ def assert_same_model(path: Path, dtype: torch.dtype | None = None) -> None:
     [("qwen3", {}), ("qwen3", {"tie_word_embeddings": True}), ("qwen3_moe", {})],
     ids=["qwen3", "qwen3-tied", "qwen3-moe"],
 )
-def test_same_as_from_pretrained(tmp_path, arch, overrides, dtype):
+def test_same_as_from_pretrained(tmp_path, arch, overrides, dtype, caplog):
     config = tiny_config(arch, vocab_size=len(build_char_tokenizer()), **overrides)
     path = save_random_model(tmp_path / "model", config, seed=3, dtype=dtype)
-    assert_same_model(path)
+    with caplog.at_level(logging.INFO, logger="spectrum.live.loading"):
+        assert_same_model(path)
+    assert "from_pretrained" not in caplog.text  # filled through the views, no fallback
 
 
-def test_embedded_pair_and_explicit_dtype():
-    assert_same_model(ASSETS / "thinking")
-    assert load_model(ASSETS / "direct", CPU, torch.bfloat16).dtype == torch.bfloat16
-    assert_same_model(ASSETS / "direct", torch.bfloat16)
+def test_embedded_pair_and_explicit_dtype(caplog):
+    with caplog.at_level(logging.INFO, logger="spectrum.live.loading"):
+        assert_same_model(ASSETS / "thinking")
+        assert load_model(ASSETS / "direct", CPU, torch.bfloat16).dtype == torch.bfloat16
+        assert_same_model(ASSETS / "direct", torch.bfloat16)
+    assert "from_pretrained" not in caplog.text
 
 
 def test_falls_back_to_from_pretrained_when_views_do_not_cover(tmp_path, caplog):

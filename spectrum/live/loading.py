@@ -96,9 +96,8 @@ def _covers(model: PreTrainedModel, views: dict, checkpoint: Checkpoint) -> bool
     for name, view in views.items():
         if name not in names or tuple(view.shape) != checkpoint.shape(name):
             return False
-    params = {id(p): p for p in model.parameters()}
     covered = sum(view.numel() for view in views.values())
-    if covered != sum(p.numel() for p in params.values()):
+    if covered != sum(p.numel() for p in model.parameters()):  # tied ones once
         return False
     state = model.state_dict()
     if any(name in state for name, _ in model.named_buffers()):

@@ -55,16 +55,17 @@ def _views(model: nn.Module) -> dict[str, Tensor]:
 
 def _param_views(model: nn.Module, name: str, data: Tensor) -> dict[str, Tensor]:
     """Checkpoint name → view of ``data`` for the checkpoint tensors one parameter holds."""
-    # Qwen3-MoE's reverse conversion (unbind the experts, chunk gate from up) is made of
-    # view operations: run on the parameter itself, it returns the views, allocating
-    # nothing. Probing positions costs two int32 copies of the parameter (a 30B-A3B
-    # gate_up_proj: 3.2 GB), so it is kept for conversions that copy (gate and up are
-    # chunked out of gate_up_proj and made contiguous).
-    reverted = revert_weight_conversion(model, {name: data})
-    storage = data.untyped_storage().data_ptr()
-    if all(t.untyped_storage().data_ptr() == storage for t in reverted.values()):
-        return reverted
-    del reverted  # copies: gone before the probe (spectrum.weights.planner counts the probe)
+    # Most reverse conversions (a rename, unbinding the experts) are view operations: run
+    # on the parameter itself they return the views, allocating nothing. Probing positions
+    # costs two int32 copies of the parameter (a 30B-A3B gate_up_proj: 3.2 GB), so it is
+    # kept for conversions that copy (gate and up are chunked out of gate_up_proj and made
+    # contiguous). Which kind it is, a meta-device run tells without touching memory.
+    stand_in = torch.empty(data.shape, dtype=data.dtype, device="meta")
+    if all(
+        t is stand_in or t._base is stand_in
+        for t in revert_weight_conversion(model, {name: stand_in}).values()
+    ):
+        return revert_weight_conversion(model, {name: data})
     # Positions, not values: the conversion only moves elements, so each output tells
     # which elements of the parameter it took.
     index = torch.int32 if data.numel() < 2**31 else torch.int64
