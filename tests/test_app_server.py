@@ -241,3 +241,12 @@ def test_a_release_from_another_page_mid_stream_never_mislabels(client):
 def test_the_embedded_pairs_base_makes_every_method_available(client):
     for method in ("dare", "ties", "emr", "task_arithmetic"):  # the methods that need θ_B
         assert f"{method} · λ 0.50" in set_merge(client, method, 0.5)
+
+
+def test_the_start_up_log_names_the_pair_device_and_db(client, folder):
+    (line,) = [
+        line for line in (folder / "app.log").read_text().splitlines()
+        if line.startswith("Thinking Spectrum — pair:")
+    ]  # fmt: skip
+    assert "assets/pair/direct" in line and "assets/pair/thinking" in line
+    assert "device cpu" in line and str(folder / "results.duckdb") in line

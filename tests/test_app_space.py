@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tomllib
@@ -79,3 +80,22 @@ def test_app_py_help_runs_without_loading_models():
     )
     assert result.returncode == 0
     assert "--trust-remote-code" in result.stdout and "--allow-dir" in result.stdout
+
+
+def test_votes_default_to_persistent_storage_when_a_space_has_it(tmp_path):
+    """A Space's writable /data survives restarts: the default DB goes there; without it,
+    results/ in the checkout."""
+    probe = "from spectrum.dashboard import DEFAULT_DB; print(DEFAULT_DB)"
+    env = {**os.environ, "SPECTRUM_PERSISTENT_DIR": str(tmp_path)}
+    where = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert where.stdout.strip() == str(tmp_path / "spectrum.duckdb")
+    env["SPECTRUM_PERSISTENT_DIR"] = str(tmp_path / "absent")
+    where = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert where.stdout.strip() == str(REPO / "results" / "spectrum.duckdb")
+
+
+def test_front_matter_hardware_fits_the_default_pair():
+    """The embedded pair runs on a CPU: the Space should not ask for a GPU it never uses."""
+    assert front_matter()["suggested_hardware"].startswith("cpu-")

@@ -251,7 +251,8 @@ def test_plan_command(real_pairs):
     args = ["--direct", str(pair["direct"]), "--thinking", str(pair["thinking"])]
     done = subprocess.run(
         [sys.executable, "-m", "spectrum", "plan", *args, "--gpu-memory", "80GB",
-         "--host-memory", "128GB"], capture_output=True, text=True, env=env, timeout=120,
+         "--host-memory", "128GB", "--markdown"], capture_output=True, text=True, env=env,
+        timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| live merger")]
@@ -262,6 +263,24 @@ def test_plan_command(real_pairs):
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "lots" in bad.stderr
+
+
+def test_plan_command_aligned_for_a_terminal():
+    """Without --markdown: padded columns, and a toy pair in MiB (never "0.0 GiB")."""
+    pair = ["--direct", "assets/pair/direct", "--thinking", "assets/pair/thinking"]
+    done = subprocess.run(
+        [sys.executable, "-m", "spectrum", "plan", *pair], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header, rule, rows = lines[2], lines[3], lines[4:]
+    assert "|" not in done.stdout and "0.0 GiB" not in done.stdout and "MiB" in done.stdout
+    # Every column starts where its header does.
+    starts = [header.index(name) for name in ("policy", "host", "fits", "smallest GPU")]
+    for row in rows:
+        assert all(row[start - 2 : start] == "  " for start in starts), row
+    assert len(rule.split()) == 8 and {row.split()[0] for row in rows} >= {"dashboard"}
 
 
 def test_parse_bytes():

@@ -52,7 +52,7 @@ def build_app(dashboard: Dashboard) -> gr.Blocks:
     return demo
 
 
-def launch(dashboard: Dashboard, *, host: str, port: int) -> None:
+def launch(dashboard: Dashboard, *, host: str, port: int, share: bool = False) -> None:
     demo = build_app(dashboard)
     # One generation per event at a time is the default; chat allows two pages at once
     # (the merged column is serialized by the merger's session lock anyway).
@@ -60,6 +60,7 @@ def launch(dashboard: Dashboard, *, host: str, port: int) -> None:
     demo.launch(
         server_name=host,
         server_port=port,
+        share=share,
         theme=THEME,
         css=CSS,
         footer_links=["api", "gradio"],

@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")), help="port"
     )
     parser.add_argument(
+        "--share",
+        action="store_true",
+        help="also serve through a temporary public gradio.live link (needs internet; "
+        "anyone with the link can use the page)",
+    )
+    parser.add_argument(
         "--allow-dir",
         action="append",
         default=[],
@@ -133,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         ray=args.ray,
         ray_workers=args.ray_workers,
     )
-    launch(dashboard, host=args.host, port=args.port)
+    print(f"Thinking Spectrum — {dashboard.describe()}", flush=True)
+    launch(dashboard, host=args.host, port=args.port, share=args.share)
     return 0
 
 

@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--gpu-memory", help="GPU memory to plan for, e.g. 80GB (default: free)")
     parser.add_argument("--host-memory", help="host RAM to plan for, e.g. 128GB (default: free)")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print a Markdown table (for a README)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.host_memory:
         hardware = replace(hardware, host_bytes=parse_bytes(args.host_memory))
     pair = read_pair(args.direct, args.thinking, args.base)
-    print(format_plan(pair, hardware, plan_pair(pair, hardware, args.method), args.method))
+    needs = plan_pair(pair, hardware, args.method)
+    print(format_plan(pair, hardware, needs, args.method, markdown=args.markdown))
     return 0
 
 
@@ -49,23 +53,46 @@ def _cuda(device: str):
         return Hardware("cuda", None, available_host_bytes())
 
 
-def format_plan(pair, hardware, needs, method: str) -> str:
-    from spectrum.weights.planner import gib
+def size(n_bytes: int | float) -> str:
+    """GiB with one decimal, MiB below 1 GiB: a toy pair's 7 MB never reads as "0.0 GiB"."""
+    if n_bytes >= 2**30:
+        return f"{n_bytes / 2**30:.1f} GiB"
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KiB"
 
-    gpu = "unknown GPU" if hardware.gpu_bytes is None else f"{gib(hardware.gpu_bytes)} GPU"
-    where = f"{gpu}, {gib(hardware.host_bytes)} host" if hardware.device == "cuda" else "CPU"
-    lines = [
-        f"pair: {pair.label}; parents {', '.join(gib(b) for b in pair.parent_bytes)}; "
-        f"method {method}; planned for {where}",
-        "",
-        "| use | policy | GPU | host | fits | smallest GPU | smallest Space | note |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for need in needs:
-        fits = {True: "yes", False: "no", None: "?"}[need.fits]
-        device = gib(need.device_bytes) if need.device_bytes else "—"
-        lines.append(
-            f"| {need.use} | {need.policy} | {device} | {gib(need.host_bytes)} | {fits} "
-            f"| {need.smallest_gpu or '—'} | {need.smallest_space or '—'} | {need.note} |"
+
+HEADER = ("use", "policy", "GPU", "host", "fits", "smallest GPU", "smallest Space", "note")
+
+
+def format_plan(pair, hardware, needs, method: str, *, markdown: bool = False) -> str:
+    gpu = "unknown GPU" if hardware.gpu_bytes is None else f"{size(hardware.gpu_bytes)} GPU"
+    where = f"{gpu}, {size(hardware.host_bytes)} host" if hardware.device == "cuda" else "CPU"
+    title = (
+        f"pair: {pair.label}; parents {', '.join(size(b) for b in pair.parent_bytes)}; "
+        f"method {method}; planned for {where}"
+    )
+    rows = [
+        (
+            need.use,
+            need.policy,
+            size(need.device_bytes) if need.device_bytes else "—",
+            size(need.host_bytes),
+            {True: "yes", False: "no", None: "?"}[need.fits],
+            need.smallest_gpu or "—",
+            need.smallest_space or "—",
+            need.note,
         )
-    return "\n".join(lines)
+        for need in needs
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(row) + " |" for row in (HEADER, ("---",) * len(HEADER), *rows)]
+        return "\n".join([title, "", *lines])
+    # A terminal gets columns padded to their widest cell; the note, last, is left free.
+    widths = [max(len(row[i]) for row in (HEADER, *rows)) for i in range(len(HEADER) - 1)]
+    lines = [
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]
+        )
+        for row in (HEADER, *rows)
+    ]
+    rule = "  ".join("─" * width for width in widths) + "  ────"
+    return "\n".join([title, "", lines[0].rstrip(), rule, *(line.rstrip() for line in lines[1:])])

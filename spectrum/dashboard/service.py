@@ -46,8 +46,19 @@ REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO / "assets"
 DEFAULT_PAIR = ASSETS / "pair"
 SHIPPED_DB = ASSETS / "spectrum.duckdb"
-# Votes and page-launched sweeps are written here, never into the tracked shipped file.
-DEFAULT_DB = REPO / "results" / "spectrum.duckdb"
+
+
+def _default_db() -> Path:
+    """Votes and page-launched sweeps are written here, never into the tracked shipped file:
+    on a Space with persistent storage (a writable ``/data``) there, so they survive a
+    restart; elsewhere under ``results/``."""
+    persistent = Path(os.environ.get("SPECTRUM_PERSISTENT_DIR", "/data"))
+    if persistent.is_dir() and os.access(persistent, os.W_OK):
+        return persistent / "spectrum.duckdb"
+    return REPO / "results" / "spectrum.duckdb"
+
+
+DEFAULT_DB = _default_db()
 EXPORTS = REPO / "exports"
 SAMPLING_MODES = ("per-model defaults", "greedy", "custom")
 
@@ -222,6 +233,15 @@ class Dashboard:
             from spectrum.eval.distributed import RayPool
 
             self.pool = RayPool(ray, workers=ray_workers)
+
+    def describe(self) -> str:
+        """One start-up line: which pair, on what, writing where."""
+        base = f", base {self.base}" if self.base else ""
+        served = "spectrum model" if self.spectrum is not None else "plain parents"
+        return (
+            f"pair: direct {self.sources['direct']}, thinking {self.sources['thinking']}{base}; "
+            f"device {self.device} ({served}); results and votes DB {self.db}"
+        )
 
     @property
     def merger(self) -> LiveMerger:
