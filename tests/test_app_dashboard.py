@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.dashboard.service import (
+    DEFAULT_PAIR,
     AllowedFolders,
     Dashboard,
     Turn,
@@ -272,3 +273,25 @@ def test_each_column_uses_its_own_models_chat_template(pair, tmp_path):
 
     assert replies["thinking"].update.text == greedy(prompts["thinking"])
     assert replies["merged"].update.text == greedy(prompts["direct"])
+
+
+def test_the_embedded_pair_answers_each_message_afresh(tmp_path):
+    """It learned single prompts: a follow-up is answered as if it came first (the history
+    would derail it), and the stored vote says what the merged column really saw."""
+    board = Dashboard(
+        DEFAULT_PAIR / "direct", DEFAULT_PAIR / "thinking", device="cpu", db=tmp_path / "v.db"
+    )
+    assert not board.history and "History is off" in board.history_note()
+    spec = MergeSpec("linear", 0.5)
+    first = list(board.chat([], "96 - 2", spec, GREEDY))[-1]
+    alone = list(board.chat([], PROMPT, spec, GREEDY))[-1]
+    followed = list(board.chat([Turn("96 - 2", first)], PROMPT, spec, GREEDY))[-1]
+    for column in ("direct", "merged", "thinking"):
+        assert followed[column].update.text == alone[column].update.text
+    board.vote([Turn("96 - 2", first), Turn(PROMPT, followed)], "merged", GREEDY)
+    assert read_votes(board.db)[-1]["history"] == []
+    with_history = Dashboard(
+        DEFAULT_PAIR / "direct", DEFAULT_PAIR / "thinking", device="cpu", db=tmp_path / "v.db",
+        history=True,
+    )  # fmt: skip
+    assert with_history.history and "own earlier answers" in with_history.history_note()

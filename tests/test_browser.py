@@ -131,6 +131,15 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         expect(stop).to_be_disabled()
         expect(page.locator("#prompt textarea")).to_have_value("")  # the turn was kept
 
+        # The embedded pair answers single prompts: the page says history is off, and an
+        # example starts a new conversation (the earlier turns leave every column).
+        expect(page.locator("#history-note")).to_contain_text("History is off")
+        page.get_by_role("button", name=re.compile(r"^Level 1: ")).click()
+        for column in ("direct", "merged", "thinking"):
+            expect(page.locator(f"#chat-{column} .bot-row")).to_have_count(0)
+        expect(page.locator("#prompt textarea")).not_to_have_value("")
+        screens.take("example-starts-fresh")
+
         # Opening the explorer draws the stored results without pressing "Load": the
         # parents and a few methods, so every legend fits.
         page.get_by_role("tab", name="Spectrum explorer").click()

@@ -227,7 +227,10 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         )
     # The examples sit right under the prompt: at 1280×800 they show without scrolling.
     prompts, labels = example_prompts()
-    gr.Examples(prompts, inputs=prompt, example_labels=labels, label="Synthetic benchmark examples")
+    examples = gr.Examples(
+        prompts, inputs=prompt, example_labels=labels, label="Synthetic benchmark examples"
+    )
+    gr.Markdown(dashboard.history_note(), elem_id="history-note")
     with gr.Row(equal_height=True):
         small = dict(size="sm", min_width=100)
         regenerate = gr.Button("Regenerate", **small)
@@ -368,6 +371,10 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         ).then(idle, None, buttons, queue=False, **hidden)
     stop.click(stop_streams, None, stop, queue=False, api_name="stop")
     clear.click(lambda: (*render([]), [], ""), None, chat_outputs, queue=False, **hidden)
+    # An example is a new question, not a follow-up: it starts a fresh conversation.
+    examples.dataset.click(
+        lambda: (*render([]), []), None, [*chats, turns_state], queue=False, **hidden
+    )
     for choice, button in votes.items():
         button.click(
             lambda *args, choice=choice: vote(choice, *args),

@@ -86,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the Sweep tab's sweeps on this Ray cluster (the parents must be readable there)",
     )
     parser.add_argument(
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send earlier turns with each message (default: on, except for the embedded "
+        "pair, which was trained on single prompts)",
+    )
+    parser.add_argument(
         "--ray-workers", type=int, help="Ray workers (default: one per GPU, else one on CPU)"
     )
 
@@ -138,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         limits=ChatLimits(args.max_new_tokens, args.max_seconds),
         ray=args.ray,
         ray_workers=args.ray_workers,
+        history=args.history,
     )
     print(f"Thinking Spectrum — {dashboard.describe()}", flush=True)
     launch(dashboard, host=args.host, port=args.port, share=args.share)

@@ -185,8 +185,13 @@ class Dashboard:
         limits: ChatLimits = ChatLimits(),
         ray: str | None = None,
         ray_workers: int | None = None,
+        history: bool | None = None,
     ) -> None:
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
+        # The embedded pair learned single prompts only: earlier turns in its context derail
+        # every later answer, so its chat starts afresh at each message unless asked.
+        embedded = Path(direct).resolve() == (DEFAULT_PAIR / "direct").resolve()
+        self.history = (not embedded) if history is None else history
         self.base = None if base is None else str(base)
         self.device = resolve_device(device)
         self.db = working_db(Path(db).resolve())
@@ -233,6 +238,15 @@ class Dashboard:
             from spectrum.eval.distributed import RayPool
 
             self.pool = RayPool(ray, workers=ray_workers)
+
+    def history_note(self) -> str:
+        """What the page says about conversation history."""
+        if self.history:
+            return "Each column sees its own earlier answers (multi-turn)."
+        return (
+            "History is off: this pair was trained on single prompts, so every message "
+            "starts a new conversation (`--history` turns it on)."
+        )
 
     def describe(self) -> str:
         """One start-up line: which pair, on what, writing where."""
@@ -343,6 +357,8 @@ class Dashboard:
         if not prompt.strip():
             raise UserError("type a prompt first")
         spec = self.check(spec)
+        if not self.history:
+            turns = ()  # each message is a conversation of its own (see ``history``)
         # Before any lock or generation: a refused request costs a length check, or at
         # most one tokenization per column.
         for column in COLUMNS:
@@ -459,6 +475,7 @@ class Dashboard:
         if not turns:
             raise UserError("nothing to vote on yet: send a prompt first")
         turn = turns[-1]
+        earlier = turns[:-1] if self.history else ()  # what the merged column really saw
         merge = turn.replies["merged"].merge
         vote = Vote(
             choice=choice,
@@ -468,7 +485,7 @@ class Dashboard:
             direct_model=self.sources["direct"],
             thinking_model=self.sources["thinking"],
             base_model=self.base,
-            history=conversation_for(turns[:-1], "merged", turn.prompt)[:-1],
+            history=conversation_for(earlier, "merged", turn.prompt)[:-1],
             decoding={column: settings.as_dict() for column, settings in decoding.items()},
         )
         return record_vote(self.db, vote)
