@@ -91,6 +91,8 @@ def test_split_reasoning(text, reasoning, answer):
 def test_display_text_always_wraps_reasoning_in_both_tags():
     assert display_text("a\n</think>\nb") == "<think>a</think>\nb"
     assert display_text("<think>a") == "<think>a"
+    # Stopped mid-thought: the block closes, so the page stops showing it as thinking.
+    assert display_text("<think>a", finished=True) == "<think>a</think>\n"
     assert display_text("b") == "b"
 
 

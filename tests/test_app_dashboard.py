@@ -295,3 +295,15 @@ def test_the_embedded_pair_answers_each_message_afresh(tmp_path):
         history=True,
     )  # fmt: skip
     assert with_history.history and "own earlier answers" in with_history.history_note()
+
+
+def test_a_stopped_turn_is_marked_and_takes_no_vote(dashboard):
+    halt = threading.Event()
+    halt.set()  # Stop pressed before the first token: no column can end on its own
+    last = list(dashboard.chat([], PROMPT, MergeSpec("linear", 0.5), GREEDY, stop=halt))[-1]
+    for reply in last.values():
+        assert reply.update.finished and reply.update.stopped and not reply.update.truncated
+    with pytest.raises(UserError, match="stopped"):
+        dashboard.vote([Turn(PROMPT, last)], "merged", GREEDY)
+    done = final(dashboard, MergeSpec("linear", 0.5))
+    assert not any(reply.update.stopped for reply in done.values())

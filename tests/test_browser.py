@@ -118,6 +118,8 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         answer = page.locator("#chat-direct .bot-row").last
         expect(answer.locator(".katex").first).to_be_attached()
         assert "\\boxed" not in answer.inner_text()
+        # A finished turn opens the vote buttons (closed before any answer).
+        expect(page.locator("#vote-merged")).to_be_enabled()
         screenshot = screens.take("chat")
         screens.take("chat-full", full_page=True)
 
@@ -130,6 +132,11 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         expect(send).to_be_enabled(timeout=60_000)
         expect(stop).to_be_disabled()
         expect(page.locator("#prompt textarea")).to_have_value("")  # the turn was kept
+        # A stopped answer says so, and a stopped turn takes no vote.
+        columns = page.locator("#chat-direct, #chat-merged, #chat-thinking")
+        expect(columns.filter(has_text="stopped").first).to_be_visible()
+        expect(page.locator("#vote-merged")).to_be_disabled()
+        screens.take("stopped")
 
         # The embedded pair answers single prompts: the page says history is off, and an
         # example starts a new conversation (the earlier turns leave every column).

@@ -107,7 +107,9 @@ def stats_line(reply: Reply | None) -> str:
     parts = [f"{update.n_tokens} tokens", f"{update.tokens_per_s:.1f} tok/s"]
     if reply.merge is not None:
         parts.insert(0, reply.merge.spec.label())
-    if update.truncated:
+    if update.stopped:
+        parts.append("**stopped**")
+    elif update.truncated:
         parts.append("hit the token limit")
     elif not update.finished:
         parts.append("generating…")
@@ -120,7 +122,8 @@ def column_messages(turns: list[Turn], column: str) -> list[dict[str, str]]:
         messages.append({"role": "user", "content": turn.prompt})
         reply = turn.replies.get(column)
         if reply is not None:
-            content = f"{display_text(reply.update.text)}\n\n<sub>{stats_line(reply)}</sub>"
+            text = display_text(reply.update.text, finished=reply.update.finished)
+            content = f"{text}\n\n<sub>{stats_line(reply)}</sub>"
             messages.append({"role": "assistant", "content": content})
     return messages
 
@@ -236,8 +239,9 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         regenerate = gr.Button("Regenerate", **small)
         clear = gr.Button("Clear", **small)
         gr.Markdown("**Best answer?**", min_width=100, elem_id="vote-label")
+        # Votes open only on a finished, unstopped turn (see ``votable``).
         votes = {
-            choice: gr.Button(text, elem_id=f"vote-{choice}", **small)
+            choice: gr.Button(text, elem_id=f"vote-{choice}", interactive=False, **small)
             for choice, text in VOTE_BUTTONS.items()
         }
     with gr.Accordion("Decoding", open=False):
@@ -284,12 +288,23 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     # three streams end at their next token, freeing the live model at once.
     stops: dict[str, threading.Event] = {}
 
+    def vote_buttons(open_: bool) -> list[gr.Button]:
+        return [gr.Button(interactive=open_) for _ in votes]
+
+    def votable(turns: list[Turn]) -> bool:
+        replies = turns[-1].replies.values() if turns else ()
+        return bool(replies) and all(r.update.finished and not r.update.stopped for r in replies)
+
     def streaming(page: gr.Request):
         stops[page.session_hash] = threading.Event()
-        return gr.Button(interactive=False), gr.Button(interactive=True)
+        return gr.Button(interactive=False), gr.Button(interactive=True), *vote_buttons(False)
 
-    def idle():
-        return gr.Button(interactive=True), gr.Button(interactive=False)
+    def idle(turns: list[Turn]):
+        return (
+            gr.Button(interactive=True),
+            gr.Button(interactive=False),
+            *vote_buttons(votable(turns)),
+        )
 
     def stop_streams(page: gr.Request):
         if page.session_hash in stops:
@@ -358,7 +373,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     )
     controls.apply.click(remerge, controls.inputs, remerge_outputs, **hidden)
     chat_inputs = [prompt, turns_state, request_state, *decoding_inputs]
-    buttons = [send, stop]
+    buttons = [send, stop, *votes.values()]
     # Send (or Enter, or Regenerate) greys Send and lights Stop, streams, then swaps back.
     for trigger, handler, inputs, name in (
         (send.click, answer, chat_inputs, "chat"),
@@ -368,13 +383,19 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         api = dict(api_name=name) if name else hidden
         trigger(streaming, None, buttons, queue=False, **hidden).then(
             handler, inputs, chat_outputs, **api
-        ).then(idle, None, buttons, queue=False, **hidden)
+        ).then(idle, turns_state, buttons, queue=False, **hidden)
     stop.click(stop_streams, None, stop, queue=False, api_name="stop")
-    clear.click(lambda: (*render([]), [], ""), None, chat_outputs, queue=False, **hidden)
-    # An example is a new question, not a follow-up: it starts a fresh conversation.
-    examples.dataset.click(
-        lambda: (*render([]), []), None, [*chats, turns_state], queue=False, **hidden
-    )
+    fresh = [*chats, turns_state, *votes.values()]
+
+    def forget():
+        return *render([]), [], *vote_buttons(False)
+
+    clear.click(lambda: (*forget(), ""), None, [*fresh, prompt], queue=False, **hidden)
+    # An example is a new question, not a follow-up: it starts a fresh conversation; a
+    # column's own bin icon clears the conversation too, so no column hides what is sent.
+    examples.dataset.click(forget, None, fresh, queue=False, **hidden)
+    for chatbot in chats:
+        chatbot.clear(forget, None, fresh, queue=False, **hidden)
     for choice, button in votes.items():
         button.click(
             lambda *args, choice=choice: vote(choice, *args),

@@ -475,6 +475,10 @@ class Dashboard:
         if not turns:
             raise UserError("nothing to vote on yet: send a prompt first")
         turn = turns[-1]
+        if not all(turn.replies[column].update.finished for column in COLUMNS):
+            raise UserError("wait until all three answers are finished before voting")
+        if any(turn.replies[column].update.stopped for column in COLUMNS):
+            raise UserError("this turn was stopped: votes count only complete answers")
         earlier = turns[:-1] if self.history else ()  # what the merged column really saw
         merge = turn.replies["merged"].merge
         vote = Vote(

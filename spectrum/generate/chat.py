@@ -49,6 +49,7 @@ class ChatUpdate:
     tokens_per_s: float
     finished: bool
     truncated: bool  # stopped by max_new_tokens, not by the end-of-turn token
+    stopped: bool = False  # ended by the user's Stop before the model's own end
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
@@ -96,11 +97,12 @@ def math_markdown(text: str) -> str:
     return "".join(part if i % 2 else _wrap_boxed(part) for i, part in enumerate(parts))
 
 
-def display_text(text: str) -> str:
+def display_text(text: str, *, finished: bool = False) -> str:
     """The reply with its reasoning wrapped in <think> tags, for Gradio's reasoning_tags,
-    and its boxed answers as math."""
+    and its boxed answers as math. A finished reply (stopped or cut at the limit) closes an
+    open reasoning block, so the page stops showing it as still thinking."""
     reasoning, answer = split_reasoning(math_markdown(text))
-    if THINK_CLOSE in text:
+    if THINK_CLOSE in text or (reasoning and finished):
         return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n{answer}"
     if reasoning:
         return f"{THINK_OPEN}{reasoning}"
@@ -233,11 +235,18 @@ def stream_reply(
     elapsed = time.perf_counter() - start
     out_of_time = max_time_s is not None and elapsed >= max_time_s
     truncated = not ended_by_eos and (n_generated >= settings.max_new_tokens or out_of_time)
-    yield _update(tokenizer, ids, elapsed, finished=True, truncated=truncated)
+    stopped = not (ended_by_eos or truncated) and any(event.is_set() for event in events[1:])
+    yield _update(tokenizer, ids, elapsed, finished=True, truncated=truncated, stopped=stopped)
 
 
 def _update(
-    tokenizer: Any, ids: list[int], elapsed_s: float, *, finished: bool, truncated: bool
+    tokenizer: Any,
+    ids: list[int],
+    elapsed_s: float,
+    *,
+    finished: bool,
+    truncated: bool,
+    stopped: bool = False,
 ) -> ChatUpdate:
     text = tokenizer.decode(ids, skip_special_tokens=True)
     reasoning, answer = split_reasoning(text)
@@ -250,6 +259,7 @@ def _update(
         tokens_per_s=len(ids) / elapsed_s if elapsed_s > 0 else 0.0,
         finished=finished,
         truncated=truncated,
+        stopped=stopped,
     )
 
 
