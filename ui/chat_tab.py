@@ -159,7 +159,7 @@ def build_merge_controls(dashboard: Dashboard) -> MergeControls:
             value=0.5,
             step=0.05,
             label="λ — thinking dose (0 = direct, 1 = thinking)",
-            info="Release the slider to re-merge the weights in place.",
+            info="Drag, type or use the arrow keys: the weights re-merge in place.",
             scale=3,
             elem_id="lam-slider",
         )
@@ -365,20 +365,44 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     chat_outputs = [*chats, turns_state, prompt]
     remerge_outputs = [controls.status, request_state]
-    controls.lam.release(remerge, controls.inputs, remerge_outputs, api_name="set_merge")
-    groups = list(controls.groups.values())
     hidden = dict(api_visibility="undocumented")
+    # Any change of λ re-merges: a drag, the arrow keys, a typed value (always_last: a drag
+    # queues at most one re-merge behind the one running).
+    controls.lam.change(
+        remerge, controls.inputs, remerge_outputs, api_name="set_merge", trigger_mode="always_last"
+    )
+    groups = list(controls.groups.values())
     controls.method.change(show_params, controls.method, groups, queue=False, **hidden).then(
         remerge, controls.inputs, remerge_outputs, **hidden
     )
     controls.apply.click(remerge, controls.inputs, remerge_outputs, **hidden)
     chat_inputs = [prompt, turns_state, request_state, *decoding_inputs]
+    # The page's own Send, Enter and Regenerate read the merge from the controls on screen,
+    # not from the last finished re-merge: a Send pressed while a re-merge still prepares
+    # asks for the merge shown (the chat sets it itself), never the previous one.
+    shown_inputs = [prompt, turns_state, *controls.inputs, *decoding_inputs]
+    n_controls = len(controls.inputs)
+
+    def answer_shown(page: gr.Request, prompt_text: str, turns: list[Turn], *values: Any):
+        request = controls.request(values[:n_controls])
+        yield from answer(prompt_text, turns, request, *values[n_controls:], page)
+
+    def regenerate_shown(page: gr.Request, _prompt_text: str, turns: list[Turn], *values: Any):
+        request = controls.request(values[:n_controls])
+        yield from regenerate_last(turns, request, *values[n_controls:], page)
+
+    # API clients name the merge with /set_merge first; their /chat and /regenerate use
+    # it (these buttons never show: they only carry the documented endpoints).
+    api_chat = gr.Button(visible=False)
+    api_regenerate = gr.Button(visible=False)
     buttons = [send, stop, *votes.values()]
     # Send (or Enter, or Regenerate) greys Send and lights Stop, streams, then swaps back.
     for trigger, handler, inputs, name in (
-        (send.click, answer, chat_inputs, "chat"),
-        (prompt.submit, answer, chat_inputs, None),
-        (regenerate.click, friendly(regenerate_last), chat_inputs[1:], "regenerate"),
+        (send.click, answer_shown, shown_inputs, None),
+        (prompt.submit, answer_shown, shown_inputs, None),
+        (regenerate.click, friendly(regenerate_shown), shown_inputs, None),
+        (api_chat.click, answer, chat_inputs, "chat"),
+        (api_regenerate.click, friendly(regenerate_last), chat_inputs[1:], "regenerate"),
     ):
         api = dict(api_name=name) if name else hidden
         trigger(streaming, None, buttons, queue=False, **hidden).then(
