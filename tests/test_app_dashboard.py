@@ -3,6 +3,7 @@ allowed folders — on a real tiny pair, checked against merges computed here.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -18,10 +19,11 @@ from spectrum.dashboard.service import (
     AllowedFolders,
     Dashboard,
     Turn,
+    blind_order,
     conversation_for,
     decoding_for,
 )
-from spectrum.dashboard.votes import read_votes
+from spectrum.dashboard.votes import COLUMNS, read_votes
 from spectrum.errors import UserError
 from spectrum.merge import MergeSpec, merge_tensors
 from spectrum.toy.tiny import save_tiny_pair
@@ -307,3 +309,16 @@ def test_a_stopped_turn_is_marked_and_takes_no_vote(dashboard):
         dashboard.vote([Turn(PROMPT, last)], "merged", GREEDY)
     done = final(dashboard, MergeSpec("linear", 0.5))
     assert not any(reply.update.stopped for reply in done.values())
+
+
+def test_a_blind_vote_names_the_model_and_is_marked_blind(dashboard):
+    replies = final(dashboard, MergeSpec("linear", 0.4))
+    turn = Turn(PROMPT, replies, ("thinking", "direct", "merged"), revealed=False)
+    assert turn.blind and turn.column_at(0) == "thinking"
+    dashboard.vote([turn], turn.column_at(2), GREEDY)  # the page's "C"
+    row = read_votes(dashboard.db)[-1]
+    assert (row["choice"], row["lam"], row["blind"]) == ("merged", 0.4, True)
+    dashboard.vote([Turn(PROMPT, replies)], "direct", GREEDY)
+    assert read_votes(dashboard.db)[-1]["blind"] is False
+    # Every shuffle of the three columns turns up (200 draws: missing one has p < 1e-14).
+    assert {blind_order() for _ in range(200)} == set(itertools.permutations(COLUMNS))

@@ -164,6 +164,21 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         expect(page.locator("#chat-merged")).to_contain_text(f"ties · λ {stepped}")
         screens.take("ties-at-once")
 
+        # Arena: the columns become Model A / B / C in a shuffled order; the vote names them.
+        page.locator("#arena input[type=checkbox]").check()
+        page.get_by_role("button", name=re.compile(r"^Level 2: ")).click()
+        page.locator("#send").click()
+        expect(page.locator("#prompt textarea")).to_have_value("", timeout=GENERATION_TIMEOUT_MS)
+        titles = [page.locator(f"#chat-{column}") for column in ("direct", "merged", "thinking")]
+        for title, name in zip(titles, ("Model A", "Model B", "Model C"), strict=True):
+            expect(title).to_contain_text(name)
+        assert not any("ties ·" in title.inner_text() for title in titles)  # nothing gives it away
+        screens.take("arena-blind")
+        page.locator("#vote-direct").click()  # the button now reads "A"
+        expect(titles[0]).to_contain_text(re.compile(r"Model A: (Direct|Merged|Thinking)"))
+        expect(page.locator("#vote-direct")).to_be_disabled()
+        screens.take("arena-revealed")
+
         # Opening the explorer draws the stored results without pressing "Load": the
         # parents and a few methods, so every legend fits.
         page.get_by_role("tab", name="Spectrum explorer").click()
@@ -178,6 +193,10 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
             assert not legend_scrolls(plot)
         expect(page.locator("#findings")).to_contain_text("stage 3")
         expect(page.locator("#findings")).to_contain_text("budget_forcing")
+        # The vote above is on the leaderboard, with its intervals.
+        page.get_by_text("Human-preference leaderboard", exact=False).click()
+        expect(page.locator("#leaderboard")).to_contain_text("Elo")
+        expect(page.locator("#leaderboard")).to_contain_text(f"ties@{float(stepped):g}")
         screens.take("explorer")
         screens.take("explorer-full", full_page=True)
 

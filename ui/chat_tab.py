@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gradio as gr
@@ -17,6 +17,7 @@ from spectrum.dashboard import (
     Param,
     Reply,
     Turn,
+    blind_order,
     decoding_for,
     display_text,
     example_prompts,
@@ -31,6 +32,7 @@ LATEX_DELIMITERS = [
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "\\[", "right": "\\]", "display": True},
 ]
+POSITIONS = ("A", "B", "C")  # a blind turn's neutral column names
 VOTE_BUTTONS = {
     "direct": "Direct",
     "merged": "Merged",
@@ -100,12 +102,12 @@ def milliseconds(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
-def stats_line(reply: Reply | None) -> str:
+def stats_line(reply: Reply | None, *, blind: bool = False) -> str:
     if reply is None:
         return ""
     update = reply.update
     parts = [f"{update.n_tokens} tokens", f"{update.tokens_per_s:.1f} tok/s"]
-    if reply.merge is not None:
+    if reply.merge is not None and not blind:
         parts.insert(0, reply.merge.spec.label())
     if update.stopped:
         parts.append("**stopped**")
@@ -116,31 +118,42 @@ def stats_line(reply: Reply | None) -> str:
     return " · ".join(parts)
 
 
-def column_messages(turns: list[Turn], column: str) -> list[dict[str, str]]:
+def column_messages(turns: list[Turn], position: int) -> list[dict[str, str]]:
+    """What the chatbot at ``position`` shows: each turn's model at that position."""
     messages = []
     for turn in turns:
         messages.append({"role": "user", "content": turn.prompt})
-        reply = turn.replies.get(column)
+        reply = turn.replies.get(turn.column_at(position))
         if reply is not None:
             text = display_text(reply.update.text, finished=reply.update.finished)
-            content = f"{text}\n\n<sub>{stats_line(reply)}</sub>"
+            content = f"{text}\n\n<sub>{stats_line(reply, blind=turn.blind)}</sub>"
             messages.append({"role": "assistant", "content": content})
     return messages
 
 
+def title(turn: Turn | None, position: int) -> str:
+    """A column's title: the model (the merged one with the merge that answered), or in a
+    blind turn "Model A/B/C", with the model named once the vote revealed it."""
+    if turn is None:
+        return TITLES[COLUMNS[position]]
+    column = turn.column_at(position)
+    name = TITLES[column]
+    merged = turn.replies.get("merged")
+    if column == "merged" and merged is not None and merged.merge is not None:
+        name += f" — {merged.merge.spec.label()}"
+    if turn.order == COLUMNS:
+        return name
+    arena_name = f"Model {POSITIONS[position]}"
+    return arena_name if turn.blind else f"{arena_name}: {name}"
+
+
 def render(turns: list[Turn]) -> list[Any]:
-    """The three chatbots; the merged one titled with the merge that answered last."""
-    last = turns[-1].replies if turns else {}
-    merged = last.get("merged")
-    merged_title = TITLES["merged"] + (f" — {merged.merge.spec.label()}" if merged else "")
-    chats = [
-        gr.Chatbot(
-            value=column_messages(turns, column),
-            label=merged_title if column == "merged" else TITLES[column],
-        )
-        for column in COLUMNS
+    """The three chatbots, titled after the last turn."""
+    last = turns[-1] if turns else None
+    return [
+        gr.Chatbot(value=column_messages(turns, position), label=title(last, position))
+        for position in range(len(COLUMNS))
     ]
-    return chats
 
 
 def build_merge_controls(dashboard: Dashboard) -> MergeControls:
@@ -238,6 +251,12 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         small = dict(size="sm", min_width=100)
         regenerate = gr.Button("Regenerate", **small)
         clear = gr.Button("Clear", **small)
+        arena = gr.Checkbox(
+            False,
+            label="Blind arena: shuffled as A / B / C, named after your vote",
+            elem_id="arena",
+            min_width=160,
+        )
         gr.Markdown("**Best answer?**", min_width=100, elem_id="vote-label")
         # Votes open only on a finished, unstopped turn (see ``votable``).
         votes = {
@@ -313,6 +332,24 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     @gpu
     @friendly
+    def converse(
+        prompt_text: str,
+        turns: list[Turn],
+        request: MergeSpec,
+        decoding_values: tuple,
+        page: gr.Request,
+        order: tuple[str, ...] = COLUMNS,
+    ):
+        settings = decoding(*decoding_values)
+        halt = stops.get(page.session_hash)  # None when called through the API alone
+        partial: Turn | None = None
+        for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
+            replies = {column: reply for column, reply in snapshot.items() if reply}
+            partial = Turn(prompt_text, replies, order, revealed=order == COLUMNS)
+            yield *render([*turns, partial]), turns, gr.Textbox()
+        turns = [*turns, partial]
+        yield *render(turns), turns, ""
+
     def answer(
         prompt_text: str,
         turns: list[Turn],
@@ -324,15 +361,8 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         top_k: int,
         page: gr.Request,  # Gradio passes it (a positional parameter, after the inputs)
     ):
-        settings = decoding(mode, max_new_tokens, temperature, top_p, top_k)
-        halt = stops.get(page.session_hash)  # None when called through the API alone
-        partial: Turn | None = None
-        for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
-            replies = {column: reply for column, reply in snapshot.items() if reply}
-            partial = Turn(prompt_text, replies)
-            yield *render([*turns, partial]), turns, gr.Textbox()
-        turns = [*turns, partial]
-        yield *render(turns), turns, ""
+        settings = (mode, max_new_tokens, temperature, top_p, top_k)
+        yield from converse(prompt_text, turns, request, settings, page)
 
     def regenerate_last(
         turns: list[Turn],
@@ -351,12 +381,17 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     @friendly
     def vote(choice: str, turns: list[Turn], voted: Turn | None, *decoding_values):
+        """``choice`` is a button: a position (the model there) or tie / all bad. The vote
+        names the model, and a blind turn is revealed."""
         if turns and turns[-1] == voted:
             gr.Warning("You already voted on these answers.")
-            return voted
-        dashboard.vote(turns, choice, decoding(*decoding_values))
-        gr.Info(f"Vote saved ({VOTE_BUTTONS[choice]}) in {dashboard.db.name}.")
-        return turns[-1]
+            return voted, turns, *render(turns), *vote_buttons(False)
+        last = turns[-1] if turns else None
+        picked = last.column_at(COLUMNS.index(choice)) if last and choice in COLUMNS else choice
+        dashboard.vote(turns, picked, decoding(*decoding_values))
+        revealed = [*turns[:-1], replace(last, revealed=True)]
+        gr.Info(f"Vote saved ({VOTE_BUTTONS[picked]}) in {dashboard.db.name}.")
+        return revealed[-1], revealed, *render(revealed), *vote_buttons(False)
 
     @friendly
     def export(folder: str, replace_existing: bool, *values: Any):
@@ -380,16 +415,22 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     # The page's own Send, Enter and Regenerate read the merge from the controls on screen,
     # not from the last finished re-merge: a Send pressed while a re-merge still prepares
     # asks for the merge shown (the chat sets it itself), never the previous one.
-    shown_inputs = [prompt, turns_state, *controls.inputs, *decoding_inputs]
+    shown_inputs = [prompt, turns_state, arena, *controls.inputs, *decoding_inputs]
     n_controls = len(controls.inputs)
 
-    def answer_shown(page: gr.Request, prompt_text: str, turns: list[Turn], *values: Any):
+    def answer_shown(
+        page: gr.Request, prompt_text: str, turns: list[Turn], blind: bool, *values: Any
+    ):
         request = controls.request(values[:n_controls])
-        yield from answer(prompt_text, turns, request, *values[n_controls:], page)
+        order = blind_order() if blind else COLUMNS
+        yield from converse(prompt_text, turns, request, values[n_controls:], page, order)
 
-    def regenerate_shown(page: gr.Request, _prompt_text: str, turns: list[Turn], *values: Any):
-        request = controls.request(values[:n_controls])
-        yield from regenerate_last(turns, request, *values[n_controls:], page)
+    def regenerate_shown(
+        page: gr.Request, _prompt_text: str, turns: list[Turn], blind: bool, *values: Any
+    ):
+        if not turns:
+            raise gr.Error("nothing to regenerate yet", print_exception=False)
+        yield from answer_shown(page, turns[-1].prompt, turns[:-1], blind, *values)
 
     # API clients name the merge with /set_merge first; their /chat and /regenerate use
     # it (these buttons never show: they only carry the documented endpoints).
@@ -424,9 +465,18 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         button.click(
             lambda *args, choice=choice: vote(choice, *args),
             [turns_state, voted_state, *decoding_inputs],
-            voted_state,
+            [voted_state, turns_state, *chats, *votes.values()],
             api_name=f"vote_{choice}",
         )
+
+    def arena_mode(blind: bool):
+        """Blind: the buttons name positions; either way a new conversation starts."""
+        names = {**VOTE_BUTTONS, **dict(zip(COLUMNS, POSITIONS, strict=True))}
+        names = names if blind else VOTE_BUTTONS
+        buttons = [gr.Button(value=names[choice], interactive=False) for choice in votes]
+        return *render([]), [], *buttons
+
+    arena.change(arena_mode, arena, fresh, queue=False, **hidden)
     export_button.click(
         export, [export_folder, overwrite, *controls.inputs], export_status, api_name="export"
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from spectrum.dashboard import CHOICES, REPO, Dashboard
+from spectrum.dashboard import REPO, Dashboard
 from spectrum.errors import UserError
 from ui.common import friendly
 
@@ -43,14 +43,24 @@ def shown_path(path) -> str:
 
 
 def votes_frame(dashboard: Dashboard, db: str) -> pd.DataFrame:
+    """The leaderboard: how often each model was picked as best, and its Elo."""
     try:
-        counts = dashboard.vote_counts(db)
+        standings = dashboard.leaderboard(db)
     except UserError as error:  # the plots do not depend on the votes: warn, go on
         gr.Warning(str(error))
-        counts = {}
-    rows = [{"method": m, "λ": lam, **choices} for (m, lam), choices in sorted(counts.items())]
-    frame = pd.DataFrame(rows, columns=["method", "λ", *CHOICES])
-    return frame.rename(columns=lambda name: name.replace("_", " "))
+        standings = []
+    rows = [
+        {
+            "model": s.model,
+            "votes": s.votes,
+            "picked best": s.wins,
+            "win rate (95 % CI)": f"{s.win_rate:.2f} ({s.win_low:.2f}–{s.win_high:.2f})",
+            "Elo (95 % CI)": f"{s.elo:.0f} ({s.elo_low:.0f}–{s.elo_high:.0f})",
+        }
+        for s in standings
+    ]
+    columns = ["model", "votes", "picked best", "win rate (95 % CI)", "Elo (95 % CI)"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def samples_frame(dashboard: Dashboard, db: str, bench: str, method: str, lam: float):
@@ -98,8 +108,13 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         label="Samples",
         elem_id="samples",
     )
-    with gr.Accordion("Human-preference votes from the chat tab", open=False):
-        votes = gr.Dataframe(label="Votes per merge")
+    with gr.Accordion("Human-preference leaderboard (votes from the chat tab)", open=False):
+        gr.Markdown(
+            "Each vote: the picked answer beats the other two; tie and all bad are draws. "
+            "Win rate with a Wilson interval; Elo as Chatbot Arena's online Elo (K = 4) with "
+            "a bootstrap interval over votes. Merged models are named `method@λ`."
+        )
+        votes = gr.Dataframe(label="Leaderboard", elem_id="leaderboard")
 
     @friendly
     def refresh(db_text: str, chosen_benchmark: str | None, chosen_methods: list[str]):

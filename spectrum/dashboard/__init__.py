@@ -10,10 +10,11 @@ from spectrum.dashboard.service import (
     Dashboard,
     Reply,
     Turn,
+    blind_order,
     decoding_for,
     example_prompts,
 )
-from spectrum.dashboard.votes import CHOICES, COLUMNS
+from spectrum.dashboard.votes import COLUMNS
 from spectrum.devices import return_freed_memory_to_os
 from spectrum.eval.sweep import SweepProgress, SweepResult
 from spectrum.generate.chat import display_text
@@ -22,7 +23,6 @@ from spectrum.merge.spec import MergeSpec
 from spectrum.methods import Param
 
 __all__ = [
-    "CHOICES",
     "COLUMNS",
     "DEFAULT_DB",
     "DEFAULT_PAIR",
@@ -37,6 +37,7 @@ __all__ = [
     "SweepProgress",
     "SweepResult",
     "Turn",
+    "blind_order",
     "decoding_for",
     "display_text",
     "example_prompts",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
-from spectrum.dashboard.votes import COLUMNS, Vote, record_vote, tally
+from spectrum.dashboard.votes import COLUMNS, Standing, Vote, leaderboard, record_vote
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.eval.benchmarks import BENCHMARKS
@@ -97,8 +98,25 @@ class Reply:
 
 @dataclass(frozen=True)
 class Turn:
+    """One prompt and its three replies. A blind (arena) turn shows its columns in a
+    shuffled ``order`` under neutral names until the vote ``revealed`` them."""
+
     prompt: str
     replies: Mapping[str, Reply]
+    order: tuple[str, ...] = COLUMNS  # the model each position on the page shows
+    revealed: bool = True
+
+    @property
+    def blind(self) -> bool:
+        return not self.revealed
+
+    def column_at(self, position: int) -> str:
+        return self.order[position]
+
+
+def blind_order() -> tuple[str, ...]:
+    """A fresh shuffle of the three columns for one blind turn (not guessable from the last)."""
+    return tuple(random.SystemRandom().sample(COLUMNS, len(COLUMNS)))
 
 
 def example_prompts() -> tuple[list[str], list[str]]:
@@ -307,9 +325,9 @@ class Dashboard:
         path = self.folders.resolve(db, "results database")
         return sample_responses(path, benchmark, method, lam)
 
-    def vote_counts(self, db: str) -> dict[tuple[str, float], dict[str, int]]:
-        """{(method, λ): {choice: count}} of the votes stored in the DB file."""
-        return tally(self.folders.resolve(db, "results database"))
+    def leaderboard(self, db: str) -> list[Standing]:
+        """Win rate and Elo of every model that answered a vote stored in the DB file."""
+        return leaderboard(self.folders.resolve(db, "results database"))
 
     @property
     def context_length(self) -> int:
@@ -471,7 +489,8 @@ class Dashboard:
     def vote(
         self, turns: Sequence[Turn], choice: str, decoding: Mapping[str, DecodingSettings]
     ) -> str:
-        """Store a preference among the last turn's three answers in the dashboard's DB."""
+        """Store a preference among the last turn's three answers in the dashboard's DB.
+        ``choice`` names the model (a blind page maps its position to it first)."""
         if not turns:
             raise UserError("nothing to vote on yet: send a prompt first")
         turn = turns[-1]
@@ -491,6 +510,7 @@ class Dashboard:
             base_model=self.base,
             history=conversation_for(earlier, "merged", turn.prompt)[:-1],
             decoding={column: settings.as_dict() for column, settings in decoding.items()},
+            blind=turn.blind,
         )
         return record_vote(self.db, vote)
 
