@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, DeepseekV3Config, GptOssConfig
 from transformers.integrations.finegrained_fp8 import Fp8Dequantize
 from transformers.integrations.mxfp4 import FP4_VALUES, convert_moe_packed_tensors
 
+import spectrum.methods.common.base
 from spectrum.cli import main
 from spectrum.errors import UserError
 from spectrum.live.disk import read_parents
@@ -241,7 +242,10 @@ def test_checkpoint_shows_the_dequantized_model_names_shapes_and_values(pair):
         }
 
 
-def test_linear_merge_equals_dequantize_then_float64_merge(pair, tmp_path):
+@pytest.mark.parametrize("chunk", [None, 999])
+def test_linear_merge_equals_dequantize_then_float64_merge(pair, tmp_path, chunk, monkeypatch):
+    if chunk is not None:  # slices that cut rows, tiles and experts anywhere
+        monkeypatch.setattr(spectrum.methods.common.base, "CHUNK", chunk)
     out = tmp_path / "merged"
     _merge_cli(pair, "linear", out)
     written = _read(out)
@@ -260,6 +264,21 @@ def test_linear_merge_equals_dequantize_then_float64_merge(pair, tmp_path):
         exact += int((tensor == expected).sum())
         total += tensor.numel()
     assert exact / total > 0.99
+
+
+def test_quantized_direct_with_a_plain_bf16_thinking(pair, tmp_path):
+    """One quantized parent, one plain (the bf16 base plays the thinking model)."""
+    out = tmp_path / "merged"
+    args = ["merge", "--direct", str(pair["paths"]["direct"]), "--thinking", str(pair["base"])]
+    assert main([*args, "--lam", str(LAM), "--out", str(out), "--quiet"]) == 0
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    direct = transformers_dequantized(pair["layout"], pair["stored"]["direct"])["tensors"]
+    plain = _read(pair["base"])
+    written = _read(out)
+    assert sorted(written) == sorted(plain)
+    for name, tensor in written.items():
+        expected = (1 - LAM) * direct[name].double() + LAM * plain[name].double()
+        torch.testing.assert_close(tensor, expected.to(torch.bfloat16), rtol=2**-7, atol=1e-6)
 
 
 def test_fp8_scales_merged_apart_would_be_wrong(fp8_pair):

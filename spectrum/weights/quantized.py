@@ -86,7 +86,6 @@ class Dequantized:
 
     def __init__(self, method: str, config: dict, names: list[str], raw: RawReader, source: str):
         self._raw = raw
-        self._source = source
         plan = _fp8_plan if method == "fp8" else _mxfp4_plan
         self.recipes, self.hidden = plan(config, names, raw, source)
         self._last = threading.local()  # each reader thread's last dequantized experts
@@ -126,23 +125,25 @@ class Dequantized:
 
     def _mxfp4_slice(self, name: str, recipe: _Recipe, start: int, stop: int) -> Tensor:
         # Whole experts: the transpose mixes every stored row into each output row. The
-        # engine reads an expert in many slices, so each thread keeps its last experts.
+        # engine reads an expert in many slices, so each thread keeps the experts of its
+        # last partial read (a read of whole experts is used once: not kept).
         per_expert = math.prod(recipe.shape[1:])
         first, last = start // per_expert, -(-stop // per_expert)
-        key = (name, first, last)
-        if getattr(self._last, "key", None) != key:
-            self._last.key, self._last.value = None, None  # drop the old before reading
-            blocks_per = math.prod(self._raw.shape(recipe.data)[1:])
-            scales_per = math.prod(self._raw.shape(recipe.scale)[1:])
-            blocks = self._raw.get_slice(recipe.data, first * blocks_per, last * blocks_per)
-            scales = self._raw.get_slice(recipe.scale, first * scales_per, last * scales_per)
-            stored = self._raw.shape(recipe.data)[1:]
-            value = dequantize_mxfp4(
-                blocks.view(last - first, *stored), scales.view(last - first, *stored[:-1])
-            )
-            self._last.key, self._last.value = key, value
         offset = first * per_expert
-        return self._last.value.reshape(-1)[start - offset : stop - offset]
+        key = (name, first, last)
+        if getattr(self._last, "key", None) == key:
+            return self._last.value.reshape(-1)[start - offset : stop - offset]
+        self._last.key, self._last.value = None, None  # dropped before the next read
+        stored = self._raw.shape(recipe.data)
+        blocks_per, scales_per = math.prod(stored[1:]), math.prod(stored[1:-1])
+        blocks = self._raw.get_slice(recipe.data, first * blocks_per, last * blocks_per)
+        scales = self._raw.get_slice(recipe.scale, first * scales_per, last * scales_per)
+        value = dequantize_mxfp4(
+            blocks.view(last - first, *stored[1:]), scales.view(last - first, *stored[1:-1])
+        )
+        if (start, stop) != (offset, last * per_expert):
+            self._last.key, self._last.value = key, value
+        return value.reshape(-1)[start - offset : stop - offset]
 
 
 def dequantize_fp8_rows(
