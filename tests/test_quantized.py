@@ -10,6 +10,7 @@ float64 formula written here.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -54,21 +55,20 @@ def _gpt_oss_config() -> GptOssConfig:
     )  # fmt: skip
 
 
-def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepSeek-V3's layout: per BLOCK × BLOCK tile (the last ones partial),
+def quantize_fp8(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's layout: per ``block`` × ``block`` tile (the last ones partial),
     ``weight_scale_inv = amax / 448`` and ``weight / weight_scale_inv`` in float8_e4m3fn."""
     rows, cols = weight.shape
-    tiles = (math.ceil(rows / BLOCK), math.ceil(cols / BLOCK))
+    tiles = (math.ceil(rows / block), math.ceil(cols / block))
     quantized = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
     scale_inv = torch.empty(tiles, dtype=torch.float32)
     for i in range(tiles[0]):
         for j in range(tiles[1]):
-            tile = weight[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK].float()
-            amax = float(tile.abs().max())
+            tile = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block))
+            amax = float(weight[tile].float().abs().max())
             scale_inv[i, j] = amax / FP8_MAX if amax > 0 else 1.0
-            quantized[i * BLOCK : (i + 1) * BLOCK, j * BLOCK : (j + 1) * BLOCK] = (
-                (tile / scale_inv[i, j]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-            )
+            scaled = weight[tile].float() / scale_inv[i, j]
+            quantized[tile] = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return quantized, scale_inv
 
 
@@ -115,10 +115,10 @@ def _quantize_folder(folder, quantize, quantization_config: dict) -> dict[str, t
     return stored
 
 
-def _fp8_tensor(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+def _fp8_tensor(name: str, tensor: torch.Tensor, block: int = BLOCK) -> dict[str, torch.Tensor]:
     if "_proj" not in name or tensor.dim() != 2:  # embeddings, norms, router, head: bf16
         return {name: tensor}
-    quantized, scale_inv = quantize_fp8(tensor)
+    quantized, scale_inv = quantize_fp8(tensor, block)
     return {name: quantized, name.removesuffix(".weight") + ".weight_scale_inv": scale_inv}
 
 
@@ -137,7 +137,12 @@ MXFP4_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": ["router", "s
 LAYOUTS = {
     "fp8": (_deepseek_config, _fp8_tensor, FP8_CONFIG),
     "mxfp4": (_gpt_oss_config, _mxfp4_tensor, MXFP4_CONFIG),
-}
+    # 8-row tiles divide every tiny shape: transformers' from_pretrained loads this one.
+    "fp8_divisible": (
+        _deepseek_config, functools.partial(_fp8_tensor, block=8),
+        {**FP8_CONFIG, "weight_block_size": [8, 8]},
+    ),
+}  # fmt: skip
 
 
 def _save(folder, config, seed, like=None):
@@ -176,7 +181,12 @@ def mxfp4_pair(tmp_path_factory):
     return _make_pair("mxfp4", tmp_path_factory)
 
 
-@pytest.fixture(params=list(LAYOUTS))
+@pytest.fixture(scope="module")
+def fp8_divisible_pair(tmp_path_factory):
+    return _make_pair("fp8_divisible", tmp_path_factory)
+
+
+@pytest.fixture(params=["fp8", "mxfp4"])
 def pair(request):
     return request.getfixturevalue(f"{request.param}_pair")
 
@@ -334,6 +344,23 @@ def test_merged_folder_is_plain_bf16_and_loads_with_transformers(pair, tmp_path)
     with torch.no_grad():
         logits = model(torch.tensor([[3, 5, 7, 11]])).logits
     assert logits.shape == (1, 4, 128) and bool(torch.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("layout", ["fp8_divisible", "mxfp4"])
+def test_lam_zero_equals_transformers_loading_the_quantized_parent(layout, request, tmp_path):
+    """transformers' own from_pretrained of the quantized direct parent (it dequantizes to
+    bf16 on a CPU) holds what the merge writes at λ = 0."""
+    pair = request.getfixturevalue(f"{layout}_pair")
+    out = tmp_path / "merged"
+    args = ["merge", "--direct", str(pair["paths"]["direct"]), "--thinking"]
+    args += [str(pair["paths"]["thinking"]), "--lam", "0", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(pair["paths"]["direct"]).state_dict()
+    written = _read(out)
+    shared = [name for name in written if name in loaded]  # DeepSeek fuses its experts
+    assert len(shared) > len(written) // 2
+    for name in shared:
+        assert torch.equal(written[name], loaded[name]), name
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq", "bitsandbytes"])

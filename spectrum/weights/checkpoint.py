@@ -58,8 +58,9 @@ DTYPES = {
     "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
-    "F8_E8M0": torch.float8_e8m0fnu,  # block scales of some FP8 checkpoints
 }
+if hasattr(torch, "float8_e8m0fnu"):  # torch >= 2.7: block scales of some FP8 checkpoints
+    DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 

@@ -164,14 +164,19 @@ def dequantize_fp8_rows(
 
 def dequantize_mxfp4(blocks: Tensor, scales: Tensor) -> Tensor:
     """float32 ``(experts, cols, rows)`` from ``(experts, rows, groups, 16)`` blocks and
-    ``(experts, rows, groups)`` E8M0 scales (``_convert_moe_packed_tensors``)."""
+    ``(experts, rows, groups)`` E8M0 scales (``_convert_moe_packed_tensors``), one expert
+    at a time so the temporaries stay one expert's."""
     lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    values = torch.empty(*blocks.shape[:-1], blocks.shape[-1] * 2, dtype=torch.float32)
-    values[..., 0::2] = lut[(blocks & 0x0F).long()]
-    values[..., 1::2] = lut[(blocks >> 4).long()]
-    values = torch.ldexp(values, (scales.to(torch.int32) - 127).unsqueeze(-1))
-    experts, rows = blocks.shape[:2]
-    return values.reshape(experts, rows, -1).transpose(1, 2).contiguous()
+    experts, rows, groups, width = blocks.shape
+    out = torch.empty(experts, groups * width * 2, rows, dtype=torch.float32)
+    for expert in range(experts):
+        values = torch.empty(rows, groups, width * 2, dtype=torch.float32)
+        values[..., 0::2] = lut[(blocks[expert] & 0x0F).long()]
+        values[..., 1::2] = lut[(blocks[expert] >> 4).long()]
+        exponents = (scales[expert].to(torch.int32) - 127).unsqueeze(-1)
+        torch.ldexp(values, exponents, out=values)
+        out[expert] = values.view(rows, -1).T
+    return out
 
 
 def _scales_float(scales: Tensor) -> Tensor:
