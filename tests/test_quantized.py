@@ -191,7 +191,7 @@ def pair(request):
     return request.getfixturevalue(f"{request.param}_pair")
 
 
-def transformers_dequantized(layout: str, stored: dict[str, torch.Tensor]) -> dict:
+def transformers_dequantized(stored: dict[str, torch.Tensor]) -> dict:
     """The float32 tensors transformers' own functions make of ``stored``, by model name,
     and the names whose FP8 tiles transformers refuses (read by DeepSeek's formula)."""
     out, by_deepseek = {}, set()
@@ -229,7 +229,7 @@ def test_checkpoint_shows_the_dequantized_model_names_shapes_and_values(pair):
     assert sorted(direct.names()) == sorted(plain.names())
     assert all(direct.shape(n) == plain.shape(n) for n in plain.names())
     assert all(direct.dtype(n) == torch.bfloat16 for n in direct.names())
-    reference = transformers_dequantized(pair["layout"], pair["stored"]["direct"])
+    reference = transformers_dequantized(pair["stored"]["direct"])
     for name, expected in reference["tensors"].items():
         assert torch.equal(direct.get(name), expected), name
         flat, n = expected.reshape(-1), expected.numel()
@@ -260,7 +260,7 @@ def test_linear_merge_equals_dequantize_then_float64_merge(pair, tmp_path, chunk
     _merge_cli(pair, "linear", out)
     written = _read(out)
     dequantized = {
-        role: transformers_dequantized(pair["layout"], pair["stored"][role])["tensors"]
+        role: transformers_dequantized(pair["stored"][role])["tensors"]
         for role in ("direct", "thinking")
     }
     assert sorted(written) == sorted(dequantized["direct"])
@@ -282,7 +282,7 @@ def test_quantized_direct_with_a_plain_bf16_thinking(pair, tmp_path):
     args = ["merge", "--direct", str(pair["paths"]["direct"]), "--thinking", str(pair["base"])]
     assert main([*args, "--lam", str(LAM), "--out", str(out), "--quiet"]) == 0
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
-    direct = transformers_dequantized(pair["layout"], pair["stored"]["direct"])["tensors"]
+    direct = transformers_dequantized(pair["stored"]["direct"])["tensors"]
     plain = _read(pair["base"])
     written = _read(out)
     assert sorted(written) == sorted(plain)
@@ -304,7 +304,7 @@ def test_fp8_scales_merged_apart_would_be_wrong(fp8_pair):
     naive = Fp8Dequantize(None)._dequantize_one(apart[0].to(torch.float8_e4m3fn), apart[1],
                                                 torch.float32)  # fmt: skip
     dequantized = [
-        transformers_dequantized("fp8", stored[r])["tensors"][name].double()
+        transformers_dequantized(stored[r])["tensors"][name].double()
         for r in ("direct", "thinking")
     ]
     right = (1 - LAM) * dequantized[0] + LAM * dequantized[1]
@@ -316,8 +316,7 @@ def test_topk_replace_equals_the_in_memory_merge_of_transformers_dequantized(pai
     out = tmp_path / "merged"
     _merge_cli(pair, "topk_replace", out)
     dequantized = [
-        transformers_dequantized(pair["layout"], pair["stored"][r])["tensors"]
-        for r in ("direct", "thinking")
+        transformers_dequantized(pair["stored"][r])["tensors"] for r in ("direct", "thinking")
     ]
     expected = merge_tensors(*dequantized, method="topk_replace", lam=LAM, seed=3)
     written = _read(out)
