@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from spectrum.live.prepared import ParentTensors
-from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
+from spectrum.weights.checkpoint import Checkpoint, open_checkpoint, refuse_quantized
 from spectrum.weights.validate import validate_parents
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,12 @@ class DiskTensors(Mapping[str, Tensor]):
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
         self._names = checkpoint.names()
+        self._known = set(self._names)
         self._lock = threading.Lock()
         self.bytes_read = 0  # every read, so a benchmark can set time against bytes
 
     def __getitem__(self, name: str) -> Tensor:
-        if name not in self.checkpoint._where:
+        if name not in self._known:
             raise KeyError(name)
         tensor = self.checkpoint.get(name)
         with self._lock:  # the read-ahead thread counts too
@@ -105,5 +106,8 @@ def read_parents(
     allow_pickle: bool = False,
 ) -> ParentTensors:
     """The parents as ``policy`` keeps them: on disk for ``disk``, in host memory otherwise."""
+    for path in (direct, thinking, base):
+        if path is not None:  # headers only: refused before a tensor is read
+            refuse_quantized(open_checkpoint(path, allow_pickle=allow_pickle), "the live merger")
     kind = DiskParentTensors if policy == "disk" else ParentTensors
     return kind.read(direct, thinking, base, allow_pickle=allow_pickle)

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Pre
 from transformers.initialization import no_init_weights
 
 from spectrum.live.views import checkpoint_views
-from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
+from spectrum.weights.checkpoint import Checkpoint, open_checkpoint, refuse_quantized
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def load_model(
     ``from_pretrained(dtype="auto")`` picks it (the config's dtype, else the weights')."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = open_checkpoint(checkpoint, allow_pickle=allow_pickle)
+    refuse_quantized(checkpoint, "the live model loader")
     remote = dict(trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(checkpoint.path, **remote)
     dtype = dtype or _auto_dtype(config, checkpoint)

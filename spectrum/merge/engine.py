@@ -2,11 +2,12 @@
 
 Both APIs share one loop (``merge_stream``): for each tensor, read the parents, cast to
 float32 on the merge device, ``prepare`` then ``apply`` at the tensor's strength, cast back
-to the direct parent's dtype. Elementwise methods (linear, slerp, task_arithmetic) and
-copied tensors go through in slices of ``CHUNK`` elements, read straight from the files,
-so memory holds a few slices whatever the model and the float32 copies stay in cache; the
-others get whole tensors. Tensors outside the scope (and non-float tensors) are the direct
-parent's bytes untouched. Methods with ``global_stats`` first get streaming statistics
+to the direct parent's dtype (a dequantized parent's: bfloat16). Elementwise methods
+(linear, slerp, task_arithmetic) and copied tensors go through in slices of ``CHUNK``
+elements, read straight from the files, so memory holds a few slices whatever the model
+and the float32 copies stay in cache; the others get whole tensors. Tensors outside the
+scope (and non-float tensors) are the direct parent's bytes untouched (dequantized ones:
+rounded to bfloat16). Methods with ``global_stats`` first get streaming statistics
 passes that re-read the parents, so no pass ever holds the model. The next pieces are read
 (and prepared) by a background thread while the current one is merged, and a writer
 thread puts finished bytes on disk.
@@ -104,8 +105,8 @@ def merge_stream(
             return piece
 
         raw = read("direct", direct)
-        if name not in merged:
-            return raw, None
+        if name not in merged:  # a dequantized tensor is read in float32, kept in bfloat16
+            return raw.to(direct.dtype(name)), None
         parents = Parents(
             name,
             raw.to(**as32),
@@ -113,7 +114,7 @@ def merge_stream(
             read("base", base).to(**as32) if base is not None else None,
             sums.of(name) if span is not None else None,
         )
-        return raw.dtype, method.prepare(parents, params, spec.seed)
+        return direct.dtype(name), method.prepare(parents, params, spec.seed)
 
     stats = None
     if method.global_stats is not None:

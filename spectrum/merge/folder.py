@@ -33,6 +33,7 @@ from spectrum.weights.output import (
     staged_folder,
     tensor_nbytes,
 )
+from spectrum.weights.quantized import dequantized_config
 from spectrum.weights.validate import validate_parents
 
 log = logging.getLogger("spectrum.merge")
@@ -189,10 +190,19 @@ def _write_merge(
                 raise
             writer.close()
             copied = copy_side_files(parents[config.copy_from].path, staging)
+            if parents[config.copy_from].quantization is not None:
+                _write_dequantized_config(staging / "config.json")
             record = merge_record(config, {r: (parents[r], h.result()) for r, h in hashes.items()})
             text = json.dumps(record, indent=2, allow_nan=False)
             (staging / "merge_config.json").write_text(text + "\n")
             (staging / "README.md").write_text(model_card(record, copied))
+
+
+def _write_dequantized_config(path: Path) -> None:
+    """The merged weights are plain bfloat16: a quantization_config would make transformers
+    look for scales that are not there."""
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps(dequantized_config(config), indent=2) + "\n")
 
 
 def merge_record(config: MergeConfig, parents: dict[str, tuple[Checkpoint, str]]) -> dict[str, Any]:

@@ -10,6 +10,11 @@ page cache serves the bytes and nothing but the tensor in hand is resident.
 Pickle ``.bin``/``.pt``/``.pth`` checkpoints can execute code when loaded; unless the caller
 passes ``allow_pickle=True`` they are refused from their file names alone, before a byte is
 read. Allowed, each file is loaded once, with ``weights_only=True`` and ``mmap=True``.
+
+A quantized checkpoint (block-scaled FP8, MXFP4: ``spectrum.weights.quantized``) shows the
+tensors transformers dequantizes it to, by the names the model uses: ``get`` gives their
+exact float32 values, ``dtype`` the bfloat16 they are held and written in. Any other
+``quantization_config`` is refused when the checkpoint is opened, before a weight is read.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import torch
 
 from spectrum.errors import UserError
 from spectrum.weights.filehash import file_sha256
+from spectrum.weights.quantized import DTYPE as DEQUANTIZED_DTYPE
+from spectrum.weights.quantized import Dequantized, RawReader, quantization_of
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -52,6 +59,8 @@ DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
+if hasattr(torch, "float8_e8m0fnu"):  # torch >= 2.7: block scales of some FP8 checkpoints
+    DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -115,6 +124,7 @@ class Checkpoint:
         self.path = path
         self.source = source or str(path)
         self.config: dict = _read_json(path / "config.json", required=True)
+        self.quantization = quantization_of(self.config, self.source)  # refused before reads
         self._files: dict[str, _SafetensorsFile] = {}
         self._pickle_files: dict[str, Path] = {}
         # Each pickle file loaded once (memory-mapped, so kept mappings cost no memory);
@@ -127,6 +137,14 @@ class Checkpoint:
             # A tied head is the embedding itself; some savers store a copy, some do not.
             # Dropping it here makes both layouts compare equal and merge the same way.
             self._where.pop("lm_head.weight", None)
+        self._dequantized: Dequantized | None = None
+        self._names = list(self._where)
+        if self.quantization is not None:
+            raw = RawReader(self._raw_shape, self._raw_dtype, self._raw_get, self._raw_get_slice)
+            self._dequantized = Dequantized(
+                self.quantization, self.config, self._names, raw, self.source
+            )
+            self._names = self._dequantized.names(self._names)
 
     def _load_layout(self, allow_pickle: bool) -> None:
         weight_map = self._weight_map(SAFETENSORS_INDEX, SAFETENSORS_SINGLE)
@@ -175,26 +193,47 @@ class Checkpoint:
         return None
 
     def names(self) -> list[str]:
-        return list(self._where)
+        return list(self._names)
+
+    def _logical(self, name: str) -> bool:
+        return self._dequantized is not None and name in self._dequantized.recipes
 
     def shape(self, name: str) -> tuple[int, ...]:
-        if self._pickle_files:
-            return tuple(self.get(name).shape)
-        return tuple(self._files[self._where[name]].tensors[name]["shape"])
+        if self._logical(name):
+            return self._dequantized.shape(name)
+        return self._raw_shape(name)
 
     def dtype(self, name: str) -> torch.dtype:
-        if self._pickle_files:
-            return self.get(name).dtype
-        return DTYPES[self._files[self._where[name]].tensors[name]["dtype"]]
+        """The tensor's dtype (a dequantized one's: the bfloat16 it is held in)."""
+        return DEQUANTIZED_DTYPE if self._logical(name) else self._raw_dtype(name)
 
     def get(self, name: str) -> torch.Tensor:
+        """The tensor (a dequantized one: its exact float32 values)."""
+        return self._dequantized.get(name) if self._logical(name) else self._raw_get(name)
+
+    def get_slice(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``start:stop`` of the flattened tensor, reading only those bytes."""
+        if self._logical(name):
+            return self._dequantized.get_slice(name, start, stop)
+        return self._raw_get_slice(name, start, stop)
+
+    def _raw_shape(self, name: str) -> tuple[int, ...]:
+        if self._pickle_files:
+            return tuple(self._raw_get(name).shape)
+        return tuple(self._files[self._where[name]].tensors[name]["shape"])
+
+    def _raw_dtype(self, name: str) -> torch.dtype:
+        if self._pickle_files:
+            return self._raw_get(name).dtype
+        return DTYPES[self._files[self._where[name]].tensors[name]["dtype"]]
+
+    def _raw_get(self, name: str) -> torch.Tensor:
         file = self._where[name]
         if file in self._files:
             return self._files[file].read(name)
         return self._pickle_tensor(file, name)
 
-    def get_slice(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Elements ``start:stop`` of the flattened tensor, reading only those bytes."""
+    def _raw_get_slice(self, name: str, start: int, stop: int) -> torch.Tensor:
         file = self._where[name]
         if file in self._files:
             return self._files[file].read(name, (start, stop))
@@ -231,6 +270,15 @@ class Checkpoint:
         for path in [*self.weight_files(), self.path / "config.json"]:
             outer.update(f"{path.name}\0{_file_sha256(path)}\n".encode())
         return outer.hexdigest()
+
+
+def refuse_quantized(checkpoint: Checkpoint, what: str) -> None:
+    """One line naming a quantized ``checkpoint`` that ``what`` cannot serve."""
+    if checkpoint.quantization is not None:
+        raise UserError(
+            f"{checkpoint.source} is {checkpoint.quantization}-quantized and {what} does not "
+            "dequantize it; merge it with `spectrum merge` (which does) and use the merged folder"
+        )
 
 
 def _file_sha256(path: Path) -> str:
