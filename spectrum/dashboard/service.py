@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -214,9 +213,6 @@ class Dashboard:
         self._merger: LiveMerger | None = None
         self._merger_loading = threading.Lock()
         self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
-        # One page's "set if not what I asked for, then generate" must not interleave with
-        # another page's, or both would re-merge back and forth.
-        self._claim = threading.Lock()
         self.pool = None  # page sweeps go to this Ray pool when the app was given --ray
         if ray is not None:
             from spectrum.eval.distributed import RayPool
@@ -304,8 +300,7 @@ class Dashboard:
         spec = self.check(spec)
         if self.spectrum is not None and self.spectrum.serves(spec):
             return LoadedMerge(spec)  # nothing to re-merge: the spectrum model takes any λ
-        with self._claim:
-            return self.merger.set(spec)
+        return self.merger.set(spec)
 
     def chat(
         self,
@@ -362,12 +357,9 @@ class Dashboard:
                 ):
                     yield Reply(update, LoadedMerge(spec))
                 return
-            with ExitStack() as held:
-                with self._claim:
-                    # Another page may have re-merged since this one's slider moved.
-                    if self.merger.current.spec != spec:
-                        self.merger.set(spec)
-                    merge = held.enter_context(self.merger.session())
+            # Another page or a sweep may have re-merged since this one's slider moved:
+            # set it again and generate on it in one hold, which no re-merge can split.
+            with self.merger.holding(spec) as merge:
                 for update in stream_reply(
                     self.merger.model,
                     # The merger's own (the direct parent's), as sweeps of the merge use.

@@ -1,0 +1,151 @@
+"""Two visitors at once on one dashboard (issue #20): a merge is held for the whole of its
+use, so what one page generates never runs on a merge another page set in between.
+
+Everything runs against ``python app.py`` on the embedded pair, driven by separate
+gradio_client clients (separate pages) over HTTP.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+import pytest
+from gradio_client import Client
+from test_app_server import ALL_MODULES, launch_app, without_footers
+
+from spectrum.eval.benchmarks.synthetic import make_problems
+
+# What a stored sample says, less what varies run to run (ids, times, latencies).
+ROW = "method, lam, benchmark, problem_id, sample_idx, response, n_tokens, finished, correct"
+SWEEP_TOKENS = 24
+GRIDS = ("0.1,0.3", "0.7,0.9")  # the two pages' λ grids: no λ in common
+RACE_RUNS = 30
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("races")
+
+
+@pytest.fixture(scope="module")
+def url(folder) -> str:
+    with launch_app(folder) as address:  # DBs in ``folder``: the page's results folder
+        yield address
+
+
+def page(url: str) -> Client:
+    return Client(url, verbose=False)
+
+
+def sweep(
+    client: Client, db: Path, grid: str, method: str = "linear", tokens: int = SWEEP_TOKENS
+) -> str:
+    """One page sweep (5 synthetic problems per λ, one sample each); its status line."""
+    out = client.predict(str(db), [method], grid, "synthetic", 1, 1, tokens, api_name="/sweep")
+    return out[0]
+
+
+def rows(db: Path) -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(f"SELECT {ROW} FROM samples ORDER BY lam, problem_id").fetchall()
+
+
+def test_two_page_sweeps_at_different_lams_store_exactly_their_own_rows(url, folder):
+    """Each page sweeps its own λ grid into its own DB, both at once; every DB holds
+    exactly the rows its sweep stores alone.
+
+    Before the merge was held for a whole cell (a cell's ``set()`` and its generation were
+    two steps), 9 of these 9 concurrent runs stored at least one cell generated under the
+    other page's merge.
+    """
+    alone = {}
+    for grid in GRIDS:
+        db = folder / f"alone-{grid}.duckdb"
+        assert sweep(page(url), db, grid).startswith("Done: 10 samples generated")
+        alone[grid] = rows(db)
+    assert alone[GRIDS[0]] != alone[GRIDS[1]]  # the two merges answer differently
+    pages = [page(url) for _ in GRIDS]
+    wrong = []
+    for run in range(RACE_RUNS):
+        dbs = [folder / f"race{run}-{grid}.duckdb" for grid in GRIDS]
+        with ThreadPoolExecutor(len(GRIDS)) as pool:
+            jobs = [
+                pool.submit(sweep, client, db, grid)
+                for client, db, grid in zip(pages, dbs, GRIDS, strict=True)
+            ]
+            statuses = [job.result() for job in jobs]
+        assert all(status.startswith("Done: 10 samples generated") for status in statuses)
+        wrong += [
+            (run, grid) for db, grid in zip(dbs, GRIDS, strict=True) if rows(db) != alone[grid]
+        ]
+    assert not wrong, f"sweeps stored rows of the other page's merge: {wrong}"
+
+
+CHAT_TOKENS = 48
+PROMPT = make_problems(2, 1, seed=3)[0].messages[0]["content"]
+# task_arithmetic is not a linear merge: the live merger (one shared model) answers it.
+CHAT_LAMS = (0.3, 0.9)
+
+
+def merged_answer(
+    client: Client, api: str = "/regenerate", tokens: int = CHAT_TOKENS
+) -> tuple[str, list[str]]:
+    """A greedy turn's merged column (its label, its texts without the stats line): the
+    page's first turn asked again (the page's history stays one turn long)."""
+    args = (PROMPT,) if api == "/chat" else ()
+    out = client.predict(*args, "greedy", tokens, 0.6, 0.95, 20, api_name=api)
+    merged = out[1]
+    return merged["label"], without_footers(merged)
+
+
+def chat_page(url: str, lam: float) -> tuple[Client, tuple[str, list[str]]]:
+    """A page at ``lam`` of task_arithmetic and its first (greedy) turn, asked alone."""
+    client = page(url)
+    status = client.predict("task_arithmetic", lam, "", ALL_MODULES, 0, api_name="/set_merge")
+    assert f"task_arithmetic · λ {lam:.2f}" in status
+    return client, merged_answer(client, "/chat")
+
+
+def test_two_chats_at_different_lams_answer_as_each_lam_alone(url):
+    """Two pages chat at once on the live merger, each at its own λ.
+
+    On the code before the merge was held for a whole turn this passed N of N runs (chats
+    already claimed the merger for their set-and-generate); the race a chat lost was
+    against a sweep (the next test).
+    """
+    pages, alone = zip(*(chat_page(url, lam) for lam in CHAT_LAMS), strict=True)
+    assert alone[0][0] == "Merged — task_arithmetic · λ 0.30" and alone[0] != alone[1]
+    wrong = []
+    for run in range(RACE_RUNS):
+        with ThreadPoolExecutor(len(pages)) as pool:
+            answers = list(pool.map(merged_answer, pages))
+        wrong += [(run, lam) for lam, a, b in zip(CHAT_LAMS, answers, alone, strict=True) if a != b]
+    assert not wrong, f"chats answered with the other page's merge: {wrong}"
+
+
+def test_a_chat_never_generates_with_the_merge_a_sweep_set_meanwhile(url, folder):
+    """Page A chats at λ 0.3 while page B sweeps λ 0.7 and 0.9 of the same method.
+
+    On the code before, N of N runs ...
+    """
+    chatter, _ = chat_page(url, CHAT_LAMS[0])
+    alone_answer = merged_answer(chatter, tokens=16)
+    grid = "0.5:0.9:0.05"
+    SWEPT = (grid, "task_arithmetic", 2)
+    alone_db = folder / "chat-alone.duckdb"
+    assert sweep(page(url), alone_db, *SWEPT).startswith("Done: 45 samples")
+    alone_rows = rows(alone_db)
+    sweeper = page(url)
+    wrong_answers, wrong_rows = 0, []
+    for run in range(RACE_RUNS // 3):
+        db = folder / f"chat-race{run}.duckdb"
+        with ThreadPoolExecutor(1) as pool:
+            swept = pool.submit(sweep, sweeper, db, *SWEPT)
+            while not swept.done():
+                wrong_answers += merged_answer(chatter, tokens=16) != alone_answer
+            assert swept.result().startswith("Done: 45 samples")
+        if rows(db) != alone_rows:
+            wrong_rows.append(run)
+    assert (wrong_answers, wrong_rows) == (0, [])
