@@ -2,18 +2,21 @@
 use, so what one page generates never runs on a merge another page set in between.
 
 Everything runs against ``python app.py`` on the embedded pair, driven by separate
-gradio_client clients (separate pages) over HTTP.
+gradio_client clients (separate pages) over HTTP. Page sweeps also write only where they
+may: never the shipped DB, never a parent's folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 import pytest
 from gradio_client import Client
-from test_app_server import ALL_MODULES, launch_app, without_footers
+from test_app_server import ALL_MODULES, REPO, SHIPPED_DB, launch_app, without_footers
 
 from spectrum.eval.benchmarks.synthetic import make_problems
 
@@ -31,7 +34,12 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(folder) -> str:
-    with launch_app(folder) as address:  # DBs in ``folder``: the page's results folder
+    """The app on a copy of the embedded pair kept in its results folder, ``folder`` (where
+    the sweeps' DBs go): the parents' own folders are inside the page's allowed folders."""
+    for role in ("direct", "thinking", "base"):
+        shutil.copytree(REPO / "assets" / "pair" / role, folder / "pair" / role)
+    pair = [f"--{role}={folder / 'pair' / role}" for role in ("direct", "thinking", "base")]
+    with launch_app(folder, *pair) as address:
         yield address
 
 
@@ -87,6 +95,9 @@ CHAT_TOKENS = 48
 PROMPT = make_problems(2, 1, seed=3)[0].messages[0]["content"]
 # task_arithmetic is not a linear merge: the live merger (one shared model) answers it.
 CHAT_LAMS = (0.3, 0.9)
+CHAT_RUNS = 10
+SWEPT = ("0.5:0.9:0.05", "task_arithmetic", 2)  # grid, method, max new tokens
+SWEEPS_WHILE_CHATTING = 10
 
 
 def merged_answer(
@@ -109,16 +120,17 @@ def chat_page(url: str, lam: float) -> tuple[Client, tuple[str, list[str]]]:
 
 
 def test_two_chats_at_different_lams_answer_as_each_lam_alone(url):
-    """Two pages chat at once on the live merger, each at its own λ.
+    """Two pages chat at once on the live merger, each at its own λ; each answer is its
+    λ's answer alone (greedy), labelled with it.
 
-    On the code before the merge was held for a whole turn this passed N of N runs (chats
-    already claimed the merger for their set-and-generate); the race a chat lost was
-    against a sweep (the next test).
+    This one passed 30 of 30 runs before the merge was held for a whole turn too: chats
+    already took a dashboard-wide claim for their set-and-generate. What a chat lost was
+    the race against a sweep, which took no claim (the next test).
     """
     pages, alone = zip(*(chat_page(url, lam) for lam in CHAT_LAMS), strict=True)
     assert alone[0][0] == "Merged — task_arithmetic · λ 0.30" and alone[0] != alone[1]
     wrong = []
-    for run in range(RACE_RUNS):
+    for run in range(CHAT_RUNS):
         with ThreadPoolExecutor(len(pages)) as pool:
             answers = list(pool.map(merged_answer, pages))
         wrong += [(run, lam) for lam, a, b in zip(CHAT_LAMS, answers, alone, strict=True) if a != b]
@@ -126,26 +138,63 @@ def test_two_chats_at_different_lams_answer_as_each_lam_alone(url):
 
 
 def test_a_chat_never_generates_with_the_merge_a_sweep_set_meanwhile(url, folder):
-    """Page A chats at λ 0.3 while page B sweeps λ 0.7 and 0.9 of the same method.
+    """Page A chats again and again at λ 0.3 while page B sweeps nine other λ of the same
+    method (cells of 2 tokens: a re-merge every few milliseconds); every answer is λ 0.3's
+    alone, and every sweep stores the rows it stores alone.
 
-    On the code before, N of N runs ...
+    Before the merge was held for a whole turn, a sweep's ``set()`` could land between a
+    chat's ``set()`` and its generation: in three runs of this test on that code,
+    N of M chat turns answered (truthfully labelled) with the sweep's merge.
     """
     chatter, _ = chat_page(url, CHAT_LAMS[0])
     alone_answer = merged_answer(chatter, tokens=16)
-    grid = "0.5:0.9:0.05"
-    SWEPT = (grid, "task_arithmetic", 2)
     alone_db = folder / "chat-alone.duckdb"
     assert sweep(page(url), alone_db, *SWEPT).startswith("Done: 45 samples")
     alone_rows = rows(alone_db)
     sweeper = page(url)
-    wrong_answers, wrong_rows = 0, []
-    for run in range(RACE_RUNS // 3):
+    chats, wrong_answers, wrong_rows = 0, 0, []
+    for run in range(SWEEPS_WHILE_CHATTING):
         db = folder / f"chat-race{run}.duckdb"
         with ThreadPoolExecutor(1) as pool:
             swept = pool.submit(sweep, sweeper, db, *SWEPT)
-            while not swept.done():
+            while True:  # at least one turn per sweep, as many as its run lasts
                 wrong_answers += merged_answer(chatter, tokens=16) != alone_answer
+                chats += 1
+                if swept.done():
+                    break
             assert swept.result().startswith("Done: 45 samples")
         if rows(db) != alone_rows:
             wrong_rows.append(run)
-    assert (wrong_answers, wrong_rows) == (0, [])
+    assert (wrong_answers, wrong_rows) == (0, []), f"{wrong_answers} of {chats} turns wrong"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) and its content hash."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_page_sweep_never_writes_the_shipped_db_or_a_parents_folder(url, folder):
+    """The issue's probe: the DB field set to ``assets/spectrum.duckdb`` modified the
+    tracked DB, and a path inside a parent's folder put DB and lock files there."""
+    (folder / "into-direct").symlink_to(folder / "pair" / "direct")
+    targets = {
+        "assets/spectrum.duckdb": "the shipped assets folder",
+        str(SHIPPED_DB): "the shipped assets folder",
+        "assets/pair/direct/results.duckdb": "the shipped assets folder",
+        str(folder / "pair" / "thinking" / "results.duckdb"): "the thinking model's folder",
+        str(folder / "pair" / "base" / "new" / "results.duckdb"): "the base model's folder",
+        str(folder / "into-direct" / "results.duckdb"): "the direct model's folder",
+    }
+    before = {place: snapshot(place) for place in (REPO / "assets", folder / "pair")}
+    client = page(url)
+    for target, where in targets.items():
+        with pytest.raises(Exception, match=f"inside {where}") as refused:
+            sweep(client, Path(target), "0.5")
+        assert "\n" not in str(refused.value) and "Traceback" not in str(refused.value)
+    assert {place: snapshot(place) for place in before} == before
+    # Beside the parents (not inside one) is the page's own results folder: allowed.
+    assert sweep(client, folder / "pair" / "beside.duckdb", "0.5").startswith("Done: 5 samples")

@@ -445,6 +445,27 @@ class Dashboard:
         )
         return record_vote(self.db, vote)
 
+    def sweep_target(self, db: str) -> Path:
+        """The results DB a page sweep may write (with its lock file beside it): inside the
+        allowed folders, but never in the shipped ``assets/`` (the tracked DB, the embedded
+        pair) nor inside a parent model's folder, which the sweep only reads."""
+        path = self.folders.resolve(db, "results database")
+        inside = [("the shipped assets folder", ASSETS.resolve())]
+        inside += [(f"the {role} model's folder", folder) for role, folder in self._parents()]
+        for what, folder in inside:
+            if path.is_relative_to(folder):
+                raise UserError(
+                    f"results database {path} is inside {what} ({folder}), which a sweep "
+                    f"never writes; sweep into {self.db.parent} or another allowed folder"
+                )
+        return path
+
+    def _parents(self) -> list[tuple[str, Path]]:
+        """(role, resolved folder) of each parent that is a local folder (not a hub id)."""
+        sources = {**self.sources, "base": self.base}
+        found = [(role, Path(src).expanduser()) for role, src in sources.items() if src]
+        return [(role, path.resolve()) for role, path in found if path.is_dir()]
+
     def sweep(
         self,
         db: str,
@@ -465,7 +486,7 @@ class Dashboard:
         hears of every stored batch; setting ``stop`` ends the sweep after the batch in
         flight, keeping what was stored (the next call resumes there).
         """
-        path = self.folders.resolve(db, "results database")
+        path = self.sweep_target(db)
         if not methods:
             raise UserError("pick at least one method to sweep")
         for method in methods:

@@ -82,22 +82,24 @@ class _SharedLock:
         me = threading.get_ident()
         with self._changed:
             self._enter_shared(me)
-            if not ready():
+            writing = not ready()
+            if writing:
                 self._leave_shared_locked(me)
                 if me in self._readers:  # this thread's own session: waiting never ends
                     raise RuntimeError("set() inside this thread's own session(); leave it first")
                 self._enter_exclusive()
-                try:
-                    self._changed.release()  # others wait on the flag, not on the mutex
-                    try:
-                        if not ready():
-                            prepare()
-                    finally:
-                        self._changed.acquire()
-                finally:
+        if writing:
+            prepared = False
+            try:
+                if not ready():  # another writer may have prepared it meanwhile
+                    prepare()
+                prepared = True
+            finally:
+                with self._changed:
                     self._writing = False
+                    if prepared:  # downgraded before any waiting writer can run
+                        self._readers[me] = 1
                     self._changed.notify_all()
-                self._readers[me] = 1  # downgraded before any waiting writer can run
         try:
             yield
         finally:
