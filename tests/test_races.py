@@ -19,6 +19,8 @@ from gradio_client import Client
 from test_app_server import ALL_MODULES, REPO, SHIPPED_DB, launch_app, without_footers
 
 from spectrum.eval.benchmarks.synthetic import make_problems
+from spectrum.live import LiveMerger
+from spectrum.merge import MergeSpec
 
 # What a stored sample says, less what varies run to run (ids, times, latencies).
 ROW = "method, lam, benchmark, problem_id, sample_idx, response, n_tokens, finished, correct"
@@ -202,3 +204,18 @@ def test_a_page_sweep_never_writes_the_shipped_db_or_a_parents_folder(url, folde
     assert {place: snapshot(place) for place in before} == before
     # Beside the parents (not inside one) is the page's own results folder: allowed.
     assert sweep(client, folder / "pair" / "beside.duckdb", "0.5").startswith("Done: 5 samples")
+
+
+def test_holding_sets_only_when_needed_and_refuses_inside_its_own_session(tiny_pair):
+    """In process, on a real live merger: ``holding`` re-merges only what is not loaded,
+    yields what it holds, and inside this thread's own session asks for a re-merge that
+    could never happen (as ``set()`` does) without leaving the lock held."""
+    merger = LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
+    with merger.holding(MergeSpec("linear", 0.4)) as held:
+        assert (held.spec.lam, held.version) == (0.4, 1)
+        with merger.holding(MergeSpec("linear", 0.4)) as again:  # nested, already loaded
+            assert again.version == 1
+        with pytest.raises(RuntimeError, match="own session"):
+            with merger.holding(MergeSpec("linear", 0.6)):
+                pass
+    assert merger.set(MergeSpec("linear", 0.6)).version == 2  # nothing was left held
