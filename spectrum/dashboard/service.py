@@ -16,7 +16,6 @@ import random
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -248,9 +247,6 @@ class Dashboard:
         self._merger: LiveMerger | None = None
         self._merger_loading = threading.Lock()
         self._weights: dict | None = None  # the pair's weight-analysis figures, once computed
-        # One page's "set if not what I asked for, then generate" must not interleave with
-        # another page's, or both would re-merge back and forth.
-        self._claim = threading.Lock()
         self.pool = None  # page sweeps go to this Ray pool when the app was given --ray
         if ray is not None:
             from spectrum.eval.distributed import RayPool
@@ -356,8 +352,7 @@ class Dashboard:
         spec = self.check(spec)
         if self.spectrum is not None and self.spectrum.serves(spec):
             return LoadedMerge(spec)  # nothing to re-merge: the spectrum model takes any λ
-        with self._claim:
-            return self.merger.set(spec)
+        return self.merger.set(spec)
 
     def chat(
         self,
@@ -416,12 +411,9 @@ class Dashboard:
                 ):
                     yield Reply(update, LoadedMerge(spec))
                 return
-            with ExitStack() as held:
-                with self._claim:
-                    # Another page may have re-merged since this one's slider moved.
-                    if self.merger.current.spec != spec:
-                        self.merger.set(spec)
-                    merge = held.enter_context(self.merger.session())
+            # Another page or a sweep may have re-merged since this one's slider moved:
+            # set it again and generate on it in one hold, which no re-merge can split.
+            with self.merger.holding(spec) as merge:
                 for update in stream_reply(
                     self.merger.model,
                     # The merger's own (the direct parent's), as sweeps of the merge use.
@@ -514,6 +506,27 @@ class Dashboard:
         )
         return record_vote(self.db, vote)
 
+    def sweep_target(self, db: str) -> Path:
+        """The results DB a page sweep may write (with its lock file beside it): inside the
+        allowed folders, but never in the shipped ``assets/`` (the tracked DB, the embedded
+        pair) nor inside a parent model's folder, which the sweep only reads."""
+        path = self.folders.resolve(db, "results database")
+        inside = [("the shipped assets folder", ASSETS.resolve())]
+        inside += [(f"the {role} model's folder", folder) for role, folder in self._parents()]
+        for what, folder in inside:
+            if path.is_relative_to(folder):
+                raise UserError(
+                    f"results database {path} is inside {what} ({folder}), which a sweep "
+                    f"never writes; sweep into {self.db.parent} or another allowed folder"
+                )
+        return path
+
+    def _parents(self) -> list[tuple[str, Path]]:
+        """(role, resolved folder) of each parent that is a local folder (not a hub id)."""
+        sources = {**self.sources, "base": self.base}
+        found = [(role, Path(src).expanduser()) for role, src in sources.items() if src]
+        return [(role, path.resolve()) for role, path in found if path.is_dir()]
+
     def sweep(
         self,
         db: str,
@@ -534,7 +547,7 @@ class Dashboard:
         hears of every stored batch; setting ``stop`` ends the sweep after the batch in
         flight, keeping what was stored (the next call resumes there).
         """
-        path = self.folders.resolve(db, "results database")
+        path = self.sweep_target(db)
         if not methods:
             raise UserError("pick at least one method to sweep")
         for method in methods:

@@ -1,8 +1,8 @@
 """Resumable λ sweeps: every (configuration, problem, sample) generated, graded and stored once.
 
 The merged models come from a *provider* with the live merger's surface
-(``set(spec)``, ``.model``, ``.tokenizer``,
-``session()``): no checkpoint is written per λ. The unit of work is one sample; the
+(``set(spec)``, ``holding(spec)``, ``.model``, ``.tokenizer``, ``session()``): no
+checkpoint is written per λ. The unit of work is one sample; the
 missing units are grouped into *cells* (one configuration, one benchmark, up to
 ``batch_size`` units) and each cell is committed to DuckDB in one transaction, so a sweep
 killed at any moment and run again skips what was committed and redoes only the cells in
@@ -369,12 +369,12 @@ def cells_of(todo: list[Entry], spec: SweepSpec) -> list[Cell]:
 
 def run_cell(provider, generator, spec: SweepSpec, cell: Cell, run_id: str) -> pd.DataFrame:
     """Merge the cell's configuration (unless loaded), generate and grade: its rows."""
-    wanted = merge_spec(spec, cell.config)
-    if provider.current.spec != wanted:
-        provider.set(wanted)
     settings = DecodingSettings(**cell.config["decoding"])
     conversations = [problem.conversation() for problem, _ in cell.units]
-    gens = generator.generate(conversations, settings, seed=cell.seed)
+    # Merged and generated in one hold: a page's other sweep or chat sharing the provider
+    # cannot re-merge between the two and have this cell stored under the wrong merge.
+    with provider.holding(merge_spec(spec, cell.config)):
+        gens = generator.generate(conversations, settings, seed=cell.seed)
     grader = get_benchmark(cell.benchmark).grader
     return _rows(cell.config, cell.config_id, run_id, cell.benchmark, grader, cell.units, gens)
 

@@ -6,6 +6,8 @@ everything else. ``set()`` and generation sessions share one readers-writer lock
 number of sessions run together on the weights in place (two pages at the same merge never
 wait for each other), ``set()`` waits until none runs and holds new ones back meanwhile, so
 a generation runs start to finish on one version of the weights and reports that version.
+``holding(spec)`` is "set, then generate" as one step: its session starts on exactly the
+merge it set, with no other ``set()`` between (what a chat turn and a sweep cell use).
 """
 
 from __future__ import annotations
@@ -55,33 +57,76 @@ class _SharedLock:
     def shared(self) -> Iterator[None]:
         me = threading.get_ident()
         with self._changed:
-            # A thread already reading may nest a session: waiting would deadlock it.
-            while (self._writing or self._writers_waiting) and me not in self._readers:
-                self._changed.wait()
-            self._readers[me] = self._readers.get(me, 0) + 1
+            self._enter_shared(me)
         try:
             yield
         finally:
-            with self._changed:
-                self._readers[me] -= 1
-                if not self._readers[me]:
-                    del self._readers[me]
-                self._changed.notify_all()
+            self._leave_shared(me)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._changed:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._changed.wait()
-            self._writers_waiting -= 1
-            self._writing = True
+            self._enter_exclusive()
         try:
             yield
         finally:
             with self._changed:
                 self._writing = False
                 self._changed.notify_all()
+
+    @contextmanager
+    def shared_when(self, ready: Callable[[], bool], prepare: Callable[[], None]) -> Iterator[None]:
+        """A shared hold on a state where ``ready()`` holds. When it does not, take the
+        exclusive hold, ``prepare()``, and turn that hold into a shared one in one step, so
+        no other writer can change the state between the preparation and its use."""
+        me = threading.get_ident()
+        with self._changed:
+            self._enter_shared(me)
+            writing = not ready()
+            if writing:
+                self._leave_shared_locked(me)
+                if me in self._readers:  # this thread's own session: waiting never ends
+                    raise RuntimeError("set() inside this thread's own session(); leave it first")
+                self._enter_exclusive()
+        if writing:
+            prepared = False
+            try:
+                if not ready():  # another writer may have prepared it meanwhile
+                    prepare()
+                prepared = True
+            finally:
+                with self._changed:
+                    self._writing = False
+                    if prepared:  # downgraded before any waiting writer can run
+                        self._readers[me] = 1
+                    self._changed.notify_all()
+        try:
+            yield
+        finally:
+            self._leave_shared(me)
+
+    def _enter_shared(self, me: int) -> None:
+        # A thread already reading may nest a session: waiting would deadlock it.
+        while (self._writing or self._writers_waiting) and me not in self._readers:
+            self._changed.wait()
+        self._readers[me] = self._readers.get(me, 0) + 1
+
+    def _leave_shared(self, me: int) -> None:
+        with self._changed:
+            self._leave_shared_locked(me)
+
+    def _leave_shared_locked(self, me: int) -> None:
+        self._readers[me] -= 1
+        if not self._readers[me]:
+            del self._readers[me]
+        self._changed.notify_all()
+
+    def _enter_exclusive(self) -> None:
+        self._writers_waiting += 1
+        while self._writing or self._readers:
+            self._changed.wait()
+        self._writers_waiting -= 1
+        self._writing = True
 
 
 class LiveBackend:
@@ -132,35 +177,53 @@ class LiveBackend:
         with self._lock.shared():
             yield self._current
 
+    @contextmanager
+    def holding(self, spec: MergeSpec) -> Iterator[LoadedMerge]:
+        """``set(spec)`` unless loaded, then a session on it, as one step: no other
+        ``set()`` lands between, so what runs inside generates on ``spec`` (yielded)."""
+        spec = self._checked(spec)
+        with self._lock.shared_when(
+            lambda: self._current.spec == spec, lambda: self._set_locked(spec)
+        ):
+            yield self._current
+
     def set(self, spec: MergeSpec) -> LoadedMerge:
         """Merge ``spec`` into the running model, in place; waits for generations.
 
         The spec is checked against this pair first; ``current.spec`` is then exactly the
         checked spec, so ``merger.current.spec == spec.checked(...)`` says what is loaded.
         """
-        num_layers = self.parents.num_layers()
-        spec = spec.checked(has_base=self.parents.base is not None, num_layers=num_layers)
+        spec = self._checked(spec)
         if threading.get_ident() in self._lock.readers():
             # Waiting for this thread's own session to end would wait forever.
             raise RuntimeError("set() inside this thread's own session(); leave the session first")
         with self._lock.exclusive():
-            start = time.perf_counter()
-            prepared = self._prepared_for(spec)
-            scope, whole_model = spec.scope, spec.scope == MergeScope()
+            return self._set_locked(spec)
 
-            def strength_for(name: str) -> float | None:
-                # The whole-model case skips the scope's regex per tensor.
-                return spec.lam if whole_model else scope.strength_for(name, spec.lam, num_layers)
+    def _checked(self, spec: MergeSpec) -> MergeSpec:
+        has_base = self.parents.base is not None
+        return spec.checked(has_base=has_base, num_layers=self.parents.num_layers())
 
-            try:
-                self._write(prepared, strength_for)
-            except BaseException:
-                self._restore_direct(prepared)
-                raise
-            self._current = LoadedMerge(
-                spec, self._current.version + 1, (time.perf_counter() - start) * 1e3
-            )
-            return self._current
+    def _set_locked(self, spec: MergeSpec) -> LoadedMerge:
+        """Write the checked ``spec`` into the model (the exclusive hold is taken)."""
+        start = time.perf_counter()
+        prepared = self._prepared_for(spec)
+        scope, whole_model = spec.scope, spec.scope == MergeScope()
+        num_layers = self.parents.num_layers()
+
+        def strength_for(name: str) -> float | None:
+            # The whole-model case skips the scope's regex per tensor.
+            return spec.lam if whole_model else scope.strength_for(name, spec.lam, num_layers)
+
+        try:
+            self._write(prepared, strength_for)
+        except BaseException:
+            self._restore_direct(prepared)
+            raise
+        self._current = LoadedMerge(
+            spec, self._current.version + 1, (time.perf_counter() - start) * 1e3
+        )
+        return self._current
 
     def _restore_direct(self, prepared: PreparedMerge) -> None:
         """After a failed write, put θ_D back everywhere so no mixture is ever served."""
