@@ -19,13 +19,13 @@ from spectrum.dashboard import (
     Turn,
     blind_order,
     decoding_for,
-    display_text,
     example_prompts,
+    math_markdown,
 )
 from ui.common import friendly, gpu
 
 TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
-# KaTeX renders these in every column; display_text puts bare \boxed{…} inside $…$.
+# KaTeX renders these in every column; math_markdown puts bare \boxed{…} inside $…$.
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -118,16 +118,35 @@ def stats_line(reply: Reply | None, *, blind: bool = False) -> str:
     return " · ".join(parts)
 
 
-def column_messages(turns: list[Turn], position: int) -> list[dict[str, str]]:
+def reply_messages(reply: Reply, *, blind: bool) -> list[dict[str, Any]]:
+    """A reply as the chatbot shows it: a collapsible reasoning block titled with its tokens
+    and seconds (spinning only while it thinks), then the answer with its stats line."""
+    update = reply.update
+    messages: list[dict[str, Any]] = []
+    if update.reasoning_tokens:
+        done = update.thinks or update.finished  # a stopped reply stops "thinking" too
+        metadata = {
+            "title": "Reasoning",
+            "log": f"{update.reasoning_tokens} tokens",
+            "duration": round(update.reasoning_s, 1),
+            "status": "done" if done else "pending",
+        }
+        reasoning = math_markdown(update.reasoning) or "…"
+        messages.append({"role": "assistant", "content": reasoning, "metadata": metadata})
+    answer = math_markdown(update.answer)
+    footer = f"<sub>{stats_line(reply, blind=blind)}</sub>"
+    messages.append({"role": "assistant", "content": f"{answer}\n\n{footer}".lstrip()})
+    return messages
+
+
+def column_messages(turns: list[Turn], position: int) -> list[dict[str, Any]]:
     """What the chatbot at ``position`` shows: each turn's model at that position."""
-    messages = []
+    messages: list[dict[str, Any]] = []
     for turn in turns:
         messages.append({"role": "user", "content": turn.prompt})
         reply = turn.replies.get(turn.column_at(position))
         if reply is not None:
-            text = display_text(reply.update.text, finished=reply.update.finished)
-            content = f"{text}\n\n<sub>{stats_line(reply, blind=turn.blind)}</sub>"
-            messages.append({"role": "assistant", "content": content})
+            messages += reply_messages(reply, blind=turn.blind)
     return messages
 
 
@@ -141,7 +160,7 @@ def title(turn: Turn | None, position: int) -> str:
     merged = turn.replies.get("merged")
     if column == "merged" and merged is not None and merged.merge is not None:
         name += f" — {merged.merge.spec.label()}"
-    if turn.order == COLUMNS:
+    if turn.order == COLUMNS and not turn.blind:
         return name
     arena_name = f"Model {POSITIONS[position]}"
     return arena_name if turn.blind else f"{arena_name}: {name}"
@@ -214,13 +233,16 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     controls = build_merge_controls(dashboard)
 
-    with gr.Row(equal_height=True):
+    # Columns grow with their answers (short at first, so the examples stay in view); on a
+    # phone they stay side by side in a row the thumb swipes through (CSS in ui/app.py).
+    with gr.Row(equal_height=True, elem_id="chat-row"):
         chats = [
             gr.Chatbot(
                 label=TITLES[column],
-                height=300,
+                height=None,
+                min_height=300,
+                max_height=720,
                 min_width=200,
-                reasoning_tags=[("<think>", "</think>")],
                 latex_delimiters=LATEX_DELIMITERS,
                 feedback_options=None,
                 buttons=["copy_all"],
@@ -314,9 +336,22 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         replies = turns[-1].replies.values() if turns else ()
         return bool(replies) and all(r.update.finished and not r.update.stopped for r in replies)
 
-    def streaming(page: gr.Request):
+    def streaming(page: gr.Request, prompt_text: str, turns: list[Turn], blind: bool = False):
+        """Before the queue: Send greys, Stop lights, and the message shows in every column
+        at once (its place in the queue shows over the columns until its turn comes)."""
         stops[page.session_hash] = threading.Event()
-        return gr.Button(interactive=False), gr.Button(interactive=True), *vote_buttons(False)
+        pending = Turn(prompt_text, {}, COLUMNS, revealed=not blind)
+        echo = render([*turns, pending]) if prompt_text.strip() else render(turns)
+        return (
+            gr.Button(interactive=False),
+            gr.Button(interactive=True),
+            *vote_buttons(False),
+            *echo,
+        )
+
+    def streaming_regenerate(page: gr.Request, turns: list[Turn], blind: bool = False):
+        last = turns[-1].prompt if turns else ""
+        return streaming(page, last, turns[:-1], blind)
 
     def idle(turns: list[Turn]):
         return (
@@ -437,17 +472,20 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     api_chat = gr.Button(visible=False)
     api_regenerate = gr.Button(visible=False)
     buttons = [send, stop, *votes.values()]
+    typed, kept = [prompt, turns_state, arena], [turns_state, arena]
     # Send (or Enter, or Regenerate) greys Send and lights Stop, streams, then swaps back.
-    for trigger, handler, inputs, name in (
-        (send.click, answer_shown, shown_inputs, None),
-        (prompt.submit, answer_shown, shown_inputs, None),
-        (regenerate.click, friendly(regenerate_shown), shown_inputs, None),
-        (api_chat.click, answer, chat_inputs, "chat"),
-        (api_regenerate.click, friendly(regenerate_last), chat_inputs[1:], "regenerate"),
-    ):
+    for trigger, before, echoed, handler, inputs, name in (
+        (send.click, streaming, typed, answer_shown, shown_inputs, None),
+        (prompt.submit, streaming, typed, answer_shown, shown_inputs, None),
+        (regenerate.click, streaming_regenerate, kept, friendly(regenerate_shown),
+         shown_inputs, None),
+        (api_chat.click, streaming, typed[:2], answer, chat_inputs, "chat"),
+        (api_regenerate.click, streaming_regenerate, kept[:1], friendly(regenerate_last),
+         chat_inputs[1:], "regenerate"),
+    ):  # fmt: skip
         api = dict(api_name=name) if name else hidden
-        trigger(streaming, None, buttons, queue=False, **hidden).then(
-            handler, inputs, chat_outputs, **api
+        trigger(before, echoed, [*buttons, *chats], queue=False, **hidden).then(
+            handler, inputs, chat_outputs, show_progress="full", **api
         ).then(idle, turns_state, buttons, queue=False, **hidden)
     stop.click(stop_streams, None, stop, queue=False, api_name="stop")
     fresh = [*chats, turns_state, *votes.values()]
