@@ -175,6 +175,24 @@ def render(turns: list[Turn]) -> list[Any]:
     ]
 
 
+def changes(turns: list[Turn], messages_sent: list, titles_sent: list) -> list[Any]:
+    """One streaming update: per chatbot only what changed since the last one (updated in
+    ``messages_sent``/``titles_sent``). A new title re-sends the component; new text only
+    its messages (Gradio then sends a diff); an unchanged column nothing at all."""
+    last = turns[-1] if turns else None
+    updates: list[Any] = []
+    for position in range(len(COLUMNS)):
+        messages, label = column_messages(turns, position), title(last, position)
+        if label != titles_sent[position]:
+            updates.append(gr.Chatbot(value=messages, label=label))
+        elif messages != messages_sent[position]:
+            updates.append(messages)
+        else:
+            updates.append(gr.skip())
+        messages_sent[position], titles_sent[position] = messages, label
+    return updates
+
+
 def build_merge_controls(dashboard: Dashboard) -> MergeControls:
     methods, hidden = dashboard.method_names(), len(dashboard.unavailable_methods())
     with gr.Row(equal_height=True):
@@ -378,12 +396,13 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         settings = decoding(*decoding_values)
         halt = stops.get(page.session_hash)  # None when called through the API alone
         partial: Turn | None = None
+        sent = [None] * len(COLUMNS), [None] * len(COLUMNS)  # each chatbot's messages, title
         for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
             replies = {column: reply for column, reply in snapshot.items() if reply}
             partial = Turn(prompt_text, replies, order, revealed=order == COLUMNS)
-            yield *render([*turns, partial]), turns, gr.Textbox()
+            yield *changes([*turns, partial], *sent), gr.skip(), gr.skip()
         turns = [*turns, partial]
-        yield *render(turns), turns, ""
+        yield *render(turns), turns, ""  # whole components: API clients read value and label
 
     def answer(
         prompt_text: str,
