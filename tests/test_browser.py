@@ -135,10 +135,10 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         page.locator("#prompt textarea").fill(level_5)
         send.click()
         expect(stop).to_be_enabled()
-        # The message shows in every column at once, before any answer streams.
+        stop.click()
+        # The message showed in every column at once (kept with the stopped answers).
         for column in ("direct", "merged", "thinking"):
             expect(page.locator(f"#chat-{column}")).to_contain_text(level_5.splitlines()[0])
-        stop.click()
         expect(send).to_be_enabled(timeout=60_000)
         expect(stop).to_be_disabled()
         expect(page.locator("#prompt textarea")).to_have_value("")  # the turn was kept
@@ -174,6 +174,7 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
 
         # Arena: the columns become Model A / B / C in a shuffled order; the vote names them.
         page.locator("#arena input[type=checkbox]").check()
+        expect(page.locator("#vote-direct")).to_have_text("A")  # the page is in arena mode
         page.get_by_role("button", name=re.compile(r"^Level 2: ")).click()
         page.locator("#send").click()
         expect(page.locator("#prompt textarea")).to_have_value("", timeout=GENERATION_TIMEOUT_MS)
