@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import (
-    display_text,
     math_markdown,
     split_reasoning,
     stream_columns,
@@ -20,6 +20,8 @@ from spectrum.generate.chat import (
 
 GREEDY = DecodingSettings(max_new_tokens=24, do_sample=False)
 CONVERSATION = [{"role": "user", "content": "What is 12 + 7?"}]
+GREEDY_LONG = DecodingSettings(max_new_tokens=160, do_sample=False)
+THINKING = Path(__file__).resolve().parents[1] / "assets" / "pair" / "thinking"
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +90,20 @@ def test_split_reasoning(text, reasoning, answer):
     assert split_reasoning(text) == (reasoning, answer)
 
 
-def test_display_text_always_wraps_reasoning_in_both_tags():
-    assert display_text("a\n</think>\nb") == "<think>a</think>\nb"
-    assert display_text("<think>a") == "<think>a"
-    # Stopped mid-thought: the block closes, so the page stops showing it as thinking.
-    assert display_text("<think>a", finished=True) == "<think>a</think>\n"
-    assert display_text("b") == "b"
+def test_the_reasoning_block_counts_its_own_tokens(direct):
+    """On the embedded thinking parent: tokens up to </think>, found by a plain scan here."""
+    model = AutoModelForCausalLM.from_pretrained(THINKING, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(THINKING)
+    conversation = [{"role": "user", "content": "52 + 5 - 5 + 7 - 9 + 2"}]
+    final = list(stream_reply(model, tokenizer, conversation, GREEDY_LONG))[-1]
+    assert final.thinks and final.finished
+    ids = tokenizer(final.text, add_special_tokens=False)["input_ids"]
+    first = next(k for k in range(1, len(ids) + 1) if "</think>" in tokenizer.decode(ids[:k]))
+    assert final.reasoning_tokens == first < final.n_tokens
+    assert 0 < final.reasoning_s <= final.n_tokens / final.tokens_per_s
+    direct_model, direct_tokenizer = direct
+    plain = list(stream_reply(direct_model, direct_tokenizer, CONVERSATION, GREEDY))[-1]
+    assert (plain.reasoning_tokens, plain.reasoning_s) == (0, 0.0)  # no reasoning at all
 
 
 def slow_counter(n: int, delay: float):

@@ -116,6 +116,10 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         # The merged column is labelled with the merge the slider loaded.
         expect(page.locator("#chat-merged")).to_contain_text(f"linear · λ {lam} · ")
         expect(page.locator("#chat-thinking")).to_contain_text("Reasoning")
+        # The reasoning block's title says how long it thought: tokens and seconds.
+        expect(page.locator("#chat-thinking")).to_contain_text(
+            re.compile(r"Reasoning\s+\d+ tokens \(\d+(\.\d+)?s\)")
+        )
         # \boxed{…} answers render as math (KaTeX), not as a literal backslash command.
         answer = page.locator("#chat-direct .bot-row").last
         expect(answer.locator(".katex").first).to_be_attached()
@@ -127,10 +131,14 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
 
         # Stop: lit while the three columns stream, it ends them and Send comes back.
         stop, send = page.locator("#stop"), page.locator("#send")
-        page.locator("#prompt textarea").fill(make_problems(5, 1, seed=4)[0].messages[0]["content"])
+        level_5 = make_problems(5, 1, seed=4)[0].messages[0]["content"]
+        page.locator("#prompt textarea").fill(level_5)
         send.click()
         expect(stop).to_be_enabled()
         stop.click()
+        # The message showed in every column at once (kept with the stopped answers).
+        for column in ("direct", "merged", "thinking"):
+            expect(page.locator(f"#chat-{column}")).to_contain_text(level_5.splitlines()[0])
         expect(send).to_be_enabled(timeout=60_000)
         expect(stop).to_be_disabled()
         expect(page.locator("#prompt textarea")).to_have_value("")  # the turn was kept
@@ -166,6 +174,7 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
 
         # Arena: the columns become Model A / B / C in a shuffled order; the vote names them.
         page.locator("#arena input[type=checkbox]").check()
+        expect(page.locator("#vote-direct")).to_have_text("A")  # the page is in arena mode
         page.get_by_role("button", name=re.compile(r"^Level 2: ")).click()
         page.locator("#send").click()
         expect(page.locator("#prompt textarea")).to_have_value("", timeout=GENERATION_TIMEOUT_MS)
@@ -235,3 +244,26 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         browser.close()
     assert screenshot.stat().st_size > 10_000
     assert not problems, "\n".join(problems)
+
+
+def test_on_a_phone_the_three_answers_stay_side_by_side(tmp_path: Path):
+    """At a phone's width the columns neither stack nor shrink: one per screen, swiped."""
+    with launch_app(tmp_path) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+        page.goto(url, wait_until="load")
+        expect(page.locator("#merge-status")).to_contain_text("linear", timeout=60_000)
+        boxes = [
+            page.locator(f"#chat-{c}").bounding_box() for c in ("direct", "merged", "thinking")
+        ]
+        assert len({round(box["y"]) for box in boxes}) == 1  # one row
+        row = page.locator("#chat-row")
+        width = row.evaluate("el => el.clientWidth")
+        assert all(box["width"] > 0.8 * width for box in boxes)  # each nearly a screen wide
+        assert row.evaluate("el => el.scrollWidth > 2 * el.clientWidth")
+        row.evaluate("el => el.scrollBy(el.clientWidth, 0)")  # a swipe to the next column
+        page.wait_for_timeout(500)
+        merged = page.locator("#chat-merged").bounding_box()
+        assert 0 <= merged["x"] < 390 - merged["width"] / 2  # now the one in view
+        Screens(page, tmp_path).take("phone-swiped")
+        browser.close()

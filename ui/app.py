@@ -30,6 +30,12 @@ CSS = """
 #sweep-progress .sweep-line, #sweep-progress .sweep-idle { color: var(--body-text-color-subdued); }
 #samples th, #samples th * { word-break: normal; overflow-wrap: normal; }
 #samples td, #samples td * { overflow-wrap: anywhere; white-space: pre-wrap; }
+/* A phone keeps the three answers side by side: one column per screen, swiped through. */
+@media (max-width: 700px) {
+  #chat-row { flex-wrap: nowrap !important; overflow-x: auto; scroll-snap-type: x mandatory; }
+  #chat-row > * { flex: 0 0 88% !important; min-width: 88% !important;
+                  scroll-snap-align: center; }
+}
 """
 
 

@@ -19,13 +19,13 @@ from spectrum.dashboard import (
     Turn,
     blind_order,
     decoding_for,
-    display_text,
     example_prompts,
+    math_markdown,
 )
 from ui.common import friendly, gpu
 
 TITLES = {"direct": "Direct (λ = 0)", "merged": "Merged", "thinking": "Thinking (λ = 1)"}
-# KaTeX renders these in every column; display_text puts bare \boxed{…} inside $…$.
+# KaTeX renders these in every column; math_markdown puts bare \boxed{…} inside $…$.
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -118,16 +118,35 @@ def stats_line(reply: Reply | None, *, blind: bool = False) -> str:
     return " · ".join(parts)
 
 
-def column_messages(turns: list[Turn], position: int) -> list[dict[str, str]]:
+def reply_messages(reply: Reply, *, blind: bool) -> list[dict[str, Any]]:
+    """A reply as the chatbot shows it: a collapsible reasoning block titled with its tokens
+    and seconds (spinning only while it thinks), then the answer with its stats line."""
+    update = reply.update
+    messages: list[dict[str, Any]] = []
+    if update.reasoning_tokens:
+        done = update.thinks or update.finished  # a stopped reply stops "thinking" too
+        metadata = {
+            "title": "Reasoning",
+            "log": f"{update.reasoning_tokens} tokens",
+            "duration": round(update.reasoning_s, 1),
+            "status": "done" if done else "pending",
+        }
+        reasoning = math_markdown(update.reasoning) or "…"
+        messages.append({"role": "assistant", "content": reasoning, "metadata": metadata})
+    answer = math_markdown(update.answer)
+    footer = f"<sub>{stats_line(reply, blind=blind)}</sub>"
+    messages.append({"role": "assistant", "content": f"{answer}\n\n{footer}".lstrip()})
+    return messages
+
+
+def column_messages(turns: list[Turn], position: int) -> list[dict[str, Any]]:
     """What the chatbot at ``position`` shows: each turn's model at that position."""
-    messages = []
+    messages: list[dict[str, Any]] = []
     for turn in turns:
         messages.append({"role": "user", "content": turn.prompt})
         reply = turn.replies.get(turn.column_at(position))
         if reply is not None:
-            text = display_text(reply.update.text, finished=reply.update.finished)
-            content = f"{text}\n\n<sub>{stats_line(reply, blind=turn.blind)}</sub>"
-            messages.append({"role": "assistant", "content": content})
+            messages += reply_messages(reply, blind=turn.blind)
     return messages
 
 
@@ -141,7 +160,7 @@ def title(turn: Turn | None, position: int) -> str:
     merged = turn.replies.get("merged")
     if column == "merged" and merged is not None and merged.merge is not None:
         name += f" — {merged.merge.spec.label()}"
-    if turn.order == COLUMNS:
+    if turn.order == COLUMNS and not turn.blind:
         return name
     arena_name = f"Model {POSITIONS[position]}"
     return arena_name if turn.blind else f"{arena_name}: {name}"
@@ -154,6 +173,24 @@ def render(turns: list[Turn]) -> list[Any]:
         gr.Chatbot(value=column_messages(turns, position), label=title(last, position))
         for position in range(len(COLUMNS))
     ]
+
+
+def changes(turns: list[Turn], messages_sent: list, titles_sent: list) -> list[Any]:
+    """One streaming update: per chatbot only what changed since the last one (updated in
+    ``messages_sent``/``titles_sent``). A new title re-sends the component; new text only
+    its messages (Gradio then sends a diff); an unchanged column nothing at all."""
+    last = turns[-1] if turns else None
+    updates: list[Any] = []
+    for position in range(len(COLUMNS)):
+        messages, label = column_messages(turns, position), title(last, position)
+        if label != titles_sent[position]:
+            updates.append(gr.Chatbot(value=messages, label=label))
+        elif messages != messages_sent[position]:
+            updates.append(messages)
+        else:
+            updates.append(gr.skip())
+        messages_sent[position], titles_sent[position] = messages, label
+    return updates
 
 
 def build_merge_controls(dashboard: Dashboard) -> MergeControls:
@@ -214,13 +251,16 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     controls = build_merge_controls(dashboard)
 
-    with gr.Row(equal_height=True):
+    # Columns grow with their answers (short at first, so the examples stay in view); on a
+    # phone they stay side by side in a row the thumb swipes through (CSS in ui/app.py).
+    with gr.Row(equal_height=True, elem_id="chat-row"):
         chats = [
             gr.Chatbot(
                 label=TITLES[column],
-                height=300,
+                height=None,
+                min_height=300,
+                max_height=720,
                 min_width=200,
-                reasoning_tags=[("<think>", "</think>")],
                 latex_delimiters=LATEX_DELIMITERS,
                 feedback_options=None,
                 buttons=["copy_all"],
@@ -314,9 +354,22 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         replies = turns[-1].replies.values() if turns else ()
         return bool(replies) and all(r.update.finished and not r.update.stopped for r in replies)
 
-    def streaming(page: gr.Request):
+    def streaming(page: gr.Request, prompt_text: str, turns: list[Turn], blind: bool = False):
+        """Before the queue: Send greys, Stop lights, and the message shows in every column
+        at once (its place in the queue shows over the columns until its turn comes)."""
         stops[page.session_hash] = threading.Event()
-        return gr.Button(interactive=False), gr.Button(interactive=True), *vote_buttons(False)
+        pending = Turn(prompt_text, {}, COLUMNS, revealed=not blind)
+        echo = render([*turns, pending]) if prompt_text.strip() else render(turns)
+        return (
+            gr.Button(interactive=False),
+            gr.Button(interactive=True),
+            *vote_buttons(False),
+            *echo,
+        )
+
+    def streaming_regenerate(page: gr.Request, turns: list[Turn], blind: bool = False):
+        last = turns[-1].prompt if turns else ""
+        return streaming(page, last, turns[:-1], blind)
 
     def idle(turns: list[Turn]):
         return (
@@ -343,12 +396,13 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         settings = decoding(*decoding_values)
         halt = stops.get(page.session_hash)  # None when called through the API alone
         partial: Turn | None = None
+        sent = [None] * len(COLUMNS), [None] * len(COLUMNS)  # each chatbot's messages, title
         for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
             replies = {column: reply for column, reply in snapshot.items() if reply}
             partial = Turn(prompt_text, replies, order, revealed=order == COLUMNS)
-            yield *render([*turns, partial]), turns, gr.Textbox()
+            yield *changes([*turns, partial], *sent), gr.skip(), gr.skip()
         turns = [*turns, partial]
-        yield *render(turns), turns, ""
+        yield *render(turns), turns, ""  # whole components: API clients read value and label
 
     def answer(
         prompt_text: str,
@@ -437,17 +491,20 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     api_chat = gr.Button(visible=False)
     api_regenerate = gr.Button(visible=False)
     buttons = [send, stop, *votes.values()]
+    typed, kept = [prompt, turns_state, arena], [turns_state, arena]
     # Send (or Enter, or Regenerate) greys Send and lights Stop, streams, then swaps back.
-    for trigger, handler, inputs, name in (
-        (send.click, answer_shown, shown_inputs, None),
-        (prompt.submit, answer_shown, shown_inputs, None),
-        (regenerate.click, friendly(regenerate_shown), shown_inputs, None),
-        (api_chat.click, answer, chat_inputs, "chat"),
-        (api_regenerate.click, friendly(regenerate_last), chat_inputs[1:], "regenerate"),
-    ):
+    for trigger, before, echoed, handler, inputs, name in (
+        (send.click, streaming, typed, answer_shown, shown_inputs, None),
+        (prompt.submit, streaming, typed, answer_shown, shown_inputs, None),
+        (regenerate.click, streaming_regenerate, kept, friendly(regenerate_shown),
+         shown_inputs, None),
+        (api_chat.click, streaming, typed[:2], answer, chat_inputs, "chat"),
+        (api_regenerate.click, streaming_regenerate, kept[:1], friendly(regenerate_last),
+         chat_inputs[1:], "regenerate"),
+    ):  # fmt: skip
         api = dict(api_name=name) if name else hidden
-        trigger(streaming, None, buttons, queue=False, **hidden).then(
-            handler, inputs, chat_outputs, **api
+        trigger(before, echoed, [*buttons, *chats], queue=False, **hidden).then(
+            handler, inputs, chat_outputs, show_progress="full", **api
         ).then(idle, turns_state, buttons, queue=False, **hidden)
     stop.click(stop_streams, None, stop, queue=False, api_name="stop")
     fresh = [*chats, turns_state, *votes.values()]

@@ -17,7 +17,7 @@ from spectrum.dashboard.service import (
 from spectrum.dashboard.votes import COLUMNS
 from spectrum.devices import return_freed_memory_to_os
 from spectrum.eval.sweep import SweepProgress, SweepResult
-from spectrum.generate.chat import display_text
+from spectrum.generate.chat import math_markdown
 from spectrum.merge.scope import MODULE_KINDS
 from spectrum.merge.spec import MergeSpec
 from spectrum.methods import Param
@@ -39,7 +39,7 @@ __all__ = [
     "Turn",
     "blind_order",
     "decoding_for",
-    "display_text",
     "example_prompts",
+    "math_markdown",
     "return_freed_memory_to_os",
 ]

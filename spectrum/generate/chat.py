@@ -50,6 +50,8 @@ class ChatUpdate:
     finished: bool
     truncated: bool  # stopped by max_new_tokens, not by the end-of-turn token
     stopped: bool = False  # ended by the user's Stop before the model's own end
+    reasoning_tokens: int = 0  # tokens up to and including </think> (so far, while open)
+    reasoning_s: float = 0.0  # seconds those took
 
 
 def split_reasoning(text: str) -> tuple[str, str]:
@@ -95,18 +97,6 @@ def math_markdown(text: str) -> str:
     (models write ``\boxed{95}`` outside any math delimiters)."""
     parts = _MATH.split(text)  # odd indices: math already delimited
     return "".join(part if i % 2 else _wrap_boxed(part) for i, part in enumerate(parts))
-
-
-def display_text(text: str, *, finished: bool = False) -> str:
-    """The reply with its reasoning wrapped in <think> tags, for Gradio's reasoning_tags,
-    and its boxed answers as math. A finished reply (stopped or cut at the limit) closes an
-    open reasoning block, so the page stops showing it as still thinking."""
-    reasoning, answer = split_reasoning(math_markdown(text))
-    if THINK_CLOSE in text or (reasoning and finished):
-        return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n{answer}"
-    if reasoning:
-        return f"{THINK_OPEN}{reasoning}"
-    return answer
 
 
 class _TokenQueue(BaseStreamer):
@@ -211,6 +201,8 @@ def stream_reply(
     start = time.perf_counter()
     worker.start()
     ids: list[int] = []
+    times: list[float] = []  # when each token arrived, for the reasoning's seconds
+    clock = _ReasoningClock(tokenizer)
     ended_by_eos = False
     last_yield = 0.0
     try:
@@ -223,9 +215,12 @@ def stream_reply(
                 continue
             ids.append(token)
             now = time.perf_counter()
+            times.append(now - start)
             if now - last_yield >= MIN_UPDATE_INTERVAL_S:
                 last_yield = now
-                yield _update(tokenizer, ids, now - start, finished=False, truncated=False)
+                yield _update(
+                    tokenizer, ids, now - start, clock, times, finished=False, truncated=False
+                )
     finally:
         halt.set()
         worker.join()
@@ -236,13 +231,41 @@ def stream_reply(
     out_of_time = max_time_s is not None and elapsed >= max_time_s
     truncated = not ended_by_eos and (n_generated >= settings.max_new_tokens or out_of_time)
     stopped = not (ended_by_eos or truncated) and any(event.is_set() for event in events[1:])
-    yield _update(tokenizer, ids, elapsed, finished=True, truncated=truncated, stopped=stopped)
+    yield _update(
+        tokenizer, ids, elapsed, clock, times, finished=True, truncated=truncated, stopped=stopped
+    )
+
+
+class _ReasoningClock:
+    """Where the reasoning ended: the first token whose prefix decodes with </think>.
+
+    Found once, by bisection over prefixes (a token may carry more than the tag), the
+    first time an update's text holds the tag; a reply still thinking counts every token."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.end: int | None = None
+
+    def measure(self, ids: list[int], times: list[float], text: str) -> tuple[int, float]:
+        if THINK_CLOSE not in text:
+            thinking = text.lstrip().startswith(THINK_OPEN)
+            return (len(ids), times[-1]) if thinking and ids else (0, 0.0)
+        if self.end is None:
+            low, high = 1, len(ids)
+            while low < high:
+                middle = (low + high) // 2
+                prefix = self.tokenizer.decode(ids[:middle], skip_special_tokens=True)
+                low, high = (low, middle) if THINK_CLOSE in prefix else (middle + 1, high)
+            self.end = low
+        return self.end, times[self.end - 1]
 
 
 def _update(
     tokenizer: Any,
     ids: list[int],
     elapsed_s: float,
+    clock: _ReasoningClock,
+    times: list[float],
     *,
     finished: bool,
     truncated: bool,
@@ -250,6 +273,7 @@ def _update(
 ) -> ChatUpdate:
     text = tokenizer.decode(ids, skip_special_tokens=True)
     reasoning, answer = split_reasoning(text)
+    reasoning_tokens, reasoning_s = clock.measure(ids, times, text)
     return ChatUpdate(
         text=text,
         reasoning=reasoning,
@@ -260,6 +284,8 @@ def _update(
         finished=finished,
         truncated=truncated,
         stopped=stopped,
+        reasoning_tokens=reasoning_tokens,
+        reasoning_s=reasoning_s,
     )
 
 
