@@ -7,6 +7,7 @@ imports ``ui/`` by name."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -117,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{role} {source} is not a model folder")
     if args.max_new_tokens < 1 or not args.max_seconds > 0:
         raise UserError("--max-new-tokens and --max-seconds must be positive")
-    if args.max_exports < 0 or not args.max_export_gb >= 0:
-        raise UserError("--max-exports and --max-export-gb must be 0 or more")
+    if args.max_exports < 0 or not 0 <= args.max_export_gb < math.inf:
+        raise UserError("--max-exports and --max-export-gb must be finite numbers, 0 or more")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number")
     if (args.direct is None) != (args.thinking is None):
