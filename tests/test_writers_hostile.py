@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -180,6 +181,50 @@ def test_a_folder_that_appears_while_a_job_runs_is_refused_never_replaced(tmp_pa
         assert {p.name: p.read_text() for p in out.iterdir()} == mine
         assert not staging_leftovers(out)
         shutil.rmtree(out)
+
+
+def _write_parent(folder: Path, seed: int) -> None:
+    """A ~50 MB random Qwen3-shaped float32 checkpoint: a merge of it takes a while."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(seed)
+    hidden, layers = 512, 8
+    tensors = {
+        f"model.layers.{layer}.mlp.{proj}_proj.weight": torch.randn(
+            (hidden, 3 * hidden), generator=generator
+        )
+        for layer in range(layers)
+        for proj in ("gate", "up", "down")
+    }
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"]}
+    config |= {"num_hidden_layers": layers, "hidden_size": hidden}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_folder_made_at_out_while_the_cli_merges_survives(tmp_path):
+    pair = {"direct": tmp_path / "direct", "thinking": tmp_path / "thinking"}
+    _write_parent(pair["direct"], 1)
+    _write_parent(pair["thinking"], 2)
+    out = tmp_path / "merged"
+    args = ["merge", "--direct", str(pair["direct"]), "--thinking", str(pair["thinking"])]
+    args += ["--out", str(out), "--max-shard-size", "2MB", "--device", "cpu", "--quiet"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spectrum", *args], env=ENV, stderr=subprocess.PIPE, text=True
+    )
+    while not any(tmp_path.glob(".merged.tmp-*/model-00001-*.safetensors")):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.002)
+    out.mkdir()  # the user's folder, made while the merge writes its first shards
+    (out / "notes.txt").write_text("mine")
+    assert process.poll() is None, "the merge finished before the folder was made"
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "appeared while this merge ran" in line and "left as it is" in line
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"notes.txt": "mine"}
+    assert not staging_leftovers(out)
 
 
 def test_a_forced_replace_checks_the_old_folder_again_at_the_swap(tiny_pair, tmp_path):
