@@ -71,12 +71,12 @@ def test_sigkill_mid_merge_leaves_no_destination(big_pair, tmp_path):
     direct, thinking, _ = big_pair
     out = tmp_path / "merged"
     process = subprocess.Popen(_merge_command(direct, thinking, out))
-    staging = tmp_path / f".merged.tmp-{process.pid}"
     deadline = time.monotonic() + 120
-    while not (staging.is_dir() and any(staging.glob("*.safetensors"))):
+    while not any(tmp_path.glob(f".merged.tmp-{process.pid}-*/*.safetensors")):
         assert process.poll() is None, "the merge finished before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.002)
+    (staging,) = tmp_path.glob(f".merged.tmp-{process.pid}-*")  # this job's own folder
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
 

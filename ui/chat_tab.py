@@ -324,6 +324,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
             )
             overwrite = gr.Checkbox(False, label="Overwrite")
             export_button = gr.Button("Export merged model", scale=0, min_width=200)
+        gr.Markdown(dashboard.export_quota.describe(), elem_id="export-quota")
         export_status = gr.Markdown()
 
     def decoding(*values: Any) -> dict:

@@ -7,6 +7,7 @@ imports ``ui/`` by name."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FOLDER",
         help="another folder the page may read DB files from and export into (repeatable)",
+    )
+    parser.add_argument(
+        "--max-exports",
+        type=int,
+        default=5,
+        help="most models the page may export while the server runs (default 5)",
+    )
+    parser.add_argument(
+        "--max-export-gb",
+        type=float,
+        default=100.0,
+        help="most gigabytes the page's exports may write while the server runs (default 100)",
     )
     parser.add_argument(
         "--allow-pickle",
@@ -118,12 +131,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{role} {source} is not a model folder")
     if args.max_new_tokens < 1 or not args.max_seconds > 0:
         raise UserError("--max-new-tokens and --max-seconds must be positive")
+    if args.max_exports < 0 or not 0 <= args.max_export_gb < math.inf:
+        raise UserError("--max-exports and --max-export-gb must be finite numbers, 0 or more")
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number")
     if (args.direct is None) != (args.thinking is None):
         raise UserError("give both --direct and --thinking, or neither (the embedded pair)")
     # Gradio and the models load only now, so `spectrum --help` stays fast.
-    from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, ChatLimits, Dashboard
+    from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, ChatLimits, Dashboard, ExportQuota
     from ui.app import launch
 
     if args.direct is None and not (DEFAULT_PAIR / "direct").is_dir():
@@ -143,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         limits=ChatLimits(args.max_new_tokens, args.max_seconds),
+        export_quota=ExportQuota(args.max_exports, int(args.max_export_gb * 1e9)),
         ray=args.ray,
         ray_workers=args.ray_workers,
         history=args.history,

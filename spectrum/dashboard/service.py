@@ -88,6 +88,21 @@ class ChatLimits:
 
 
 @dataclass(frozen=True)
+class ExportQuota:
+    """What the page's exports may write in one server process: each is a full model copy
+    on this machine's disk, asked for by anyone who can reach the page."""
+
+    max_exports: int = 5
+    max_bytes: int = 100 * 10**9
+
+    def describe(self) -> str:
+        return (
+            f"This dashboard writes at most {self.max_exports} exports and "
+            f"{self.max_bytes / 1e9:g} GB of exports while it runs."
+        )
+
+
+@dataclass(frozen=True)
 class Reply:
     """One column's answer to one turn, with the merge that produced it (merged column)."""
 
@@ -200,6 +215,7 @@ class Dashboard:
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         limits: ChatLimits = ChatLimits(),
+        export_quota: ExportQuota = ExportQuota(),
         ray: str | None = None,
         ray_workers: int | None = None,
         history: bool | None = None,
@@ -215,6 +231,9 @@ class Dashboard:
         self.folders = AllowedFolders([ASSETS, EXPORTS, self.db.parent, *allowed_folders])
         self.trust_remote_code = trust_remote_code
         self.limits = limits
+        self.export_quota = export_quota
+        self._exported = (0, 0)  # exports and bytes granted so far (failed ones given back)
+        self._export_count = threading.Lock()
         self.allow_pickle = allow_pickle
         # First, from headers alone: pickle refused by file name, configs and tensors
         # compared, before any model loader reads a weight file.
@@ -476,7 +495,33 @@ class Dashboard:
             device=str(self.device),
         )
         protected = {"results database": self.db}
-        return merge_checkpoints(config, out, force=overwrite, progress=False, protected=protected)
+        size = sum(path.stat().st_size for path in self._direct_checkpoint.weight_files())
+        self._grant_export(size)
+        try:
+            return merge_checkpoints(
+                config, out, force=overwrite, progress=False, protected=protected
+            )
+        except BaseException:
+            self._grant_export(-size, count=-1)  # nothing was written: the quota is kept
+            raise
+
+    @functools.cached_property
+    def _direct_checkpoint(self):
+        return open_checkpoint(self.sources["direct"], allow_pickle=self.allow_pickle)
+
+    def _grant_export(self, size: int, count: int = 1) -> None:
+        """Count one export of ``size`` bytes against the quota, or refuse it with the
+        numbers; under a lock, so two exports at once cannot both take the last place."""
+        quota = self.export_quota
+        with self._export_count:
+            done, written = self._exported
+            if count > 0 and (done + count > quota.max_exports or written + size > quota.max_bytes):
+                raise UserError(
+                    f"export quota reached: this dashboard has written {done} of its "
+                    f"{quota.max_exports} exports and {written / 1e9:.3g} of its "
+                    f"{quota.max_bytes / 1e9:g} GB; this export would add {size / 1e9:.3g} GB"
+                )
+            self._exported = (done + count, written + size)
 
     def vote(
         self, turns: Sequence[Turn], choice: str, decoding: Mapping[str, DecodingSettings]

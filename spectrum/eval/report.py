@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html
 import os
+import re
+import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +23,7 @@ from spectrum.eval.results import (
     stages,
     summaries,
 )
+from spectrum.weights.output import SHIPPED_ASSETS
 
 HEATMAPS = ("mean", "tokens")  # accuracy and Token#N over (λ_attn, λ_mlp)
 
@@ -135,23 +139,93 @@ def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFra
     return sections
 
 
+REPORT_START = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
+_WEIGHTS = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5|gguf|duckdb|wal)$")
+
+
+def check_report_target(out: Path, db: Path, force: bool, parents: Iterable[str] = ()) -> None:
+    """Refuse, before any work, a report path that would overwrite what is not a report.
+
+    Never the results DB (or any DuckDB file), the shipped ``assets/``, a model folder or
+    a parent the DB records, or a symbolic link; an existing file that is not a report
+    only with ``force``; the folder must exist (nothing is created).
+    """
+    if out.is_symlink():
+        raise UserError(f"report path {out} is a symbolic link; name a real file instead")
+    if out.is_dir():
+        raise UserError(f"report path {out} is a folder; name an .html file inside it")
+    if out.exists() and not out.is_file():
+        raise UserError(f"report path {out} is not a regular file")
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+    target = out.resolve()
+    if target == db.resolve() or _is_duckdb(out):
+        raise UserError(f"report path {out} is a results database; choose another file")
+    if target.is_relative_to(SHIPPED_ASSETS):
+        raise UserError(f"report path {out} lies inside the shipped assets folder {SHIPPED_ASSETS}")
+    if _WEIGHTS.fullmatch(out.name) or _is_model_folder(out.parent):
+        raise UserError(f"report path {out} is inside a model folder or names a weight file")
+    for source in parents:
+        parent = Path(source).expanduser()
+        if parent.exists() and target.is_relative_to(parent.resolve()):
+            raise UserError(f"report path {out} lies inside the parent model {source}")
+    if out.exists() and not force and not _is_report(out):
+        raise UserError(
+            f"{out} exists and is not a report of this tool",
+            cli_hint="pass --force to replace it",
+        )
+
+
+def _head(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except OSError:
+        return b""
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A checkpoint folder: a config.json beside weight files."""
+    return (folder / "config.json").is_file() and any(
+        _WEIGHTS.fullmatch(entry.name) for entry in folder.iterdir()
+    )
+
+
+def _is_duckdb(path: Path) -> bool:
+    return _head(path, 12)[8:12] == b"DUCK"  # DuckDB's magic follows an 8-byte checksum
+
+
+def _is_report(path: Path) -> bool:
+    return _head(path, len(REPORT_START)) == REPORT_START.encode()
+
+
 def _write_readable(out: Path, text: str) -> None:
     """Write ``text`` to ``out`` atomically, with a normal file's mode (0666 less umask;
-    ``mkstemp`` would make it 0600, unreadable to a web server or a colleague)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(tmp, out)
+    ``mkstemp`` would make it 0600, unreadable to a web server or a colleague). The temp
+    file is this call's own (two reports at once never share one) and never outlives it."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    try:
+        handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(tmp, out)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {error.strerror or error}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def build_report(db: str | Path, out: str | Path) -> Path:
+def build_report(db: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Write the report of ``db`` to ``out`` (see ``check_report_target``); return ``out``."""
     db, out = Path(db), Path(out)
     if not db.is_file():
         raise UserError(f"no results database at {db}")
+    check_report_target(out, db, force)  # the cheap checks, before the DB is opened
     con = store.connect(db, read_only=True)
     try:
+        check_report_target(out, db, force, _recorded_parents(con))
         table = summaries(con)
         if table.empty:
             raise UserError(f"{db} has no samples; run `spectrum sweep` first")
@@ -174,7 +248,12 @@ def build_report(db: str | Path, out: str | Path) -> Path:
         for fig in figs:
             body.append(pio.to_html(fig, full_html=False, include_plotlyjs=first))
             first = False
-    page = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
-    page += "</title></head><body>" + "\n".join(body) + "</body></html>"
+    page = REPORT_START + "</title></head><body>" + "\n".join(body) + "</body></html>"
     _write_readable(out, page)
     return out
+
+
+def _recorded_parents(con) -> list[str]:
+    """Every parent model source the DB's runs name."""
+    rows = con.execute("SELECT direct, thinking, base FROM runs").fetchall()
+    return sorted({source for row in rows for source in row if source})

@@ -31,7 +31,7 @@ from spectrum.live.memory import (
 )
 from spectrum.methods import Parents, get_method, resolve_params
 from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
-from spectrum.weights.validate import check_finite, validate_parents
+from spectrum.weights.validate import check_finite, check_merged_finite, validate_parents
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,10 @@ class PreparedMerge:
             if prepared is None:
                 yield name, self.parents.direct[name]
             else:
-                yield name, self.method.apply(prepared, lam, self.params, stats)
+                merged = self.method.apply(prepared, lam, self.params, stats)
+                # Before it reaches the model: set() then puts θ_D back and raises.
+                check_merged_finite(merged, name, f"{self.method.name} · λ {lam:.2f}")
+                yield name, merged
 
     def write(self, strength_for: Callable[[str], float | None], sink: Sink) -> None:
         """Hand every merged tensor to ``sink``; linear goes straight to the linear writer."""

@@ -33,7 +33,7 @@ from spectrum.merge.spec import MergeSpec
 from spectrum.methods import MergeMethod, Parents
 from spectrum.methods.common.base import chunk_spans, sum_over_chunks
 from spectrum.weights.output import tensor_nbytes
-from spectrum.weights.validate import check_finite
+from spectrum.weights.validate import check_finite, check_merged_finite
 
 log = logging.getLogger("spectrum.merge")
 PREFETCH = 1  # whole tensors read ahead of the one being merged: enough to hide reads
@@ -139,8 +139,10 @@ def merge_stream(
     try:
         for (name, _), (kept, tensors) in _read_ahead(items, load, prefetch):
             if tensors is not None:
-                merged_piece = method.apply(tensors, strengths[name], params, stats)
-                kept = merged_piece.to(dtype=kept).cpu()
+                merged_piece = method.apply(tensors, strengths[name], params, stats).to(kept)
+                # Checked in the output dtype: a float32 value past float16's range is Inf.
+                check_merged_finite(merged_piece, name, spec.label())
+                kept = merged_piece.cpu()
             del tensors  # gone before the next read lands: the peak stays at a few pieces
             yield name, kept
             bar.update(kept.numel() * kept.element_size())

@@ -151,7 +151,7 @@ def merge_checkpoints(
     copied = sum(path.stat().st_size for path in side_files(parents[config.copy_from].path))
     check_free_space(out, weights + copied + RECORD_BYTES)
     try:
-        _write_merge(config, parents, out, shards, num_layers, device, progress)
+        _write_merge(config, parents, out, shards, num_layers, device, progress, force)
     except OSError as error:  # read-only, permission, disk full: the staging is gone already
         raise UserError(os_error_message(error, out)) from None
     return out
@@ -165,13 +165,14 @@ def _write_merge(
     num_layers: int,
     device: Any,
     progress: bool,
+    force: bool,
 ) -> None:
     names = [name for entries in shards for name, _, _ in entries]
     # Hashing reads every parent file once; it runs beside the merge on the other core.
     with ThreadPoolExecutor(1, thread_name_prefix="spectrum-hash") as pool:
         hashes = {role: pool.submit(ckpt.content_hash) for role, ckpt in parents.items()}
-        with staged_folder(out) as staging:
-            writer = ShardWriter(staging, shards)
+        with staged_folder(out, force=force) as staging:
+            writer = ShardWriter(staging.path, shards)
             stream = merge_stream(
                 parents["direct"],
                 parents["thinking"],
@@ -189,13 +190,15 @@ def _write_merge(
                 writer.abort()
                 raise
             writer.close()
-            copied = copy_side_files(parents[config.copy_from].path, staging)
+            staging.digests.update(writer.digests)
+            copied = copy_side_files(parents[config.copy_from].path, staging.path)
             if parents[config.copy_from].quantization is not None:
-                _write_dequantized_config(staging / "config.json")
+                # Rewritten before the marker hashes the side files: it records this text.
+                _write_dequantized_config(staging.path / "config.json")
             record = merge_record(config, {r: (parents[r], h.result()) for r, h in hashes.items()})
             text = json.dumps(record, indent=2, allow_nan=False)
-            (staging / "merge_config.json").write_text(text + "\n")
-            (staging / "README.md").write_text(model_card(record, copied))
+            (staging.path / "merge_config.json").write_text(text + "\n")
+            (staging.path / "README.md").write_text(model_card(record, copied))
 
 
 def _write_dequantized_config(path: Path) -> None:

@@ -4,14 +4,21 @@ Shards are planned before the first tensor is merged (every output tensor has a 
 shape and dtype), so each safetensors header is written up front and tensor bytes follow
 one at a time: memory holds one tensor, never a shard.
 
-The folder is built as ``.<name>.tmp-<pid>`` beside the destination and renamed into place
-only when complete, with a marker (``MARKER``: every file and its size) written last.
-``force`` replaces only a folder that marker describes exactly — a complete output of this
-tool, nothing added — and never one that is, holds or lies inside a protected path (a
-parent, the base, a results DB, the shipped ``assets/``). It swaps the finished folder with
-the old one in a single ``renameat2(RENAME_EXCHANGE)`` call (Linux), so the destination is
-never missing or half written. A run killed mid-way leaves its ``.tmp-<pid>`` folder; the
-next merge to the same destination removes leftovers whose process is gone.
+Each job builds its folder in a staging folder of its own beside the destination,
+``.<name>.tmp-<pid>-<random>`` (two jobs of one process never share one), and moves it
+into place only when complete, with a marker (``MARKER``: every file, its size and its
+sha256, hashed as it was written) written last. The move re-checks the destination: without
+``force`` it is a rename that never replaces (``renameat2(RENAME_NOREPLACE)``), so a folder
+that appeared meanwhile — another export's, the user's — is refused, never replaced.
+``force`` replaces only a folder whose files all still match its marker — a complete
+output of this tool, nothing added or edited — and never one that is, holds or lies inside
+a protected path (a parent, the base, a results DB, the shipped ``assets/``), is a
+symbolic link, or that a parent's files link into. It swaps the finished folder with the
+old one in a single ``renameat2(RENAME_EXCHANGE)`` call (Linux), so the destination is
+never missing or half written, and checks the old folder again once it is out of the way:
+if it changed since the start, the swap is undone and the job refused. A run killed
+mid-way leaves its staging folder; the next merge to the same destination removes
+leftovers whose process is gone.
 """
 
 from __future__ import annotations
@@ -19,20 +26,26 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import errno
+import glob
+import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import shutil
 import struct
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from spectrum.errors import UserError
 from spectrum.weights.checkpoint import DTYPE_NAMES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+from spectrum.weights.filehash import file_sha256
 
 # Weight files and records of the parent are never copied into the merged folder.
 _NOT_COPIED = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5)$|.*index\.json$")
@@ -84,10 +97,11 @@ class ShardWriter:
     """Writes planned shards in order, from a background thread.
 
     ``add`` takes each tensor in plan order, whole or as consecutive flat pieces of it,
-    checks it against the plan and queues its bytes; the thread writes them and flushes
-    each shard to disk (``fsync``) while the merge goes on. Queued bytes are bounded, so
-    a slow disk slows the merge instead of filling memory. A write error surfaces in the
-    next ``add`` or in ``close``.
+    checks it against the plan and queues its bytes; the thread writes and hashes them and
+    flushes each shard to disk (``fsync``) while the merge goes on: ``digests`` then holds
+    each shard's sha256 for the marker, with no second read of the output. Queued bytes
+    are bounded, so a slow disk slows the merge instead of filling memory. A write error
+    surfaces in the next ``add`` or in ``close``.
     """
 
     def __init__(self, folder: Path, shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]]):
@@ -100,6 +114,7 @@ class ShardWriter:
             else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         )
         self._order = [(shard, entry) for shard, entries in enumerate(shards) for entry in entries]
+        self.digests: dict[str, str] = {}
         self._position = 0
         self._filled = 0  # bytes of the current tensor queued so far
         self._open_shard = -1
@@ -173,6 +188,7 @@ class ShardWriter:
                         _start_writeback(handle)
                     continue
                 if handle is not None:
+                    self.digests[os.path.basename(handle.name)] = handle.digest.hexdigest()
                     _flush(handle)
                     handle = None
                 if kind == "end":
@@ -199,15 +215,20 @@ class ShardWriter:
         encoded = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
         encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors does
         handle = _ShardFile(self.folder / self.file_names[shard], "wb")
-        handle.write(struct.pack("<Q", len(encoded)) + encoded)
+        handle.write_all(struct.pack("<Q", len(encoded)) + encoded)
         return handle
 
 
 class _ShardFile(io.FileIO):
     synced = 0  # bytes already handed to the disk by _start_writeback
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.digest = hashlib.sha256()
+
     def write_all(self, data) -> None:
         view = memoryview(data).cast("B")
+        self.digest.update(view)
         while view:  # an unbuffered write(2) may take less, and takes at most ~2 GiB
             view = view[self.write(view) :]
 
@@ -305,13 +326,17 @@ def check_destination(out: Path, force: bool, protected: Mapping[str, Path]) -> 
     """Refuse, before any work, an output folder this merge must not write or replace.
 
     ``protected`` maps a label ("direct parent", "results database") to a path the output
-    may neither be, hold, nor lie inside; ``SHIPPED_ASSETS`` is always protected.
+    may neither be, hold, nor lie inside, and whose files may not link into the output;
+    ``SHIPPED_ASSETS`` is always protected.
     """
+    if out.is_symlink():
+        raise UserError(f"output path {out} is a symbolic link; name a real folder instead")
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a folder")
     target = out.resolve()
     for label, path in {**protected, "shipped assets folder": SHIPPED_ASSETS}.items():
         _check_apart(out, target, label, Path(path).resolve())
+        _check_no_links_into(out, target, label, Path(path))
     if out.exists() and not force:
         raise UserError(
             f"output folder {out} already exists", cli_hint="pass --force to replace it"
@@ -333,34 +358,87 @@ def _check_apart(out: Path, target: Path, label: str, path: Path) -> None:
         )
 
 
-def _check_replaceable(out: Path) -> None:
-    """Only a complete merge output, with nothing added since, may be replaced."""
-    refuse = f"output folder {out} is not replaced: "
-    try:
-        listed = json.loads((out / MARKER).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+def _check_no_links_into(out: Path, target: Path, label: str, path: Path) -> None:
+    """A parent whose files are symbolic links into ``out`` would read the new output
+    through them once ``out`` is replaced: its weights silently swapped."""
+    if not path.is_dir():
+        return
+    for entry in path.iterdir():
+        if not entry.is_symlink():
+            continue
+        try:
+            real = entry.resolve()
+        except (OSError, RuntimeError):  # a link loop links nowhere
+            continue
+        if real.is_relative_to(target):
+            raise UserError(
+                f"the {label}'s file {entry} links into the output folder {out}; writing "
+                "there would change that parent; choose another folder"
+            )
+
+
+def _check_replaceable(folder: Path, shown: Path | None = None) -> None:
+    """Only a complete merge output whose every file still matches its marker (names,
+    sizes and content hashes), with nothing added, may be replaced. ``shown`` is the path
+    the user named, when ``folder`` has been moved aside for the check."""
+    refuse = f"output folder {shown or folder} is not replaced: "
+    if folder.is_symlink() or not folder.is_dir():
+        raise UserError(refuse + "it is not a folder")
+    listed = _read_marker(folder)
+    if listed is None:
         raise UserError(
-            refuse + f"it was not written by this tool (no readable {MARKER}); "
-            "remove it yourself or choose another folder"
-        ) from None
-    present = {entry.name: entry for entry in out.iterdir() if entry.name != MARKER}
+            refuse + f"it was not written by this tool (no {MARKER} recording the content "
+            "hash of every file); remove it yourself or choose another folder"
+        )
+    present = {entry.name: entry for entry in folder.iterdir() if entry.name != MARKER}
     extra = sorted(set(present) - set(listed))
     if extra:
         raise UserError(refuse + f"it holds files this tool did not write: {', '.join(extra[:5])}")
-    for name, size in listed.items():
+    for name, (size, _) in listed.items():
         entry = present.get(name)
+        if entry is None or entry.is_symlink() or not entry.is_file():
+            raise UserError(refuse + f"it is not a complete merge output ({name} is missing)")
+        if entry.stat().st_size != size:
+            raise UserError(refuse + f"{name} was changed after this tool wrote it")
+    for name, (_, digest) in listed.items():  # sizes first: a mismatch costs no read
+        if file_sha256(present[name]) != digest:
+            raise UserError(refuse + f"{name} was changed after this tool wrote it")
+
+
+def _read_marker(folder: Path) -> dict[str, tuple[int, str]] | None:
+    """{file name: (bytes, sha256)} from ``folder``'s marker; None unless it is one this
+    tool writes (a hand-written list of names and sizes is not)."""
+    marker = folder / MARKER
+    try:
+        if marker.is_symlink():
+            return None
+        files = json.loads(marker.read_text())["files"]
+        listed = {name: (entry["bytes"], entry["sha256"]) for name, entry in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    for name, (size, digest) in listed.items():
         if (
-            entry is None
-            or entry.is_symlink()
-            or not entry.is_file()
-            or entry.stat().st_size != size
+            not isinstance(name, str)
+            or name in ("", ".", "..", MARKER)
+            or "/" in name
+            or type(size) is not int
+            or not isinstance(digest, str)
+            or not re.fullmatch(r"[0-9a-f]{64}", digest)
         ):
-            raise UserError(refuse + f"it is not a complete merge output ({name} differs)")
+            return None
+    return listed
 
 
-def write_marker(folder: Path) -> None:
-    """Record every file of a finished output (names and sizes): the last file written."""
-    files = {entry.name: entry.stat().st_size for entry in sorted(folder.iterdir())}
+def write_marker(folder: Path, digests: Mapping[str, str]) -> None:
+    """Record every file of a finished output — size and sha256 (``digests``: those hashed
+    while written; the rest are read once here) — as the last file written."""
+    files = {
+        entry.name: {
+            "bytes": entry.stat().st_size,
+            "sha256": digests.get(entry.name) or file_sha256(entry),
+        }
+        for entry in sorted(folder.iterdir())
+    }
     (folder / MARKER).write_text(
         json.dumps({"tool": "thinking-spectrum", "files": files}, allow_nan=False) + "\n"
     )
@@ -382,30 +460,64 @@ def os_error_message(error: OSError, out: Path) -> str:
     return f"cannot write {out}: {error.strerror or error}{where}"
 
 
+@dataclass
+class Staging:
+    """One job's staging folder and the sha256 of the files hashed as they were written."""
+
+    path: Path
+    digests: dict[str, str] = field(default_factory=dict)
+
+
 @contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A temp folder beside ``out``, marked and moved to ``out`` when the block completes."""
+def staged_folder(out: Path, *, force: bool = False) -> Iterator[Staging]:
+    """A staging folder of this job's own beside ``out``, marked and moved to ``out`` when
+    the block completes; ``force`` as ``check_destination``, checked again at the move."""
     _remove_stale(out)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = _new_staging(out)
     try:
         yield staging
-        write_marker(staging)
-        if out.exists():
-            _exchange(staging, out)  # staging now holds the old folder
-            shutil.rmtree(staging)
-        else:
-            os.rename(staging, out)
+        write_marker(staging.path, staging.digests)
+        _move_into_place(staging.path, out, force)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.path, ignore_errors=True)
         raise
 
 
+def _new_staging(out: Path) -> Staging:
+    # The pid lets a later job tell a dead run's leftover; the random part keeps two jobs
+    # of one process (two page exports) apart. mkdir, not mkdtemp: a normal folder mode.
+    while True:
+        path = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return Staging(path)
+
+
+def _move_into_place(staging: Path, out: Path, force: bool) -> None:
+    """Rename ``staging`` to ``out``, re-checking ``out`` as it is now, not as it was."""
+    if _rename_noreplace(staging, out):
+        return
+    if not force:
+        raise UserError(
+            f"output folder {out} appeared while this merge ran (another merge or export "
+            "finished first, or someone made it); it was left as it is",
+            cli_hint="pass --force to replace an earlier output of spectrum merge",
+        )
+    _exchange(staging, out)  # staging now holds what was at ``out``
+    try:
+        _check_replaceable(staging, shown=out)
+    except UserError:
+        _exchange(staging, out)  # it changed since the start: put it back untouched
+        raise
+    shutil.rmtree(staging)
+
+
 def _remove_stale(out: Path) -> None:
-    for leftover in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+    for leftover in out.parent.glob(f"{glob.escape('.' + out.name)}.tmp-*"):
+        pid = leftover.name[len(f".{out.name}.tmp-") :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)) and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -419,15 +531,43 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+
+
+def _renameat2(first: Path, second: Path, flags: int) -> int:
+    """renameat2(2): 0, or the errno (ENOSYS where the C library lacks it)."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        return errno.ENOSYS
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    function.argtypes += [ctypes.c_uint]
+    paths = os.fsencode(first), os.fsencode(second)
+    if function(_AT_FDCWD, paths[0], _AT_FDCWD, paths[1], flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """Rename ``source`` to ``target`` unless ``target`` exists (even as an empty folder,
+    which a plain rename would silently replace); False when it does."""
+    error = _renameat2(source, target, _RENAME_NOREPLACE)
+    if error == 0:
+        return True
+    if error == errno.EEXIST:
+        return False
+    if error not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the file system lacks the flag
+        raise OSError(error, os.strerror(error), str(target))
+    if os.path.lexists(target):  # elsewhere: checked, then renamed (a narrow race remains)
+        return False
+    os.rename(source, target)
+    return True
+
+
 def _exchange(first: Path, second: Path) -> None:
     """Swap two paths atomically; where renameat2 is missing, two renames back to back."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is not None:
-        at_fdcwd, rename_exchange = -100, 2
-        if renameat2(at_fdcwd, bytes(first), at_fdcwd, bytes(second), rename_exchange) == 0:
-            return
-    parked = second.parent / f"{second.name}.old-{os.getpid()}"
+    if _renameat2(first, second, _RENAME_EXCHANGE) == 0:
+        return
+    parked = second.parent / f"{second.name}.old-{os.getpid()}-{secrets.token_hex(6)}"
     os.rename(second, parked)
     os.rename(first, second)
     os.rename(parked, first)

@@ -113,6 +113,24 @@ def check_finite(
     )
 
 
+def check_merged_finite(tensor: torch.Tensor, name: str, merge: str) -> None:
+    """Raise naming ``name`` when a merged tensor (or one piece of it) holds NaN or Inf.
+
+    The parents were checked finite, so it is the merge ``merge`` (a label: method, λ)
+    that overflows, e.g. ``task_arithmetic`` with a huge ``scale``; nothing may be written
+    or served from it.
+    """
+    if not tensor.is_floating_point() or _sums_finite(tensor):
+        return
+    count = int((~torch.isfinite(_widened(tensor))).sum())
+    if count:
+        raise UserError(
+            f"the merge {merge} is not finite: merged tensor {name} holds {count} NaN or Inf "
+            f"values (of {tensor.numel()} checked) in {str(tensor.dtype).removeprefix('torch.')}; "
+            "lower λ or the method's parameters"
+        )
+
+
 # Elements summed at once: a half-precision sum in float32 casts its input first, and a
 # whole 151,936 × 2048 embedding cast is a 1.2 GB temporary; a part's is 16 MiB.
 _SUM_ELEMENTS = 1 << 22
