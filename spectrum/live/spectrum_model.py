@@ -52,7 +52,7 @@ from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.live.loading import load_model
 from spectrum.live.spectrum_modules import STRENGTHS as _STRENGTHS
-from spectrum.live.spectrum_modules import choose_form, record_inputs
+from spectrum.live.spectrum_modules import SpectrumUnavailable, choose_form, record_inputs
 from spectrum.live.views import checkpoint_views
 from spectrum.merge.scope import MergeScope, layer_of, module_of
 from spectrum.merge.spec import MergeSpec, check_lam
@@ -67,7 +67,7 @@ STRENGTHS_KWARG = "spectrum_strengths"
 def check_affine(method: str) -> None:
     get_method(method)  # an unknown name gets the registry's own message
     if method not in AFFINE_METHODS:
-        raise UserError(
+        raise SpectrumUnavailable(
             f"method {method} is not affine in λ, so one model cannot serve every λ; "
             f"the spectrum model takes {', '.join(AFFINE_METHODS)}"
         )
@@ -332,7 +332,7 @@ class _Endpoints:
         for name in self.names:
             key = group_of[id(self.owner[name])]
             if key[:2] != (layer_of(name), module_of(name)):
-                raise UserError(f"tensor holding {name} mixes layers or module kinds")
+                raise SpectrumUnavailable(f"tensor holding {name} mixes layers or module kinds")
         candidates = []
         for label, module in self.model.named_modules():
             own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
@@ -349,7 +349,9 @@ class _Endpoints:
         for (label, module, owned), form in zip(candidates, forms, strict=True):
             keys = {group_of[id(t)][:2] for _, t in owned}
             if len(keys) > 1:
-                raise UserError(f"{label} ({type(module).__name__}) mixes layers or module kinds")
+                raise SpectrumUnavailable(
+                    f"{label} ({type(module).__name__}) mixes layers or module kinds"
+                )
             key = keys.pop()
             if key not in columns:
                 columns[key] = len(groups)

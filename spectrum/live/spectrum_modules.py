@@ -36,6 +36,11 @@ from transformers.cache_utils import Cache
 
 from spectrum.errors import UserError
 
+
+class SpectrumUnavailable(UserError):
+    """The spectrum model cannot serve this pair or method; callers re-merge per λ."""
+
+
 # The running forward's strengths, (batch, groups): set by the model's forward, per thread.
 STRENGTHS: ContextVar[Tensor | None] = ContextVar("spectrum_strengths", default=None)
 # Elements of in-scope tensors a per-row module may hold: each distinct λ of a batch
@@ -287,7 +292,7 @@ class _SplitCache:
             return
         extra_args, extra_kwargs = self.pending[0][3], self.pending[0][4]
         if any(isinstance(v, Tensor) for v in (*extra_args, *extra_kwargs.values())):
-            raise UserError("a per-row module passes tensors to its cache update")
+            raise SpectrumUnavailable("a per-row module passes tensors to its cache update")
         full = []
         for part in (1, 2):
             first = self.pending[0][part]
@@ -385,7 +390,9 @@ def choose_form(module: nn.Module, names: list[str], inputs: tuple | None, label
     """AffineModule, ExpertsModule or PerRowModule for ``module``, whose in-scope own
     tensors are ``names``; UserError naming ``label`` when none serves it exactly."""
     if inputs is None:
-        raise UserError(f"the spectrum model saw no call of {label} ({type(module).__name__})")
+        raise SpectrumUnavailable(
+            f"the spectrum model saw no call of {label} ({type(module).__name__})"
+        )
     args, kwargs = inputs
     if is_experts(module):
         own = module(*args, **kwargs)
@@ -397,7 +404,7 @@ def choose_form(module: nn.Module, names: list[str], inputs: tuple | None, label
     size = sum(getattr(module, name).numel() for name in names)
     if size <= PER_ROW_LIMIT:
         return PerRowModule
-    raise UserError(
+    raise SpectrumUnavailable(
         f"the spectrum model cannot serve {label} ({type(module).__name__}): "
         f"{size:,} elements enter it non-affinely"
     )
