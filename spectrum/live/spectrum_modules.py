@@ -412,21 +412,23 @@ def choose_form(module: nn.Module, names: list[str], inputs: tuple | None, label
 
 def _is_affine(module: nn.Module, names: list[str], args: tuple, kwargs: dict) -> bool:
     """Whether the output at the midpoint of two parameter sets is the midpoint of the
-    outputs, measured with random stand-ins r and r² − 1 (one buffer per tensor, drawn
-    again from one seed for each of the three runs)."""
+    outputs, measured with random stand-ins r and r² − 1 (one buffer per tensor in its
+    own dtype, drawn again from one seed for each of the three runs)."""
     own = {**module._parameters, **module._buffers}
 
     def run(shape: Callable[[Tensor], Tensor]) -> Any:
         generator = torch.Generator(device=own[names[0]].device).manual_seed(0)
         tensors = {}
-        for name in names:
-            draw = torch.randn(own[name].shape, generator=generator, device=own[name].device)
-            tensors[name] = shape(draw).to(own[name].dtype)
+        for name in names:  # in the tensor's dtype, in place: one tensor's bytes each
+            tensor = own[name]
+            draw = torch.randn(tensor.shape, generator=generator, device=tensor.device,
+                               dtype=tensor.dtype)  # fmt: skip
+            tensors[name] = shape(draw)
         return functional_call(module, tensors, args, kwargs, strict=False)
 
     first = run(lambda r: r)
-    second = run(lambda r: r * r - 1)
-    middle = run(lambda r: (r + r * r - 1) / 2)
+    second = run(lambda r: r.mul_(r).sub_(1))
+    middle = run(lambda r: r.mul_(r).add_(r).sub_(1).div_(2))
     eps = torch.finfo(own[names[0]].dtype).eps
     agree = []
 

@@ -108,3 +108,19 @@ def _strided_view(data: Tensor, positions: Tensor, ckpt_name: str) -> Tensor:
     if not torch.equal(expected, positions.to(torch.int64)):
         raise ValueError(f"checkpoint tensor {ckpt_name} is not a strided view of one parameter")
     return data.as_strided(positions.shape, strides, data.storage_offset() + offset)
+
+
+def checkpoint_layout(model: nn.Module) -> tuple[set[str], int]:
+    """What ``checkpoint_views`` would map, asked of a model on the meta device: the
+    checkpoint names its tensors hold, and the elements of the largest tensor whose
+    reverse conversion copies (the views probe it with two int32 copies). No memory is
+    touched, so the planner can ask it of a 30B model from its config alone."""
+    names: set[str] = set()
+    probed = 0
+    for name, data in checkpoint_tensors(model).items():
+        stand_in = torch.empty(data.shape, dtype=data.dtype, device="meta")
+        reverted = revert_weight_conversion(model, {name: stand_in})
+        names.update(reverted)
+        if not all(t is stand_in or t._base is stand_in for t in reverted.values()):
+            probed = max(probed, data.numel())
+    return names, probed
