@@ -374,3 +374,48 @@ def test_the_chat_template_warning_names_whose_template_is_used(family_root, tmp
     checkpoints = open_checkpoint(pair["direct"]), open_checkpoint(other)
     (warning,) = validate_parents(*checkpoints, template_from="thinking")
     assert warning.endswith("the thinking parent's is used")
+
+
+# ---------------------------------------------------------------- planner
+
+
+def test_planner_reads_fused_experts_from_the_model_not_names(family_root):
+    """Mixtral's w1/w3 are fused into gate_up_proj on load: its probe is planned from
+    the parameter's shape (experts × 2·intermediate × hidden, two int32 copies)."""
+    from spectrum.weights.planner import read_pair
+
+    pair = _pair(family_root, "mixtral", tied=False)
+    config = json.loads((pair["direct"] / "config.json").read_text())
+    experts, inner, hidden = (
+        config["num_local_experts"], config["intermediate_size"], config["hidden_size"]
+    )  # fmt: skip
+    facts = read_pair(pair["direct"], pair["thinking"])
+    assert any(".w1." in n for n in open_checkpoint(pair["direct"]).names())
+    assert facts.probe_bytes == 2 * 4 * experts * 2 * inner * hidden
+    assert facts.unmapped == ()
+    dense = _pair(family_root, "llama", tied=False)
+    assert read_pair(dense["direct"], dense["thinking"]).probe_bytes == 0
+
+
+def test_planner_refuses_a_checkpoint_tensor_the_model_has_no_place_for(family_root, tmp_path):
+    from safetensors.torch import save_file
+
+    from spectrum.errors import UserError
+    from spectrum.weights.planner import check_live, read_pair
+
+    pair = _pair(family_root, "llama", tied=False)
+    extra = "model.layers.0.mlp.extra.weight"
+    roles = {}
+    for role in ("direct", "thinking"):
+        folder = shutil.copytree(pair[role], tmp_path / role)
+        save_file({extra: torch.zeros(4, 4)}, folder / "extra.safetensors")
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        index["weight_map"][extra] = "extra.safetensors"
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        roles[role] = folder
+    assert read_pair(roles["direct"], roles["thinking"]).unmapped == (extra,)
+    with pytest.raises(UserError, match=f"no parameter for checkpoint tensor {extra}"):
+        check_live(roles["direct"], roles["thinking"], device="cpu")
+    # DeepSeek-V3's correction bias is a buffer the model holds: planned, not refused.
+    deepseek = _pair(family_root, "deepseek_v3", tied=False)
+    assert check_live(deepseek["direct"], deepseek["thinking"], device="cpu") == "auto"
