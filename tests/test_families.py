@@ -211,6 +211,7 @@ def test_spectrum_model_matches_separately_merged_models(family, tied, family_ro
         1.0: pair["thinking"],
     }
     spectrum = SpectrumModel.load(pair["direct"], pair["thinking"], device="cpu")
+    _check_forms(spectrum)
     lams = [0.0, LAM, 1.0, LAM]
     ids = torch.randint(3, 60, (len(lams), 9), generator=torch.Generator().manual_seed(1))
     logits = spectrum(ids, lams).logits
@@ -227,6 +228,22 @@ def test_spectrum_model_matches_separately_merged_models(family, tied, family_ro
             assert torch.equal(tokens[row], merged_tokens[row]), f"{family} λ={lam}: tokens"
             worst = max(worst, error)
     _record(matrix, family, "spectrum model" + (" tied" if tied else ""), worst)
+
+
+def _check_forms(spectrum: SpectrumModel) -> None:
+    """Linear layers, embeddings and norms are measured affine (two passes, no per-λ
+    copies); only small tensors (routers, sinks, biases) are materialised per λ."""
+    from spectrum.live.spectrum_modules import AffineModule, PerRowModule
+
+    config = spectrum.model.config
+    for label, module in spectrum.model.named_modules():
+        if not hasattr(module, "spectrum_names"):
+            continue
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or "norm" in label:
+            assert isinstance(module, AffineModule), f"{label} is {type(module).__mro__[1]}"
+        if isinstance(module, PerRowModule):
+            held = sum(getattr(module, name).numel() for name in module.spectrum_names)
+            assert held <= config.hidden_size * 8, f"{label} holds {held} per λ"
 
 
 def _sweep_spec(pair, **overrides) -> SweepSpec:

@@ -1,4 +1,5 @@
-"""`spectrum generate`: answer one prompt at several λ, all in one batch (spectrum model)."""
+"""`spectrum generate`: answer one prompt at several λ, all in one batch (spectrum model),
+or λ by λ on a live merger when the spectrum model cannot serve the method or pair."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="answer one prompt at several λ in one batch (affine methods)",
         description="Load one spectrum model (the parents' E₀/E₁ of an affine merge) and "
-        "answer a prompt at every λ of --lams in one batch, without re-merging.",
+        "answer a prompt at every λ of --lams in one batch, without re-merging. A method or "
+        "pair the spectrum model cannot serve is re-merged for each λ instead (said once).",
     )
     parser.add_argument("--direct", required=True, help="direct (instruct) parent folder")
     parser.add_argument("--thinking", required=True, help="thinking parent folder")

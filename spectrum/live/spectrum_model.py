@@ -1,20 +1,24 @@
 """One model that runs every λ of an affine merge at once, a λ per sequence.
 
 For the methods that are affine in λ (linear, task_arithmetic, dare, twin, lore) every
-merged tensor is θ(λ) = (1−λ)·E₀ + λ·E₁ with E₀ = θ(0) and E₁ = θ(1). Every weight enters
-the network linearly (matmuls, embedding rows, norm gains, router and expert matrices), so
-a model holding E₀ and E₁ computes the merged model's layer for sequence b with its own
-λ_b as ``y_b = lerp(x_b·E₀ᵀ, x_b·E₁ᵀ, λ_b)``; nonlinearities (activations, softmax, the
-router's top-k, attention) then run on the merged activations, as in the merged model.
+merged tensor is θ(λ) = (1−λ)·E₀ + λ·E₁ with E₀ = θ(0) and E₁ = θ(1). A module whose
+output is affine in its tensors (linear and embedding weights, scaled embeddings, norm
+gains ``w`` or ``1 + w``, biases) computes the merged module's output for sequence b as
+``lerp(f(x_b; E₀), f(x_b; E₁), λ_b)``; nonlinearities (activations, softmax, attention)
+then run on the merged activations, as in the merged model. Fused experts mix each
+token's projections the same way; small tensors entering non-linearly (attention sinks,
+routers, correction biases) are materialised per distinct λ. Which form a module takes is
+measured, not looked up by class (``spectrum.live.spectrum_modules``); a pair with a module
+none of the forms serves raises ``SpectrumUnavailable``, and callers re-merge per λ.
 
 Construction: the model is loaded from the direct parent (E₀ = θ_D wherever the merge does
-not reach), then every in-scope checkpoint tensor gets E₀ and E₁ from the method's own
-``prepare`` / ``apply`` at λ = 0 and λ = 1 (for ``linear``: the parents themselves, so no
-float32 copy is ever made). E₁ lives in one extra tensor per in-scope parameter, laid out
-like the parameter, and is reached through the same checkpoint views as E₀
-(``spectrum.live.views``), which handles Qwen3-MoE's fused 3-D experts. Modules outside
-the merge scope stay plain modules with one copy of their weights. Memory: one model plus
-one copy of the in-scope tensors, in the parents' dtype.
+not reach), then every in-scope checkpoint tensor (parameters and persistent buffers) gets
+E₀ and E₁ from the method's own ``prepare`` / ``apply`` at λ = 0 and λ = 1 (for
+``linear``: the parents themselves, so no float32 copy is ever made). E₁ lives in one
+extra tensor per in-scope tensor, laid out like it, and is reached through the same
+checkpoint views as E₀ (``spectrum.live.views``), which handles fused 3-D experts. Modules
+outside the merge scope stay plain modules with one copy of their weights. Memory: one
+model plus one copy of the in-scope tensors, in the parents' dtype.
 
 Per-sequence λ, thread-safe: a call carries its λs as a ``(batch, groups)`` tensor of
 strengths, one column per (layer, module kind) group — the two things a ``MergeScope``
@@ -29,7 +33,7 @@ spectrum modules read it and fail loudly when a forward was called without λs.
 
 Exactness: rows at λ = 0 and λ = 1 compute ``lerp`` at 0 / 1, which returns y₀ / y₁
 exactly (except that −0 may become +0), so a dense model's λ = 0 and λ = 1 rows are the
-parents (``linear``) or the merged endpoints (other methods) bit for bit. Qwen3-MoE's
+parents (``linear``) or the merged endpoints (other methods) bit for bit. Fused
 experts run the eager per-expert loop on the tokens routed to each expert; another λ in the
 batch changes how many tokens an expert sees, so the matmul shapes — and the last bits —
 can differ from the parent's. Other λ are within float32 rounding of the separately merged

@@ -428,7 +428,7 @@ def _is_affine(module: nn.Module, names: list[str], args: tuple, kwargs: dict) -
 
     first = run(lambda r: r)
     second = run(lambda r: r.mul_(r).sub_(1))
-    middle = run(lambda r: r.mul_(r).add_(r).sub_(1).div_(2))
+    middle = run(lambda r: r.addcmul_(r, r).sub_(1).div_(2))  # (r + r² − 1) / 2
     eps = torch.finfo(own[names[0]].dtype).eps
     agree = []
 
