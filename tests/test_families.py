@@ -233,7 +233,12 @@ def test_spectrum_model_matches_separately_merged_models(family, tied, family_ro
 def _check_forms(spectrum: SpectrumModel) -> None:
     """Linear layers, embeddings and norms are measured affine (two passes, no per-λ
     copies); only small tensors (routers, sinks, biases) are materialised per λ."""
-    from spectrum.live.spectrum_modules import AffineModule, PerRowModule
+    from spectrum.live.spectrum_modules import (
+        AffineModule,
+        ExpertsModule,
+        PerRowModule,
+        is_experts,
+    )
 
     config = spectrum.model.config
     for label, module in spectrum.model.named_modules():
@@ -241,9 +246,22 @@ def _check_forms(spectrum: SpectrumModel) -> None:
             continue
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) or "norm" in label:
             assert isinstance(module, AffineModule), f"{label} is {type(module).__mro__[1]}"
+        if is_experts(module):
+            assert isinstance(module, ExpertsModule), f"{label} is {type(module).__mro__[1]}"
         if isinstance(module, PerRowModule):
             held = sum(getattr(module, name).numel() for name in module.spectrum_names)
             assert held <= config.hidden_size * 8, f"{label} holds {held} per λ"
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "deepseek_v3"])
+def test_bfloat16_pairs_measure_the_same_forms(family, tmp_path):
+    """Rounding in bfloat16 is within the forms' tolerance; a nonlinearity is not."""
+    overrides = dict(num_hidden_layers=2)
+    pair = save_tiny_pair(tmp_path, family, seed=3, config_overrides=overrides,
+                          dtype=torch.bfloat16)  # fmt: skip
+    spectrum = SpectrumModel.load(pair["direct"], pair["thinking"], device="cpu")
+    assert spectrum.model.dtype == torch.bfloat16
+    _check_forms(spectrum)
 
 
 def _sweep_spec(pair, **overrides) -> SweepSpec:
@@ -255,12 +273,10 @@ def _sweep_spec(pair, **overrides) -> SweepSpec:
     return SweepSpec(**{**settings, **overrides})
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_default_sweep_completes_on_the_spectrum_model(
     family, family_root, tmp_path, matrix, caplog
 ):
-    if family not in FAMILIES:
-        pytest.skip(f"this transformers has no {family}")
     pair = _pair(family_root, family, tied=False)
     with caplog.at_level(logging.WARNING):
         result = run_sweep(_sweep_spec(pair), tmp_path / "sweep.duckdb", progress=False)

@@ -154,7 +154,8 @@ class SpectrumModel:
         checkpoints = {role: open_checkpoint(path) for role, path in roles if path is not None}
         model = load_model(checkpoints["direct"], target, dtype)
         scope.check_layers(int(model.config.num_hidden_layers))
-        endpoints = _Endpoints(model, scope, merge_method, params, seed)
+        stored = set(checkpoints["direct"].names())
+        endpoints = _Endpoints(model, scope, merge_method, params, seed, stored)
         endpoints.fill(checkpoints)
         groups = endpoints.install()
         tokenizer = AutoTokenizer.from_pretrained(checkpoints["direct"].path)
@@ -275,17 +276,19 @@ class _Endpoints:
         method: MergeMethod,
         params: dict[str, Any],
         seed: int,
+        stored: set[str],
     ):
         self.model, self.scope, self.method = model, scope, method
         self.params, self.seed = params, seed
         self.num_layers = int(model.config.num_hidden_layers)
         self.views = checkpoint_views(model)
         owners = {t.untyped_storage().data_ptr(): t for t in _owners(model)}
-        # Names a merge changes: floating tensors in scope (the in-scope test is λ-free).
+        # Names a merge changes: floating checkpoint tensors in scope (the in-scope test is
+        # λ-free); a buffer the checkpoint does not store keeps what the model computed.
         self.names = [
             name
             for name, view in self.views.items()
-            if view.is_floating_point() and self._in_scope(name)
+            if name in stored and view.is_floating_point() and self._in_scope(name)
         ]
         self.owner = {
             name: owners[self.views[name].untyped_storage().data_ptr()] for name in self.names
