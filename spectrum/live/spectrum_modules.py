@@ -102,8 +102,7 @@ def twin(module: nn.Module, tensors: dict[str, Tensor]) -> nn.Module:
     """A shallow copy of ``module`` (its original class, its submodules) with ``tensors``
     in place of its own parameters / buffers of those names; the module is not touched,
     so threads running it concurrently are unaffected."""
-    copy = object.__new__(module.spectrum_original if hasattr(module, "spectrum_original")
-                          else type(module))  # fmt: skip
+    copy = object.__new__(getattr(module, "spectrum_original", type(module)))
     copy.__dict__ = dict(module.__dict__)
     copy._parameters = dict(module._parameters)
     copy._buffers = dict(module._buffers)
@@ -127,7 +126,7 @@ class SpectrumModule(nn.Module):
 
     def _at_zero(self) -> dict[str, Tensor]:
         own = {**self._parameters, **self._buffers}
-        return {name: own[name] for name in self.spectrum_at_one}
+        return {name: own[name] for name in self.spectrum_names}
 
 
 class AffineModule(SpectrumModule):
@@ -218,45 +217,38 @@ class PerRowModule(SpectrumModule):
         if len(values) == 1:
             return self._at(values[0]).forward(*args, **kwargs)
         batch = strengths.shape[0]
-        rows_of = [(column == value).nonzero().view(-1) for value in values]
         per = _tokens_per_row(args, kwargs, batch)
         caches = _SplitCache.found(args, kwargs)
-        outputs = []
-        for value, rows in zip(values, rows_of, strict=True):
-            token = STRENGTHS.set(strengths[rows])
+
+        def run(value: float) -> tuple[Tensor, Any]:
+            """The rows at ``value``, run with the module's tensors materialised there."""
+            rows = (column == value).nonzero().view(-1)
+            token = STRENGTHS.set(strengths[rows])  # what the submodules read: these rows
             try:
-                taken = _take((args, kwargs), rows, batch, per, caches)
-                outputs.append((rows, self._run(value, *taken, caches)))
+                row_args, row_kwargs = _take((args, kwargs), rows, batch, per, caches)
+                return rows, self._at(value).forward(*row_args, **row_kwargs)
+            except _Pending:
+                return rows, _SplitCache.PENDING
             finally:
                 STRENGTHS.reset(token)
+
+        outputs = [run(value) for value in values]
         if any(out is _SplitCache.PENDING for _, out in outputs):
             # Every group has handed its keys/values over: one real cache update for the
             # whole batch, then each group runs again on its rows of the result.
             for cache in caches.values():
                 cache.flush(batch)
-            for index, (rows, out) in enumerate(outputs):
-                if out is _SplitCache.PENDING:
-                    token = STRENGTHS.set(strengths[rows])
-                    try:
-                        taken = _take((args, kwargs), rows, batch, per, caches)
-                        outputs[index] = (rows, self._run(values[index], *taken, caches))
-                    finally:
-                        STRENGTHS.reset(token)
+            outputs = [run(value) for value in values]
         return _gather(outputs, batch)
 
     def _at(self, value: float) -> nn.Module:
-        at_zero = self._at_zero()
+        """This module with its in-scope tensors at ``value`` (E₀ and E₁ as they are)."""
         if value == 0.0:
             return twin(self, {})
+        at_one = self.spectrum_at_one
         if value == 1.0:
-            return twin(self, self.spectrum_at_one)
-        return twin(self, {n: mix(t, self.spectrum_at_one[n], value) for n, t in at_zero.items()})
-
-    def _run(self, value: float, args: tuple, kwargs: dict, caches: dict) -> Any:
-        try:
-            return self._at(value).forward(*args, **kwargs)
-        except _Pending:
-            return _SplitCache.PENDING
+            return twin(self, at_one)
+        return twin(self, {n: mix(t, at_one[n], value) for n, t in self._at_zero().items()})
 
 
 class _Pending(Exception):
