@@ -452,3 +452,58 @@ def test_planner_refuses_a_checkpoint_tensor_the_model_has_no_place_for(family_r
     # DeepSeek-V3's correction bias is a buffer the model holds: planned, not refused.
     deepseek = _pair(family_root, "deepseek_v3", tied=False)
     assert check_live(deepseek["direct"], deepseek["thinking"], device="cpu") == "auto"
+
+
+# ---------------------------------------------------------------- focused cases
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
+@torch.no_grad()
+def test_gemma_scaled_embedding_alone_in_scope(family, family_root, tmp_path):
+    """Gemma multiplies its embedding by √hidden inside the module: merging only the
+    embedding must scale E₀ and E₁ alike (it once scaled one side only)."""
+    from spectrum.merge.scope import MergeScope
+
+    pair = _pair(family_root, family, tied=False)
+    scope = MergeScope(modules=("embed",))
+    spectrum = SpectrumModel.load(pair["direct"], pair["thinking"], scope=scope, device="cpu")
+    ids = torch.randint(3, 60, (2, 9), generator=torch.Generator().manual_seed(2))
+    logits = spectrum(ids, [LAM, 1.0]).logits
+    for row, lam in enumerate([LAM, 1.0]):
+        config = MergeConfig(
+            direct=str(pair["direct"]), thinking=str(pair["thinking"]),
+            spec=MergeSpec("linear", lam, modules=("embed",)), device="cpu",
+        )  # fmt: skip
+        out = merge_checkpoints(config, tmp_path / f"embed-{lam}", progress=False)
+        want = AutoModelForCausalLM.from_pretrained(out).eval()(ids).logits[row]
+        error = float((logits[row] - want).abs().max()) / float(want.abs().max())
+        assert error <= LOGIT_RTOL, f"{family} λ={lam}: {error:.2e}"
+
+
+@torch.no_grad()
+def test_threads_keep_their_own_lams_through_per_row_attention(family_root):
+    """gpt-oss's attention sinks are materialised per λ with the KV cache split by rows;
+    two threads generating at once each get what they get alone."""
+    import threading
+
+    pair = _pair(family_root, "gpt_oss", tied=False)
+    spectrum = SpectrumModel.load(pair["direct"], pair["thinking"], device="cpu")
+    ids = torch.randint(3, 60, (3, 6), generator=torch.Generator().manual_seed(4))
+    asks = {"a": [0.0, 0.5, 1.0], "b": [0.7, 0.7, 0.2]}
+    alone = {
+        key: spectrum.generate(ids, lams, do_sample=False, max_new_tokens=6)
+        for key, lams in asks.items()
+    }
+    together: dict[str, torch.Tensor] = {}
+
+    def ask(key: str) -> None:
+        with torch.no_grad():
+            together[key] = spectrum.generate(ids, asks[key], do_sample=False, max_new_tokens=6)
+
+    threads = [threading.Thread(target=ask, args=(key,)) for key in asks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for key in asks:
+        assert torch.equal(together[key], alone[key]), key
