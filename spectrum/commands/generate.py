@@ -1,9 +1,11 @@
-"""`spectrum generate`: answer one prompt at several λ, all in one batch (spectrum model)."""
+"""`spectrum generate`: answer one prompt at several λ, all in one batch (spectrum model),
+or λ by λ on a live merger when the spectrum model cannot serve the method or pair."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from spectrum.errors import UserError
 
@@ -13,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="answer one prompt at several λ in one batch (affine methods)",
         description="Load one spectrum model (the parents' E₀/E₁ of an affine merge) and "
-        "answer a prompt at every λ of --lams in one batch, without re-merging.",
+        "answer a prompt at every λ of --lams in one batch, without re-merging. A method or "
+        "pair the spectrum model cannot serve is re-merged for each λ instead (said once).",
     )
     parser.add_argument("--direct", required=True, help="direct (instruct) parent folder")
     parser.add_argument("--thinking", required=True, help="thinking parent folder")
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from spectrum.generate.batch import DecodingSettings, chat_prompts
     from spectrum.live.spectrum_generate import SpectrumGenerator, unit_seed
     from spectrum.live.spectrum_model import SpectrumModel, check_lams
+    from spectrum.live.spectrum_modules import SpectrumUnavailable
     from spectrum.merge.scope import MergeScope
 
     lams = parse_floats(args.lams, "--lams")
@@ -70,10 +74,17 @@ def run(args: argparse.Namespace) -> int:
         tuple(args.modules.split(",")) if args.modules else None,
         parse_floats(args.lam_schedule, "--lam-schedule") if args.lam_schedule else None,
     )
-    spectrum = SpectrumModel.load(
-        args.direct, args.thinking, args.base, method=args.method,
-        params=parse_params(args.param), seed=args.seed, scope=scope, device=args.device,
-    )  # fmt: skip
+    params = parse_params(args.param)
+    batch_size = len(lams)
+    try:
+        spectrum = SpectrumModel.load(
+            args.direct, args.thinking, args.base, method=args.method,
+            params=params, seed=args.seed, scope=scope, device=args.device,
+        )  # fmt: skip
+    except SpectrumUnavailable as why:
+        print(f"note: {why}; re-merging for each λ instead", file=sys.stderr)
+        spectrum = remerged(args, params, scope)
+        batch_size = 1  # one λ per batch: the live merger holds one merge at a time
     overrides = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                      max_new_tokens=args.max_new_tokens)  # fmt: skip
     if args.greedy:
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     settings = [DecodingSettings.for_lam(lam, **overrides) for lam in lams]
     conversation = [{"role": "user", "content": args.prompt}]
     prompt = args.prompt if args.raw else chat_prompts(spectrum.tokenizer, [conversation])[0]
-    generator = SpectrumGenerator(spectrum, batch_size=len(lams))
+    generator = SpectrumGenerator(spectrum, batch_size=batch_size)
     # Each λ samples from its own seed: its answer does not depend on the other λs asked.
     seeds = [unit_seed(args.seed, lam) for lam in lams]
     gens = generator.generate_rows([prompt] * len(lams), lams, settings, seeds)
@@ -94,3 +105,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"--- λ={lam:g} ({gen.n_tokens} tokens{'' if gen.finished else ', truncated'})")
             print(gen.text)
     return 0
+
+
+def remerged(args: argparse.Namespace, params: dict, scope):
+    """The per-λ fallback: a live merger, re-merged before each λ's generation."""
+    from spectrum.live.hf import LiveMerger
+    from spectrum.live.spectrum_generate import RemergedSpectrum
+    from spectrum.merge.spec import MergeSpec
+
+    merger = LiveMerger.load(args.direct, args.thinking, args.base, device=args.device)
+    # Checked once here: a bad parameter fails before any generation.
+    checked = MergeSpec(args.method, 0.0, params, seed=args.seed).checked(
+        has_base=merger.parents.base is not None
+    )
+    return RemergedSpectrum(
+        merger, method=args.method, params=dict(checked.params), seed=args.seed, scope=scope
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import subprocess
 import threading
@@ -47,6 +48,8 @@ from spectrum.generate.batch import (
 )
 from spectrum.merge.spec import MergeSpec, check_lam
 from spectrum.weights.planner import check_live
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("thinking-spectrum", "torch", "transformers", "math-verify", "duckdb", "vllm")
 
@@ -432,6 +435,8 @@ class Sweeper:
             batch_lams = provider_factory is default_provider
         self.batch_lams = batch_lams and spec.backend == "transformers" and pool is None
         self._lam_batches = None
+        # Why the sweep re-merges per λ where it would batch (None: it did not have to).
+        self.fallback: str | None = None
         self.db = Path(db)
         self._held = ExitStack()
         # First of all: a second sweep into the same DB is refused before doing any work.
@@ -503,18 +508,10 @@ class Sweeper:
         bar = Progress(self._total, self.progress)
         try:
             if self.batch_lams:
-                from spectrum.eval.sweep_batched import LamBatches, split_batched
+                from spectrum.eval.sweep_batched import split_batched
 
                 batched, todo = split_batched(todo)
-                self._lam_batches = self._lam_batches or LamBatches(self, _rows)
-                for (method, bench), entries in batched.items():
-                    if self._stopped():
-                        break
-                    bar.bar.set_postfix_str(f"{method} all λ {bench}")
-                    self._report(entries[0][0], bench)
-                    self._lam_batches.run(entries, bar.bar)
-                    self._done += sum(len(missing) for _, _, missing in entries)
-                    self._report(entries[0][0], bench)
+                todo = self._run_batched(batched, bar) + todo
                 todo = [] if self._stopped() else todo
             if todo:
                 self._lam_batches = None  # its spectrum model goes before a live merger loads
@@ -522,6 +519,30 @@ class Sweeper:
         finally:
             bar.close()
         return self._done
+
+    def _run_batched(self, batched: dict, bar: Progress) -> list[Entry]:
+        """Run the grouped entries on spectrum models; return those left for per-λ cells:
+        all that remain once the spectrum model cannot serve this pair (said once)."""
+        from spectrum.eval.sweep_batched import LamBatches
+        from spectrum.live.spectrum_modules import SpectrumUnavailable
+
+        self._lam_batches = self._lam_batches or LamBatches(self, _rows)
+        groups = list(batched.items())
+        for index, ((method, bench), entries) in enumerate(groups):
+            if self._stopped():
+                break
+            bar.bar.set_postfix_str(f"{method} all λ {bench}")
+            self._report(entries[0][0], bench)
+            try:
+                self._lam_batches.run(entries, bar.bar)
+            except SpectrumUnavailable as why:
+                log.warning("%s; re-merging per λ instead", why)
+                self.fallback = str(why)
+                self.batch_lams, self._lam_batches = False, None
+                return [entry for _, rest in groups[index:] for entry in rest]
+            self._done += sum(len(missing) for _, _, missing in entries)
+            self._report(entries[0][0], bench)
+        return []
 
     def _run_cells(self, cells: list[Cell], bar: Progress) -> None:
         if self.pool is not None:

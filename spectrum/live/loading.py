@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from spectrum.live.views import checkpoint_views
+from spectrum.live.views import checkpoint_tensors, checkpoint_views
 from spectrum.weights.checkpoint import Checkpoint, open_checkpoint, refuse_quantized
 
 log = logging.getLogger(__name__)
@@ -89,20 +89,18 @@ def _covers(model: PreTrainedModel, views: dict, checkpoint: Checkpoint) -> bool
     """Whether writing the checkpoint's tensors through ``views`` sets every weight.
 
     Every viewed name must be in the checkpoint with its shape, the views must add up to
-    every parameter element, the model must hold no persistent buffer (none of the Qwen3
-    family does), and checkpoint names without a view must be tied duplicates (names in
-    the model's state dict whose parameter another name already covers).
+    every element of the parameters and persistent buffers, and checkpoint names without
+    a view must be tied duplicates (names in the model's state dict whose parameter
+    another name already covers).
     """
     names = set(checkpoint.names())
     for name, view in views.items():
         if name not in names or tuple(view.shape) != checkpoint.shape(name):
             return False
     covered = sum(view.numel() for view in views.values())
-    if covered != sum(p.numel() for p in model.parameters()):  # tied ones once
+    if covered != sum(t.numel() for t in checkpoint_tensors(model).values()):  # tied once
         return False
     state = model.state_dict()
-    if any(name in state for name, _ in model.named_buffers()):
-        return False
     return all(name in state for name in names - set(views))
 
 

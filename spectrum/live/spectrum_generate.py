@@ -21,7 +21,10 @@ from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from spectrum.generate.batch import DecodingSettings, Generation, TransformersGenerator
+from spectrum.live.hf import LiveMerger
 from spectrum.live.spectrum_model import SpectrumModel
+from spectrum.merge.scope import MergeScope
+from spectrum.merge.spec import MergeSpec
 
 
 def unit_seed(*parts: object) -> int:
@@ -68,10 +71,50 @@ class RowSampling(LogitsProcessor):
         return int(tokens[choice])
 
 
+class RemergedSpectrum:
+    """What ``SpectrumGenerator`` needs of a spectrum model, served by a live merger that
+    re-merges for each λ: the fallback for a pair or method the spectrum model cannot
+    serve. Rows of one call must share their λ (``SpectrumGenerator`` with batch size 1)."""
+
+    def __init__(
+        self,
+        merger: LiveMerger,
+        *,
+        method: str,
+        params: dict,
+        seed: int,
+        scope: MergeScope,
+    ) -> None:
+        self.merger, self.method, self.params, self.seed = merger, method, params, seed
+        self.scope = scope
+        self.model, self.tokenizer = merger.model, merger.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.merger.device
+
+    def spec(self, lam: float) -> dict:
+        return dict(
+            method=self.method, lam=lam, params=self.params, seed=self.seed,
+            scope=self.scope.describe(),
+        )  # fmt: skip
+
+    def generate(self, input_ids: Tensor, lams: Sequence[float], **kwargs) -> Tensor:
+        if len(set(lams)) != 1:
+            raise ValueError("a re-merged batch runs at one λ")
+        spec = MergeSpec(
+            self.method, lams[0], self.params, layers=self.scope.layers,
+            modules=self.scope.modules, lam_schedule=self.scope.lam_schedule, seed=self.seed,
+        )  # fmt: skip
+        self.merger.set(spec)
+        with self.merger.session():
+            return self.model.generate(input_ids=input_ids, **kwargs)
+
+
 class SpectrumGenerator(TransformersGenerator):
     """``TransformersGenerator``'s batching, padding and records, one λ per row."""
 
-    def __init__(self, spectrum: SpectrumModel, *, batch_size: int = 16):
+    def __init__(self, spectrum: SpectrumModel | RemergedSpectrum, *, batch_size: int = 16):
         super().__init__(spectrum.model, spectrum.tokenizer, batch_size=batch_size)
         self.spectrum = spectrum
 

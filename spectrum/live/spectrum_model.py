@@ -1,20 +1,24 @@
 """One model that runs every λ of an affine merge at once, a λ per sequence.
 
 For the methods that are affine in λ (linear, task_arithmetic, dare, twin, lore) every
-merged tensor is θ(λ) = (1−λ)·E₀ + λ·E₁ with E₀ = θ(0) and E₁ = θ(1). Every weight enters
-the network linearly (matmuls, embedding rows, norm gains, router and expert matrices), so
-a model holding E₀ and E₁ computes the merged model's layer for sequence b with its own
-λ_b as ``y_b = lerp(x_b·E₀ᵀ, x_b·E₁ᵀ, λ_b)``; nonlinearities (activations, softmax, the
-router's top-k, attention) then run on the merged activations, as in the merged model.
+merged tensor is θ(λ) = (1−λ)·E₀ + λ·E₁ with E₀ = θ(0) and E₁ = θ(1). A module whose
+output is affine in its tensors (linear and embedding weights, scaled embeddings, norm
+gains ``w`` or ``1 + w``, biases) computes the merged module's output for sequence b as
+``lerp(f(x_b; E₀), f(x_b; E₁), λ_b)``; nonlinearities (activations, softmax, attention)
+then run on the merged activations, as in the merged model. Fused experts mix each
+token's projections the same way; small tensors entering non-linearly (attention sinks,
+routers, correction biases) are materialised per distinct λ. Which form a module takes is
+measured, not looked up by class (``spectrum.live.spectrum_modules``); a pair with a module
+none of the forms serves raises ``SpectrumUnavailable``, and callers re-merge per λ.
 
 Construction: the model is loaded from the direct parent (E₀ = θ_D wherever the merge does
-not reach), then every in-scope checkpoint tensor gets E₀ and E₁ from the method's own
-``prepare`` / ``apply`` at λ = 0 and λ = 1 (for ``linear``: the parents themselves, so no
-float32 copy is ever made). E₁ lives in one extra tensor per in-scope parameter, laid out
-like the parameter, and is reached through the same checkpoint views as E₀
-(``spectrum.live.views``), which handles Qwen3-MoE's fused 3-D experts. Modules outside
-the merge scope stay plain modules with one copy of their weights. Memory: one model plus
-one copy of the in-scope tensors, in the parents' dtype.
+not reach), then every in-scope checkpoint tensor (parameters and persistent buffers) gets
+E₀ and E₁ from the method's own ``prepare`` / ``apply`` at λ = 0 and λ = 1 (for
+``linear``: the parents themselves, so no float32 copy is ever made). E₁ lives in one
+extra tensor per in-scope tensor, laid out like it, and is reached through the same
+checkpoint views as E₀ (``spectrum.live.views``), which handles fused 3-D experts. Modules
+outside the merge scope stay plain modules with one copy of their weights. Memory: one
+model plus one copy of the in-scope tensors, in the parents' dtype.
 
 Per-sequence λ, thread-safe: a call carries its λs as a ``(batch, groups)`` tensor of
 strengths, one column per (layer, module kind) group — the two things a ``MergeScope``
@@ -29,7 +33,7 @@ spectrum modules read it and fail loudly when a forward was called without λs.
 
 Exactness: rows at λ = 0 and λ = 1 compute ``lerp`` at 0 / 1, which returns y₀ / y₁
 exactly (except that −0 may become +0), so a dense model's λ = 0 and λ = 1 rows are the
-parents (``linear``) or the merged endpoints (other methods) bit for bit. Qwen3-MoE's
+parents (``linear``) or the merged endpoints (other methods) bit for bit. Fused
 experts run the eager per-expert loop on the tokens routed to each expert; another λ in the
 batch changes how many tokens an expert sees, so the matmul shapes — and the last bits —
 can differ from the parent's. Other λ are within float32 rounding of the separately merged
@@ -40,19 +44,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedModel
 
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.live.loading import load_model
+from spectrum.live.spectrum_modules import STRENGTHS as _STRENGTHS
+from spectrum.live.spectrum_modules import SpectrumUnavailable, choose_form, record_inputs
 from spectrum.live.views import checkpoint_views
 from spectrum.merge.scope import MergeScope, layer_of, module_of
 from spectrum.merge.spec import MergeSpec, check_lam
@@ -62,14 +66,12 @@ from spectrum.weights.validate import check_finite
 
 AFFINE_METHODS = ("linear", "task_arithmetic", "dare", "twin", "lore")
 STRENGTHS_KWARG = "spectrum_strengths"
-# The running forward's strengths, (batch, groups): set by the model's forward, per thread.
-_STRENGTHS: ContextVar[Tensor | None] = ContextVar("spectrum_strengths", default=None)
 
 
 def check_affine(method: str) -> None:
     get_method(method)  # an unknown name gets the registry's own message
     if method not in AFFINE_METHODS:
-        raise UserError(
+        raise SpectrumUnavailable(
             f"method {method} is not affine in λ, so one model cannot serve every λ; "
             f"the spectrum model takes {', '.join(AFFINE_METHODS)}"
         )
@@ -80,144 +82,16 @@ def check_lams(lams: Sequence[float]) -> None:
         check_lam(lam)
 
 
-def _row_weights(output: Tensor, column: int) -> Tensor:
-    """This module's strength per row of ``output``, shaped to broadcast against it.
-
-    ``output`` is (batch, ...) or, inside MoE blocks, (batch·tokens, ...) with the tokens
-    of one sequence consecutive (a ``view(-1, hidden)`` of (batch, tokens, hidden)).
-    """
-    strengths = _STRENGTHS.get()
-    if strengths is None:
-        raise RuntimeError("a spectrum model ran without λs; call it through SpectrumModel")
-    weights = strengths[:, column]
-    if output.shape[0] != weights.shape[0]:
-        weights = weights.repeat_interleave(output.shape[0] // weights.shape[0])
-    return weights.view(-1, *([1] * (output.ndim - 1)))
+_SPECTRUM_CLASSES: dict[tuple[type, type], type] = {}
 
 
-def _mix(at_zero: Tensor, at_one: Tensor, weight: Tensor) -> Tensor:
-    """(1−w)·at_zero + w·at_one, exact at w = 0 and w = 1; float32 math for half dtypes."""
-    if at_zero.dtype == torch.float32:
-        return torch.lerp(at_zero, at_one, weight)
-    return torch.lerp(at_zero.float(), at_one.float(), weight).to(at_zero.dtype)
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear`` over ``x`` flattened to rows.
-
-    matmul folds a [b, t, n] input into one matrix product only when its strides allow a
-    view; the last position sliced out of a prompt (``logits_to_keep``) does not, and it
-    then copies the transposed weight for a batched product instead: for Qwen3's
-    151,936-row head that is 297 MB and 2 s of CPU per generation.
-    """
-    out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
-    return out.view(*x.shape[:-1], out.shape[-1])
-
-
-class _SpectrumLinear(nn.Linear):
-    spectrum_column: int
-
-    def forward(self, x: Tensor) -> Tensor:
-        bias_at_one = getattr(self, "bias_at_one", self.bias)
-        at_zero = _linear(x, self.weight, self.bias)
-        at_one = _linear(x, self.weight_at_one, bias_at_one)
-        return _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
-
-
-class _SpectrumEmbedding(nn.Embedding):
-    spectrum_column: int
-
-    def forward(self, ids: Tensor) -> Tensor:
-        at_zero = super().forward(ids)
-        at_one = F.embedding(ids, self.weight_at_one, self.padding_idx)
-        return _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
-
-
-class _SpectrumRMSNorm(nn.Module):
-    """Mixin over a Qwen3 RMSNorm class: the same normalisation, two gains."""
-
-    spectrum_column: int
-    variance_epsilon: float
-
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        normed = (hidden_states * torch.rsqrt(variance + self.variance_epsilon)).to(dtype)
-        at_zero, at_one = self.weight * normed, self.weight_at_one * normed
-        return _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
-
-
-class _SpectrumRouter(nn.Module):
-    """Mixin over Qwen3-MoE's top-k router: merged logits, then the router's own choice."""
-
-    spectrum_column: int
-
-    def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        hidden_states = hidden_states.reshape(-1, self.hidden_dim)
-        at_zero = F.linear(hidden_states, self.weight)
-        at_one = F.linear(hidden_states, self.weight_at_one)
-        router_logits = _mix(at_zero, at_one, _row_weights(at_zero, self.spectrum_column))
-        router_probs = F.softmax(router_logits, dtype=torch.float, dim=-1)
-        top_value, top_index = torch.topk(router_probs, self.top_k, dim=-1)
-        if self.norm_topk_prob:
-            top_value /= top_value.sum(dim=-1, keepdim=True)
-        return router_logits, top_value.to(router_logits.dtype), top_index
-
-
-class _SpectrumExperts(nn.Module):
-    """Mixin over Qwen3-MoE's fused experts: the eager per-expert loop, two weight sets."""
-
-    spectrum_column: int
-
-    def forward(self, hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
-        weights = _row_weights(hidden_states, self.spectrum_column)  # (tokens, 1)
-        final = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts + 1).permute(2, 1, 0)
-            hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
-        for expert in hit[:, 0].tolist():
-            if expert == self.num_experts:
-                continue
-            top_k_pos, token_idx = torch.where(expert_mask[expert])
-            state, weight = hidden_states[token_idx], weights[token_idx]
-            gate_up = _mix(
-                F.linear(state, self.gate_up_proj[expert]),
-                F.linear(state, self.gate_up_proj_at_one[expert]),
-                weight,
-            )
-            gate, up = gate_up.chunk(2, dim=-1)
-            state = self.act_fn(gate) * up
-            state = _mix(
-                F.linear(state, self.down_proj[expert]),
-                F.linear(state, self.down_proj_at_one[expert]),
-                weight,
-            )
-            state = state * top_k_weights[token_idx, top_k_pos, None]
-            final.index_add_(0, token_idx, state.to(final.dtype))
-        return final
-
-
-_SPECTRUM_CLASSES: dict[type, type] = {}
-
-
-def _spectrum_class(cls: type) -> type:
-    """The spectrum version of a module class: a subclass whose forward mixes E₀ and E₁."""
-    if cls not in _SPECTRUM_CLASSES:
-        if issubclass(cls, nn.Linear):
-            mixin: type = _SpectrumLinear
-        elif issubclass(cls, nn.Embedding):
-            mixin = _SpectrumEmbedding
-        elif cls.__name__ in ("Qwen3RMSNorm", "Qwen3MoeRMSNorm"):  # others may differ (1 + w)
-            mixin = _SpectrumRMSNorm
-        elif cls.__name__ == "Qwen3MoeTopKRouter":
-            mixin = _SpectrumRouter
-        elif cls.__name__ == "Qwen3MoeExperts":
-            mixin = _SpectrumExperts
-        else:
-            raise UserError(f"the spectrum model cannot merge a {cls.__name__} module")
-        _SPECTRUM_CLASSES[cls] = type(f"Spectrum{cls.__name__}", (mixin, cls), {})
-    return _SPECTRUM_CLASSES[cls]
+def _spectrum_class(cls: type, form: type) -> type:
+    """The spectrum version of a module class: ``form``'s forward over ``cls``."""
+    if (cls, form) not in _SPECTRUM_CLASSES:
+        _SPECTRUM_CLASSES[cls, form] = type(
+            f"Spectrum{cls.__name__}", (form, cls), {"spectrum_original": cls}
+        )
+    return _SPECTRUM_CLASSES[cls, form]
 
 
 class SpectrumModel:
@@ -280,7 +154,8 @@ class SpectrumModel:
         checkpoints = {role: open_checkpoint(path) for role, path in roles if path is not None}
         model = load_model(checkpoints["direct"], target, dtype)
         scope.check_layers(int(model.config.num_hidden_layers))
-        endpoints = _Endpoints(model, scope, merge_method, params, seed)
+        stored = set(checkpoints["direct"].names())
+        endpoints = _Endpoints(model, scope, merge_method, params, seed, stored)
         endpoints.fill(checkpoints)
         groups = endpoints.install()
         tokenizer = AutoTokenizer.from_pretrained(checkpoints["direct"].path)
@@ -401,35 +276,37 @@ class _Endpoints:
         method: MergeMethod,
         params: dict[str, Any],
         seed: int,
+        stored: set[str],
     ):
         self.model, self.scope, self.method = model, scope, method
         self.params, self.seed = params, seed
         self.num_layers = int(model.config.num_hidden_layers)
         self.views = checkpoint_views(model)
-        owners = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
-        # Names a merge changes: floating tensors in scope (the in-scope test is λ-free).
+        owners = {t.untyped_storage().data_ptr(): t for t in _owners(model)}
+        # Names a merge changes: floating checkpoint tensors in scope (the in-scope test is
+        # λ-free); a buffer the checkpoint does not store keeps what the model computed.
         self.names = [
             name
             for name, view in self.views.items()
-            if view.is_floating_point() and self._in_scope(name)
+            if name in stored and view.is_floating_point() and self._in_scope(name)
         ]
         self.owner = {
             name: owners[self.views[name].untyped_storage().data_ptr()] for name in self.names
         }
-        # E₁ starts as a copy of E₀: a parameter part that no in-scope name covers stays θ_D
+        # E₁ starts as a copy of E₀: a tensor part that no in-scope name covers stays θ_D
         # at every λ, as it does in the merged model.
         self.at_one: dict[int, Tensor] = {}
-        for param in self.owner.values():  # once per parameter: 256 names share a MoE one
-            if id(param) not in self.at_one:
-                self.at_one[id(param)] = param.detach().clone()
+        for tensor in self.owner.values():  # once per tensor: 256 names share a MoE one
+            if id(tensor) not in self.at_one:
+                self.at_one[id(tensor)] = tensor.detach().clone()
 
     def _in_scope(self, name: str) -> bool:
         return self.scope.strength_for(name, 0.0, self.num_layers) is not None
 
     def _view_at_one(self, name: str) -> Tensor:
-        view, param = self.views[name], self.owner[name]
-        offset = view.storage_offset() - param.storage_offset()
-        return self.at_one[id(param)].as_strided(view.shape, view.stride(), offset)
+        view, tensor = self.views[name], self.owner[name]
+        offset = view.storage_offset() - tensor.storage_offset()
+        return self.at_one[id(tensor)].as_strided(view.shape, view.stride(), offset)
 
     def fill(self, checkpoints: dict[str, Checkpoint]) -> None:
         device = self.model.device
@@ -452,35 +329,54 @@ class _Endpoints:
             self._view_at_one(name).copy_(self.method.apply(prepared, 1.0, self.params, None))
 
     def install(self) -> list[str]:
-        """Swap every module that owns an in-scope parameter for its spectrum class.
+        """Swap every module that owns an in-scope tensor for its spectrum form.
 
+        The forms are chosen first, on the untouched model (``choose_form`` measures each
+        candidate on its recorded inputs), then every candidate is swapped.
         Returns one representative checkpoint name per strength column.
         """
         group_of = {id(self.owner[n]): (layer_of(n), module_of(n), n) for n in self.names}
         for name in self.names:
             key = group_of[id(self.owner[name])]
             if key[:2] != (layer_of(name), module_of(name)):
-                raise UserError(f"parameter holding {name} mixes layers or module kinds")
+                raise SpectrumUnavailable(f"tensor holding {name} mixes layers or module kinds")
+        candidates = []
+        for label, module in self.model.named_modules():
+            own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            owned = [(tname, t) for tname, t in own if id(t) in self.at_one]
+            if owned:
+                candidates.append((label, module, owned))
+        inputs = record_inputs(self.model, [module for _, module, _ in candidates])
+        forms = [
+            choose_form(module, [tname for tname, _ in owned], inputs.get(id(module)), label)
+            for label, module, owned in candidates
+        ]
         columns: dict[tuple, int] = {}
         groups: list[str] = []
-        for module in self.model.modules():
-            owned = [(pname, p) for pname, p in module.named_parameters(recurse=False)
-                     if id(p) in self.at_one]  # fmt: skip
-            if not owned:
-                continue
-            keys = {group_of[id(p)][:2] for _, p in owned}
+        for (label, module, owned), form in zip(candidates, forms, strict=True):
+            keys = {group_of[id(t)][:2] for _, t in owned}
             if len(keys) > 1:
-                raise UserError(f"a {type(module).__name__} mixes layers or module kinds")
+                raise SpectrumUnavailable(
+                    f"{label} ({type(module).__name__}) mixes layers or module kinds"
+                )
             key = keys.pop()
             if key not in columns:
                 columns[key] = len(groups)
                 groups.append(group_of[id(owned[0][1])][2])
-            module.__class__ = _spectrum_class(type(module))
+            module.__class__ = _spectrum_class(type(module), form)
             module.spectrum_column = columns[key]
-            for pname, param in owned:
+            module.spectrum_names = tuple(tname for tname, _ in owned)
+            for tname, tensor in owned:
                 # Not persistent: state_dict() stays the E₀ model's; .to() still moves it.
-                module.register_buffer(f"{pname}_at_one", self.at_one[id(param)], persistent=False)
+                module.register_buffer(f"{tname}_at_one", self.at_one[id(tensor)], persistent=False)
         return groups
+
+
+def _owners(model: nn.Module) -> list[Tensor]:
+    """Parameters (as Parameters: modules hold them so) and persistent buffers."""
+    state = model.state_dict(keep_vars=True)
+    buffers = [b for name, b in model.named_buffers() if name in state]
+    return [*model.parameters(), *buffers]
 
 
 class SpectrumRow:

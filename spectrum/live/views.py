@@ -29,9 +29,11 @@ def checkpoint_views(model: nn.Module) -> dict[str, Tensor]:
     """Checkpoint tensor name → a view into the model's parameter storage holding it.
 
     Tied parameters appear once (``named_parameters`` drops duplicates), so a tied
-    ``lm_head`` is updated through ``embed_tokens`` and stays tied.
+    ``lm_head`` is updated through ``embed_tokens`` and stays tied. Persistent buffers
+    are checkpoint tensors too (DeepSeek-V3's ``e_score_correction_bias``) and get views
+    the same way.
     """
-    storages = tuple(param.untyped_storage().data_ptr() for param in model.parameters())
+    storages = tuple(t.untyped_storage().data_ptr() for t in checkpoint_tensors(model).values())
     known = _KNOWN.get(model)
     if known is not None and known[0] == storages:
         return dict(known[1])
@@ -40,12 +42,19 @@ def checkpoint_views(model: nn.Module) -> dict[str, Tensor]:
     return dict(views)
 
 
+def checkpoint_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """Model name → tensor for every parameter (tied ones once) and persistent buffer."""
+    state = model.state_dict(keep_vars=True)
+    tensors = {name: param.data for name, param in model.named_parameters()}
+    tensors.update({name: buf for name, buf in model.named_buffers() if name in state})
+    return tensors
+
+
 def _views(model: nn.Module) -> dict[str, Tensor]:
-    params = {name: param.data for name, param in model.named_parameters()}
     views: dict[str, Tensor] = {}
-    for name, data in params.items():
+    for name, data in checkpoint_tensors(model).items():
         if not data.is_contiguous():
-            raise ValueError(f"parameter {name} is not contiguous; cannot map it to views")
+            raise ValueError(f"tensor {name} is not contiguous; cannot map it to views")
         for ckpt_name, view in _param_views(model, name, data).items():
             if ckpt_name in views:
                 raise ValueError(f"checkpoint tensor {ckpt_name} spans several parameters")
@@ -99,3 +108,19 @@ def _strided_view(data: Tensor, positions: Tensor, ckpt_name: str) -> Tensor:
     if not torch.equal(expected, positions.to(torch.int64)):
         raise ValueError(f"checkpoint tensor {ckpt_name} is not a strided view of one parameter")
     return data.as_strided(positions.shape, strides, data.storage_offset() + offset)
+
+
+def checkpoint_layout(model: nn.Module) -> tuple[set[str], int]:
+    """What ``checkpoint_views`` would map, asked of a model on the meta device: the
+    checkpoint names its tensors hold, and the elements of the largest tensor whose
+    reverse conversion copies (the views probe it with two int32 copies). No memory is
+    touched, so the planner can ask it of a 30B model from its config alone."""
+    names: set[str] = set()
+    probed = 0
+    for name, data in checkpoint_tensors(model).items():
+        stand_in = torch.empty(data.shape, dtype=data.dtype, device="meta")
+        reverted = revert_weight_conversion(model, {name: stand_in})
+        names.update(reverted)
+        if not all(t is stand_in or t._base is stand_in for t in reverted.values()):
+            probed = max(probed, data.numel())
+    return names, probed

@@ -136,7 +136,9 @@ def merge_checkpoints(
     }
     opened = {f"{role} parent": checkpoint.path for role, checkpoint in parents.items()}
     check_destination(out, force, {**opened, **(protected or {})})
-    for warning in validate_parents(parents["direct"], parents["thinking"], parents.get("base")):
+    for warning in validate_parents(
+        parents["direct"], parents["thinking"], parents.get("base"), template_from=config.copy_from
+    ):
         log.warning(warning)
     direct = parents["direct"]
     num_layers = int(direct.config.get("num_hidden_layers") or 1)

