@@ -8,12 +8,14 @@ import json
 import shutil
 import threading
 import time
+import zipfile
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from spectrum.dashboard import service
 from spectrum.dashboard.service import (
     DEFAULT_PAIR,
     AllowedFolders,
@@ -322,3 +324,30 @@ def test_a_blind_vote_names_the_model_and_is_marked_blind(dashboard):
     assert read_votes(dashboard.db)[-1]["blind"] is False
     # Every shuffle of the three columns turns up (200 draws: missing one has p < 1e-14).
     assert {blind_order() for _ in range(200)} == set(itertools.permutations(COLUMNS))
+
+
+def test_the_default_export_folder_is_made_and_the_export_downloads_as_a_loadable_zip(
+    pair, tmp_path, monkeypatch
+):
+    """A fresh clone has no exports/: the first export makes it (and only it). The zip
+    a visitor downloads unpacks to a checkpoint transformers loads, equal to the export."""
+    exports = tmp_path / "clone" / "exports"
+    exports.parent.mkdir()
+    monkeypatch.setattr(service, "EXPORTS", exports)
+    board = Dashboard(pair["direct"], pair["thinking"], device="cpu", db=tmp_path / "v.duckdb")
+    out = board.export(str(exports / "merged"), MergeSpec("linear", 0.25))
+    assert out == exports / "merged" and (out / "model.safetensors").is_file()
+    archive = board.archive(str(exports / "merged"))
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(tmp_path / "unzipped")
+    unzipped = tmp_path / "unzipped" / "merged"
+    model = AutoModelForCausalLM.from_pretrained(unzipped, dtype=torch.float32)
+    exported = weights(out)
+    for name, tensor in model.state_dict().items():
+        if name in exported:
+            assert torch.equal(tensor, exported[name]), name
+    assert AutoTokenizer.from_pretrained(unzipped)("12 + 7")["input_ids"]
+    # Only whole outputs of this tool are zipped: a hand edit is refused by name.
+    (out / "README.md").write_text("edited")
+    with pytest.raises(UserError, match="not offered for download: README.md was changed"):
+        board.archive(str(exports / "merged"))

@@ -13,10 +13,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
+import zipfile
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
-from test_app_server import SHIPPED_DB, launch_app
+from test_app_server import REPO, SHIPPED_DB, launch_app
+from transformers import AutoModelForCausalLM
 
 from spectrum.eval.benchmarks.synthetic import make_problems
 
@@ -187,6 +190,25 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         expect(titles[0]).to_contain_text(re.compile(r"Model A: (Direct|Merged|Thinking)"))
         expect(page.locator("#vote-direct")).to_be_disabled()
         screens.take("arena-revealed")
+
+        # Export into exports/ (made if missing) and download it as a zip: a checkpoint.
+        name = f"browser-{uuid.uuid4().hex[:8]}"
+        try:
+            page.get_by_text("Export merged model", exact=True).first.click()
+            page.locator("#export-folder textarea").fill(f"exports/{name}")
+            page.locator("#export-button").click()
+            expect(page.get_by_text("Wrote")).to_be_visible(timeout=120_000)
+            with page.expect_download(timeout=60_000) as download:
+                page.locator("#export-download").click()
+            saved = tmp_path / "download.zip"
+            download.value.save_as(saved)
+            with zipfile.ZipFile(saved) as opened:
+                opened.extractall(tmp_path / "download")
+            loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "download" / name)
+            assert loaded.config.num_hidden_layers > 0
+            screens.take("export-download")
+        finally:
+            shutil.rmtree(REPO / "exports" / name, ignore_errors=True)  # this test's own
 
         # Opening the explorer draws the stored results without pressing "Load": the
         # parents and a few methods, so every legend fits.

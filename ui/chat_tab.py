@@ -320,12 +320,20 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     with gr.Accordion("Export merged model", open=False):
         with gr.Row(equal_height=True):
             export_folder = gr.Textbox(
-                value="exports/merged", label="Folder (inside exports/ or another allowed folder)"
+                value="exports/merged",
+                label="Folder (inside exports/ or another allowed folder)",
+                elem_id="export-folder",
             )
             overwrite = gr.Checkbox(False, label="Overwrite")
-            export_button = gr.Button("Export merged model", scale=0, min_width=200)
+            export_button = gr.Button(
+                "Export merged model", scale=0, min_width=200, elem_id="export-button"
+            )
         gr.Markdown(dashboard.export_quota.describe(), elem_id="export-quota")
         export_status = gr.Markdown()
+        # A Space visitor cannot reach the server's disk: the export also comes as a zip.
+        download = gr.DownloadButton(
+            "Download the export (.zip)", visible=False, elem_id="export-download"
+        )
 
     def decoding(*values: Any) -> dict:
         return {column: decoding_for(column, *values) for column in COLUMNS}
@@ -536,7 +544,14 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     arena.change(arena_mode, arena, fresh, queue=False, **hidden)
     export_button.click(
+        lambda: gr.DownloadButton(visible=False), None, download, queue=False, **hidden
+    ).then(
         export, [export_folder, overwrite, *controls.inputs], export_status, api_name="export"
+    ).success(
+        friendly(lambda folder: gr.DownloadButton(value=dashboard.archive(folder), visible=True)),
+        export_folder,
+        download,
+        **hidden,
     )
     # Each page starts by loading what its controls show.
     demo.load(remerge, controls.inputs, remerge_outputs, **hidden)

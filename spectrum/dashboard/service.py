@@ -14,7 +14,10 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import threading
+import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +41,7 @@ from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
 from spectrum.methods import REGISTRY, MergeMethod, get_method
 from spectrum.weights.checkpoint import open_checkpoint
+from spectrum.weights.output import check_complete_output
 from spectrum.weights.planner import check_dashboard
 from spectrum.weights.validate import validate_parents
 
@@ -232,6 +236,7 @@ class Dashboard:
         self.trust_remote_code = trust_remote_code
         self.limits = limits
         self.export_quota = export_quota
+        self._download_dir: Path | None = None  # made on the first download
         self._exported = (0, 0)  # exports and bytes granted so far (failed ones given back)
         self._export_count = threading.Lock()
         self.allow_pickle = allow_pickle
@@ -487,6 +492,8 @@ class Dashboard:
     def export(self, folder: str, spec: MergeSpec, *, overwrite: bool = False) -> Path:
         """Write ``spec``'s merge as a checkpoint folder (model card, merge_config.json)."""
         out = self.folders.resolve(folder, "export folder")
+        if out.parent == EXPORTS.resolve():
+            EXPORTS.mkdir(exist_ok=True)  # the project's own folder for exports (ignored by git)
         config = MergeConfig(
             direct=self.sources["direct"],
             thinking=self.sources["thinking"],
@@ -504,6 +511,33 @@ class Dashboard:
         except BaseException:
             self._grant_export(-size, count=-1)  # nothing was written: the quota is kept
             raise
+
+    def archive(self, folder: str) -> Path:
+        """A zip of an exported folder, for a visitor who cannot reach this machine's disk.
+
+        Only a folder this tool wrote whole (its marker matches every file) is zipped; the
+        zip is stored, not compressed (weights barely compress), written beside a previous
+        one and renamed in, and the dashboard keeps one at a time."""
+        folder = self.folders.resolve(folder, "export folder")
+        check_complete_output(folder, f"{folder} is not offered for download: ")
+        downloads = self._downloads()
+        target = downloads / f"{folder.name}.zip"
+        partial = downloads / f".{folder.name}.zip.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+                for path in sorted(folder.iterdir()):
+                    archive.write(path, f"{folder.name}/{path.name}")
+            for old in downloads.glob("*.zip"):
+                old.unlink()
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _downloads(self) -> Path:
+        if self._download_dir is None:
+            self._download_dir = Path(tempfile.mkdtemp(prefix="spectrum-downloads-"))
+        return self._download_dir
 
     @functools.cached_property
     def _direct_checkpoint(self):

@@ -381,7 +381,12 @@ def _check_replaceable(folder: Path, shown: Path | None = None) -> None:
     """Only a complete merge output whose every file still matches its marker (names,
     sizes and content hashes), with nothing added, may be replaced. ``shown`` is the path
     the user named, when ``folder`` has been moved aside for the check."""
-    refuse = f"output folder {shown or folder} is not replaced: "
+    check_complete_output(folder, f"output folder {shown or folder} is not replaced: ")
+
+
+def check_complete_output(folder: Path, refuse: str) -> None:
+    """Refuse (``refuse`` + the reason) unless ``folder`` is a whole output of this tool
+    whose every file still matches its marker, with nothing added."""
     if folder.is_symlink() or not folder.is_dir():
         raise UserError(refuse + "it is not a folder")
     listed = _read_marker(folder)
