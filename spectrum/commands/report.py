@@ -1,19 +1,47 @@
-"""`spectrum report`: a self-contained HTML report of a results database."""
+"""`spectrum report`: a self-contained HTML report of a results database, or its
+statements as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from spectrum.eval.metrics import INTERVALS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="write an HTML report of a results DB")
     parser.add_argument("--db", required=True, help="DuckDB results file")
     parser.add_argument("--out", default="report.html", help="HTML file to write")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print every statement (numbers, interval method, verdict, confirmed) as JSON "
+        "instead of writing HTML",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="accuracy an improvement may lose: its paired accuracy difference's lower bound "
+        "must be at least -MARGIN (default 0)",
+    )
+    parser.add_argument(
+        "--interval",
+        choices=INTERVALS,
+        default="auto",
+        help="auto: Wilson at k=1, bootstrap over problems otherwise; t_runs: Student-t over "
+        "the k sampling runs (ThinkingSpectrum)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.eval.report import build_report
+    from spectrum.eval.report import build_report, report_statements
 
-    print(f"wrote {build_report(args.db, args.out)}")
+    if args.json:
+        found = report_statements(args.db, margin=args.margin, interval=args.interval)
+        print(json.dumps(found, indent=1, ensure_ascii=False, allow_nan=False))
+        return 0
+    print(f"wrote {build_report(args.db, args.out, margin=args.margin, interval=args.interval)}")
     return 0
