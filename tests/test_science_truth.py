@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from datetime import datetime
+from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.cli import main
+from spectrum.errors import UserError
 from spectrum.eval import store
+from spectrum.eval.benchmarks import synthetic
 from spectrum.eval.metrics import (
     ProblemSamples,
     compare,
@@ -27,6 +33,7 @@ from spectrum.eval.metrics import (
     wilson_ci,
 )
 from spectrum.eval.results import improvements, merges_vs_baselines, summaries
+from spectrum.generate.batch import DecodingSettings, TransformersGenerator, chat_prompts
 
 Z90 = 1.6448536269514722  # the standard normal's 95 % quantile: 90 % two-sided
 
@@ -224,3 +231,116 @@ def test_report_json_prints_every_statement(db, capsys):
     expected = stats.binomtest(36, 40).proportion_ci(0.9, "wilson")
     assert parent["numbers"]["mean_low"] == pytest.approx(expected.low)
     assert main(["report", "--db", str(db), "--json", "--margin", "-1"]) == 2
+
+
+# --- Baselines as their authors define them, and the template a merge really has -------
+
+PAIR = Path(__file__).resolve().parents[1] / "assets" / "pair"
+CONVERSATIONS = [list(p.messages) for p in (synthetic.make_problems(4, 2, seed=0))]
+
+
+@pytest.fixture(scope="module")
+def thinking():
+    tokenizer = AutoTokenizer.from_pretrained(PAIR / "thinking")
+    model = AutoModelForCausalLM.from_pretrained(PAIR / "thinking").eval()
+    return TransformersGenerator(model, tokenizer, batch_size=8), tokenizer
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_budget_forcing_closes_with_the_pairs_delimiter_and_the_answer_cue(thinking):
+    generator, tokenizer = thinking
+    settings = DecodingSettings(do_sample=False, max_new_tokens=120, think_budget=6)
+    close = "\n</think>\n\nFinal Answer:"  # the delimiter on its own line, then s1's cue
+    for forced in generator.generate(CONVERSATIONS, settings):
+        thought, _, answer = forced.text.partition(close)
+        assert answer, forced.text  # the cue follows the cut thought
+        assert len(_ids(tokenizer, thought)) == 6  # thinks long: cut at the budget
+        assert "Considering the limited time" not in forced.text  # not Qwen3's sentence
+        # Inserted tokens are counted in n_tokens and stored apart.
+        assert forced.n_inserted == len(_ids(tokenizer, close))
+        assert forced.n_tokens == len(_ids(tokenizer, forced.text)) + forced.finished
+
+
+def test_budget_waits_suppress_the_end_of_thinking(thinking):
+    generator, tokenizer = thinking
+    plain = generator.generate(CONVERSATIONS, DecodingSettings(do_sample=False, max_new_tokens=200))
+    waits = DecodingSettings(do_sample=False, max_new_tokens=400, think_budget=300, think_waits=1)
+    for extended, full in zip(generator.generate(CONVERSATIONS, waits), plain, strict=True):
+        own = full.text.split("</think>")[0]
+        assert len(_ids(tokenizer, own)) < 300  # the model ends its thinking inside the budget
+        # ... and its first end of thinking is replaced by "Wait": it thinks on.
+        assert extended.text.startswith(own + "Wait")
+        assert extended.n_inserted >= len(_ids(tokenizer, "Wait"))
+        assert extended.n_tokens == len(_ids(tokenizer, extended.text)) + extended.finished
+    with pytest.raises(UserError, match="give --budgets"):
+        DecodingSettings(think_waits=1)
+
+
+def _opening_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """The embedded pair with a thinking template that opens ``<think>`` in the generation
+    prompt, as Qwen3-4B-Thinking-2507's does."""
+    thinking = tmp_path / "thinking"
+    shutil.copytree(PAIR / "thinking", thinking)
+    template = (thinking / "chat_template.jinja").read_text()
+    opened = template.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+    assert opened != template
+    (thinking / "chat_template.jinja").write_text(opened)
+    return PAIR / "direct", thinking
+
+
+def test_no_thinking_prefill_fits_a_template_that_opens_think(tmp_path):
+    _, thinking = _opening_pair(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(thinking)
+    settings = DecodingSettings(no_thinking=True)
+    for prompt in chat_prompts(tokenizer, CONVERSATIONS, settings):
+        assert prompt.endswith(
+            "<|im_start|>assistant\n<think>\nOkay, I think I have finished thinking.\n</think>\n\n"
+        )
+        assert prompt.count("<think>") == 1
+
+
+def _template_sweep(db: Path, direct: Path, thinking: Path, *extra: str) -> pd.DataFrame:
+    args = ["sweep", "--direct", str(direct), "--thinking", str(thinking), "--methods", "linear"]
+    args += ["--lam", "0,0.5,1", "--bench", "synthetic", "--levels", "4", "--limit", "2"]
+    args += ["--greedy", "--max-new-tokens", "60", "--db", str(db), "--no-progress", *extra]
+    assert main(args) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(
+            "SELECT method, lam, template, problem_id, response, config_id FROM samples "
+            "ORDER BY method, lam, problem_id"
+        ).df()
+
+
+def test_merges_run_with_the_template_their_export_carries(tmp_path):
+    direct, thinking = _opening_pair(tmp_path)
+    rows = _template_sweep(tmp_path / "a.duckdb", direct, thinking, "--no-thinking")
+    roles = {(m, lam): set(g["template"]) for (m, lam), g in rows.groupby(["method", "lam"])}
+    assert roles == {
+        ("linear", 0.0): {"direct"}, ("linear", 0.5): {"thinking"},
+        ("linear", 1.0): {"thinking"}, ("no_thinking", 1.0): {"thinking"},
+    }  # fmt: skip
+    # λ = 1 is the thinking model as its authors run it: the template opened <think>, so
+    # the response does not; exactly what the thinking checkpoint answers on its own.
+    generator = TransformersGenerator(
+        AutoModelForCausalLM.from_pretrained(thinking).eval(),
+        AutoTokenizer.from_pretrained(thinking),
+    )
+    problems = synthetic.make_problems(4, 2, seed=0)
+    own = generator.generate(
+        [list(p.messages) for p in problems], DecodingSettings(do_sample=False, max_new_tokens=60)
+    )
+    at_one = rows[(rows["method"] == "linear") & (rows["lam"] == 1.0)]
+    assert list(at_one["response"]) == [g.text for g in own]
+    assert not any(text.startswith("<think>") for text in at_one["response"])
+    # --template direct: the same merges with the direct parent's template, other rows.
+    other = _template_sweep(tmp_path / "b.duckdb", direct, thinking, "--template", "direct")
+    assert set(other["template"]) == {"direct"}
+    moved = other[(other["lam"] == 1.0)]
+    assert all(text.startswith("<think>") for text in moved["response"])  # it opens it itself
+    assert not set(moved["config_id"]) & set(at_one["config_id"])
+    # A pair with one template keeps its configuration ids: the template is "shared".
+    same = _template_sweep(tmp_path / "c.duckdb", PAIR / "direct", PAIR / "thinking")
+    assert set(same["template"]) == {"shared"}
