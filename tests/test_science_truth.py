@@ -344,3 +344,20 @@ def test_merges_run_with_the_template_their_export_carries(tmp_path):
     # A pair with one template keeps its configuration ids: the template is "shared".
     same = _template_sweep(tmp_path / "c.duckdb", PAIR / "direct", PAIR / "thinking")
     assert set(same["template"]) == {"shared"}
+
+
+def test_a_schema_2_database_gains_the_new_columns(tmp_path):
+    path = tmp_path / "old.duckdb"
+    with store.opened(path) as con:  # a file as schema 2 wrote it, with one row
+        con.execute("ALTER TABLE samples DROP COLUMN template")
+        con.execute("ALTER TABLE samples DROP COLUMN n_inserted")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        store.insert_frame(con, "samples", pd.DataFrame(_rows("linear", 1.0, bool, lambda i: 7)[:1]))
+    with duckdb.connect(str(path), read_only=True) as con:  # read as it is: no new columns
+        table = summaries(con)
+    assert table["template"].isna().all() and table["kind"].tolist() == ["parent"]
+    with store.opened(path) as con:  # opened for writing: migrated, old rows kept
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "3",
+        )
+        assert con.execute("SELECT n_inserted, template FROM samples").fetchall() == [(0, None)]
