@@ -352,7 +352,9 @@ def test_a_schema_2_database_gains_the_new_columns(tmp_path):
         con.execute("ALTER TABLE samples DROP COLUMN template")
         con.execute("ALTER TABLE samples DROP COLUMN n_inserted")
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-        store.insert_frame(con, "samples", pd.DataFrame(_rows("linear", 1.0, bool, lambda i: 7)[:1]))
+        store.insert_frame(
+            con, "samples", pd.DataFrame(_rows("linear", 1.0, bool, lambda i: 7)[:1])
+        )
     with duckdb.connect(str(path), read_only=True) as con:  # read as it is: no new columns
         table = summaries(con)
     assert table["template"].isna().all() and table["kind"].tolist() == ["parent"]
@@ -361,3 +363,63 @@ def test_a_schema_2_database_gains_the_new_columns(tmp_path):
             "3",
         )
         assert con.execute("SELECT n_inserted, template FROM samples").fetchall() == [(0, None)]
+
+
+# --- Selection apart from evaluation ----------------------------------------------------
+
+
+def test_confirm_reevaluates_on_fresh_problems_with_the_parents(tmp_path, capsys):
+    db = tmp_path / "sweep.duckdb"
+    args = ["sweep", "--direct", str(PAIR / "direct"), "--thinking", str(PAIR / "thinking")]
+    args += ["--methods", "linear", "--lam", "0,0.5,1", "--bench", "synthetic", "--levels"]
+    args += ["4", "--limit", "3", "--greedy", "--max-new-tokens", "70", "--db", str(db)]
+    assert main([*args, "--no-progress"]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        before = summaries(con)[["config_id", "mean", "tokens"]]
+        swept = {p for (p,) in con.execute("SELECT DISTINCT problem_id FROM samples").fetchall()}
+    assert main(["confirm", "--db", str(db), "--config", "linear@0.5", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "confirmation of linear λ=0.5 on 3 fresh problems (data seed 1, k=1)" in printed
+    with duckdb.connect(str(db), read_only=True) as con:
+        stored = con.execute("SELECT * FROM confirmations").df()
+        after = summaries(con)[["config_id", "mean", "tokens"]]
+        row = stored.iloc[0]
+        ids = [row["config_id"], row["direct_config_id"], row["thinking_config_id"]]
+        fresh = con.execute(
+            "SELECT config_id, avg(correct::INTEGER), avg(n_tokens), "
+            "list(DISTINCT problem_id) FROM samples WHERE list_contains(?, config_id) "
+            "GROUP BY config_id",
+            [ids],
+        ).fetchall()
+    # The parents and the configuration ran on the same fresh problems, none of them swept.
+    assert len(stored) == 1 and len(fresh) == 3
+    problems = [sorted(p) for _, _, _, p in fresh]
+    assert problems[0] == problems[1] == problems[2] and not set(problems[0]) & swept
+    # The sweep's own tables are what they were: a confirmation is not one more row.
+    pd.testing.assert_frame_equal(before.reset_index(drop=True), after.reset_index(drop=True))
+    # Its numbers, recomputed from the stored samples with SQL.
+    result = json.loads(row["result"])
+    by_id = {cid: (acc, tokens) for cid, acc, tokens, _ in fresh}
+    assert result["mean"] == pytest.approx(by_id[row["config_id"]][0])
+    assert result["thinking"]["mean"] == pytest.approx(by_id[row["thinking_config_id"]][0])
+    expected = by_id[row["config_id"]][1] - by_id[row["thinking_config_id"]][1]
+    assert result["thinking"]["tokens_diff"] == pytest.approx(expected)
+    # The report states it, confirmed only where the paired test holds on fresh problems.
+    assert main(["report", "--db", str(db), "--json"]) == 0
+    statements = json.loads(capsys.readouterr().out)
+    confirmations = [s for s in statements if s["kind"] == "confirmation"]
+    assert len(confirmations) == 2 and {s["parent"] for s in confirmations} == {
+        "direct", "thinking"
+    }  # fmt: skip
+    for statement in confirmations:
+        assert statement["confirmed"] == (statement["numbers"]["verdict"] == "improvement")
+    improvements_stated = [s for s in statements if s["kind"] == "improvement"]
+    assert all(s["selected_in_sample"] for s in improvements_stated)
+    # Bad input: one line each, nothing written.
+    assert main(["confirm", "--db", str(db), "--config", "linear"]) == 2
+    assert main(["confirm", "--db", str(db), "--config", "ties@0.5"]) == 2
+    assert main(["confirm", "--db", str(db), "--config", "linear@0.5", "--data-seed", "0"]) == 2
+    errors = capsys.readouterr().err
+    assert "METHOD@λ" in errors and "no sweep of ties" in errors and "the sweep's own" in errors
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM confirmations").fetchone() == (1,)

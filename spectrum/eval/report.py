@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from spectrum.errors import UserError
 from spectrum.eval import figures, store
 from spectrum.eval.metrics import check_interval
 from spectrum.eval.results import (
+    DIFFERENCE_COLUMNS,
     NO_THINKING,
     THINKING,
+    confirmations,
     improvements,
     merges_vs_baselines,
     parents,
@@ -36,12 +39,15 @@ def statements(
     *,
     margin: float = 0.0,
     interval: str = "auto",
+    confirmed: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Everything the results state, per benchmark: the parents, the phase change, the
     stages, each apparent improvement on a parent and each merge vs baseline, with their
     numbers, how their intervals were made, whether the paired test holds them and
     whether a confirmation on fresh problems backs them (``confirmed``; configurations
-    picked from a sweep's own problems are ``selected_in_sample``)."""
+    picked from a sweep's own problems are ``selected_in_sample``); then the
+    confirmations (``spectrum confirm``) themselves."""
+    confirmed = confirmed if confirmed is not None else pd.DataFrame()
     found = []
     for bench in sorted(table["benchmark"].unique()):
         rows = table[table["benchmark"] == bench]
@@ -49,10 +55,52 @@ def statements(
         found += _phase_statements(phases[phases["benchmark"].str.split(":").str[0] == bench])
         found += stage_statements(stages(rows))
         bench_better = better[better["benchmark"] == bench] if not better.empty else better
-        found += _improvement_statements(bench, bench_better)
+        found += _improvement_statements(bench, bench_better, confirmed)
         found += baseline_statements(merges_vs_baselines(rows, margin=margin, interval=interval))
         found += _endpoint_statements(rows)
-    return found
+    return found + confirmation_statements(confirmed)
+
+
+def confirmation_statements(confirmed: pd.DataFrame) -> list[dict]:
+    """One statement per confirmation and parent: the configuration on fresh problems."""
+    out = []
+    for _, row in confirmed.iterrows():
+        result = json.loads(row["result"])
+        for role in ("thinking", "direct"):
+            diff = result[role]
+            holds = diff["verdict"] == "improvement"
+            text = (
+                f"{row['benchmark']}: confirmation of {result['label']} on "
+                f"{row['n_problems']} fresh problems (data seed {row['data_seed']}, "
+                f"k={row['k']}): accuracy {result['mean']:.3f} [{result['mean_low']:.3f}, "
+                f"{result['mean_high']:.3f}], {result['tokens']:.1f} tokens vs the {role} "
+                f"parent's {diff['mean']:.3f}, {diff['tokens']:.1f}; "
+                f"{_difference_text(diff)}: "
+                + ("improves on it" if holds else "not distinguishable")
+            )
+            numbers = {key: result[key] for key in ("mean", "mean_low", "mean_high", "tokens")}
+            numbers.update({f"parent_{key}": diff[key] for key in ("mean", "tokens")})
+            numbers.update({key: diff[key] for key in _DIFFERENCE_NUMBERS if key in diff})
+            out.append(
+                _statement(
+                    "confirmation", row["benchmark"], text, numbers,
+                    configuration=result["label"], parent=role, interval=diff["diff_interval"],
+                    holds=holds, confirmed=holds,
+                )
+            )  # fmt: skip
+    return out
+
+
+def _is_confirmed(confirmed: pd.DataFrame, bench: str, row, role: str) -> bool:
+    """A confirmation of the same configuration holds it against the same parent."""
+    if confirmed.empty or row["kind"] != "interpolation":
+        return False
+    same = confirmed[
+        (confirmed["benchmark"] == bench)
+        & (confirmed["method"] == row["method"])
+        & (confirmed["lam"] == row["lam"])
+    ]
+    return any(json.loads(r)[role]["verdict"] == "improvement" for r in same["result"])
 
 
 def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
@@ -149,13 +197,16 @@ def _difference_text(row) -> str:
     )
 
 
+_DIFFERENCE_NUMBERS = [key for key in DIFFERENCE_COLUMNS if key != "diff_interval"]
+
+
 def _difference_numbers(row) -> dict:
-    from spectrum.eval.results import DIFFERENCE_COLUMNS
-
-    return {key: row[key] for key in DIFFERENCE_COLUMNS if key not in ("diff_interval",)}
+    return {key: row[key] for key in _DIFFERENCE_NUMBERS}
 
 
-def _improvement_statements(bench: str, better: pd.DataFrame) -> list[dict]:
+def _improvement_statements(
+    bench: str, better: pd.DataFrame, confirmed: pd.DataFrame
+) -> list[dict]:
     held = int(better["improves"].sum()) if not better.empty else 0
     out = [
         _statement(
@@ -182,6 +233,7 @@ def _improvement_statements(bench: str, better: pd.DataFrame) -> list[dict]:
                 "improvement", bench, text, numbers, configuration=row["label"],
                 parent=row["parent"], interval=row["diff_interval"], holds=bool(row["improves"]),
                 selected_in_sample=True,
+                confirmed=_is_confirmed(confirmed, bench, row, row["parent"]),
             )
         )  # fmt: skip
     return out
@@ -297,11 +349,13 @@ class Loaded:
     phases: pd.DataFrame
     margin: float
     interval: str
+    confirmed: pd.DataFrame
 
     def statements(self) -> list[dict]:
         found = statements(
-            self.table, self.better, self.phases, margin=self.margin, interval=self.interval
-        )
+            self.table, self.better, self.phases, margin=self.margin, interval=self.interval,
+            confirmed=self.confirmed,
+        )  # fmt: skip
         return found + stage_statements(stages(self.levels))
 
 
@@ -316,7 +370,7 @@ def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loade
     levels = summaries(con, by_level=True, interval=interval)
     levels = levels[levels["benchmark"].str.contains(":L")]
     phases = pd.concat([phase_changes(table), phase_changes(levels)])
-    return Loaded(table, levels, better, phases, margin, interval)
+    return Loaded(table, levels, better, phases, margin, interval, confirmations(con))
 
 
 def report_statements(db: str | Path, *, margin: float = 0.0, interval: str = "auto") -> list[dict]:

@@ -71,6 +71,7 @@ def summaries(
     methods: Sequence[str] | None = None,
     seed: int = 0,
     interval: str = "auto",
+    config_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per (benchmark, configuration): every metric with its 90 % interval.
 
@@ -78,6 +79,8 @@ def summaries(
     ``<benchmark>:L<level>`` (e.g. ``synthetic:L3``), so harder levels can be compared.
     ``methods``: only these methods' configurations (the bootstrap is the slow part).
     ``interval``: ``auto`` or ``t_runs`` (``spectrum.eval.metrics``).
+    ``config_ids``: only these configurations; without it, every configuration but those
+    of confirmations (``spectrum.eval.confirm``).
 
     Columns: benchmark, config_id, method, lam, params, module_lams (JSON or None),
     layers, modules, template (the chat template's parent, None before schema 3), kind
@@ -88,12 +91,21 @@ def summaries(
     """
     present = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
     optional = ", ".join(name if name in present else old for name, old in _OPTIONAL.items())
-    where = "" if methods is None else "WHERE list_contains(?, method) "
+    where, values = ["TRUE"], []
+    if methods is not None:
+        where.append("list_contains(?, method)")
+        values.append(list(methods))
+    if config_ids is not None:
+        where.append("list_contains(?, config_id)")
+        values.append(list(config_ids))
+    else:  # a confirmation's rows are stated as such, not mixed into the sweep's
+        values.append(confirmation_ids(con))
+        where.append("NOT list_contains(?, config_id)")
     samples = con.execute(
         f"SELECT benchmark, level, config_id, method, lam, params, layers, modules, {optional}, "
-        f"problem_id, {_SAMPLE_COLUMNS} FROM samples {where}"
+        f"problem_id, {_SAMPLE_COLUMNS} FROM samples WHERE {' AND '.join(where)} "
         "ORDER BY benchmark, config_id, problem_id, sample_idx",
-        [] if methods is None else [list(methods)],
+        values,
     ).df()
     if by_level:
         leveled = samples["level"].notna()
@@ -144,6 +156,25 @@ SUMMARY_COLUMNS = [
     "template", "kind", "label", "n_problems", "k", "interval", "problems",
     *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")),
 ]  # fmt: skip
+
+
+def confirmation_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Configuration ids of confirmation runs (none in files older than schema 3)."""
+    tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+    if "confirmations" not in tables:
+        return []
+    rows = con.execute(
+        "SELECT config_id FROM confirmations UNION SELECT direct_config_id FROM confirmations "
+        "UNION SELECT thinking_config_id FROM confirmations"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def confirmations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The stored confirmations (empty in files older than schema 3)."""
+    if "confirmations" not in {row[0] for row in con.execute("SHOW TABLES").fetchall()}:
+        return pd.DataFrame(columns=["benchmark", "method", "lam", "result"])
+    return con.execute("SELECT * FROM confirmations ORDER BY created_at").df()
 
 
 def _cell(value):
@@ -236,7 +267,7 @@ def paired_difference(
     return compare(mine, theirs, margin=margin, interval=interval, seed=seed)
 
 
-def _difference_columns(diff: Difference) -> dict:
+def difference_columns(diff: Difference) -> dict:
     from spectrum.eval.metrics import needed_saving
 
     return dict(
@@ -306,7 +337,7 @@ def merges_vs_baselines(
             merge_tokens=None if best is None else best[0]["tokens"],
         )
         if best is not None:
-            entry.update(_difference_columns(best[1]))
+            entry.update(difference_columns(best[1]))
         found.append(entry)
     return pd.DataFrame(found, columns=VERSUS_COLUMNS)
 
@@ -366,7 +397,7 @@ def improvements(
                         "parent_label": parent["label"],
                         "parent_mean": parent["mean"],
                         "parent_tokens": parent["tokens"],
-                        **_difference_columns(diff),
+                        **difference_columns(diff),
                         "improves": diff.improves,
                     }
                 )

@@ -57,6 +57,12 @@ ALTER TABLE samples ADD COLUMN IF NOT EXISTS module_lams JSON;
 -- (budget forcing), which n_tokens includes. Older rows read NULL and 0.
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS template VARCHAR;
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_inserted INTEGER DEFAULT 0;
+-- Added in schema 3: configurations re-evaluated on fresh problems (spectrum confirm).
+CREATE TABLE IF NOT EXISTS confirmations (
+    confirmation_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, benchmark VARCHAR,
+    method VARCHAR, lam DOUBLE, data_seed INTEGER, k INTEGER, n_problems INTEGER,
+    config_id VARCHAR, direct_config_id VARCHAR, thinking_config_id VARCHAR, result JSON
+);
 CREATE TABLE IF NOT EXISTS weight_stats (
     analysis_id VARCHAR, direct VARCHAR, thinking VARCHAR, direct_hash VARCHAR,
     thinking_hash VARCHAR, scope VARCHAR, key VARCHAR, numel BIGINT,
