@@ -25,8 +25,8 @@ from spectrum.errors import UserError
 from spectrum.eval import store
 from spectrum.eval.metrics import check_interval
 from spectrum.eval.results import (
-    difference_columns,
     confirmation_ids,
+    difference_columns,
     paired_difference,
     summaries,
 )
