@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, help="problems per benchmark (level)")
     parser.add_argument("--k", type=int, help="samples per problem (default: the sweep's)")
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample (per-model temperature/top-p) even if the sweep decoded greedily",
+    )
     parser.add_argument("--margin", type=float, default=0.0, help="as in `spectrum report`")
     parser.add_argument("--interval", choices=INTERVALS, default="auto")
     parser.add_argument("--no-progress", action="store_true")
@@ -32,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     found = confirm(
         args.db, args.config, data_seed=args.data_seed, limit=args.limit, k=args.k,
-        margin=args.margin, interval=args.interval, progress=not args.no_progress,
-        command=" ".join(["spectrum", *sys.argv[1:]]),
+        margin=args.margin, interval=args.interval, sample=args.sample,
+        progress=not args.no_progress, command=" ".join(["spectrum", *sys.argv[1:]]),
     )  # fmt: skip
     for statement in confirmation_statements(found):
         print(statement["text"])

@@ -129,13 +129,13 @@ def add_baseline_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="budget forcing (s1): the first N times the model ends its thinking inside "
-        "the budget, append \"Wait\" instead so it thinks on (default 0)",
+        'the budget, append "Wait" instead so it thinks on (default 0)',
     )
     parser.add_argument(
         "--answer-cue",
         default="Final Answer:",
         help="budget forcing (s1): text after the closed thinking block at the budget "
-        "(default \"Final Answer:\"; \"\" for none)",
+        '(default "Final Answer:"; "" for none)',
     )
 
 

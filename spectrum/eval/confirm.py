@@ -76,12 +76,15 @@ def confirm(
     k: int | None = None,
     margin: float = 0.0,
     interval: str = "auto",
+    sample: bool = False,
     provider_factory=default_provider,
     progress: bool = False,
     command: str = "",
 ) -> pd.DataFrame:
     """Re-evaluate ``config`` (METHOD@λ) on fresh problems and store the confirmation:
-    one row per benchmark, the paired differences against both parents with verdicts."""
+    one row per benchmark, the paired differences against both parents with verdicts.
+    ``sample``: sample with the per-model settings even if the sweep was greedy (for
+    k > 1)."""
     db = Path(db)
     if not db.is_file():
         raise UserError(f"no results database at {db}")
@@ -91,13 +94,18 @@ def confirm(
     method, lam = parse_config(config)
     with store.opened(db, read_only=True) as con:
         spec = recorded_spec(con, method, lam)
-        seen = _seen_problems(con)
-    seed = spec.data_seed + 1 if data_seed is None else data_seed
-    if seed == spec.data_seed:
-        raise UserError(f"--data-seed {seed} is the sweep's own: pick another for fresh problems")
+        seed = spec.data_seed + 1 if data_seed is None else data_seed
+        if seed == spec.data_seed:
+            raise UserError(
+                f"--data-seed {seed} is the sweep's own: pick another for fresh problems"
+            )
+        seen = _seen_problems(con, seed)
+    decoding = dict(spec.decoding)
+    if sample:
+        decoding.pop("do_sample", None)
     fresh = replace(
         spec, methods=(method,), lams=(lam,), data_seed=seed, limit=limit or spec.limit,
-        k=k or spec.k, budgets=(), no_thinking=False, module_lams={},
+        k=k or spec.k, budgets=(), no_thinking=False, module_lams={}, decoding=decoding,
     )  # fmt: skip
     sweeper = Sweeper(fresh, db, provider_factory=provider_factory, progress=progress,
                       command=command)  # fmt: skip
@@ -123,8 +131,15 @@ def confirm(
     return found
 
 
-def _seen_problems(con) -> dict[str, set[str]]:
-    rows = con.execute("SELECT DISTINCT benchmark, problem_id FROM samples").fetchall()
+def _seen_problems(con, data_seed: int) -> dict[str, set[str]]:
+    """Problems the DB holds from runs with another data seed: a confirmation with this
+    seed (an earlier one, or this one killed and run again) shares its own problems."""
+    rows = con.execute(
+        "SELECT DISTINCT s.benchmark, s.problem_id FROM samples s LEFT JOIN runs r "
+        "USING (run_id) WHERE r.config IS NULL "
+        "OR json_extract(r.config, '$.data_seed')::INTEGER IS DISTINCT FROM ?",
+        [data_seed],
+    ).fetchall()
     seen: dict[str, set[str]] = {}
     for bench, problem_id in rows:
         seen.setdefault(bench, set()).add(problem_id)
