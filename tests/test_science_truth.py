@@ -60,6 +60,13 @@ def test_one_sample_per_problem_accuracy_is_wilson_and_never_zero_width():
     assert summarize(several)["mean"].method == "bootstrap"  # k > 1: over problems
 
 
+def test_the_cli_offers_every_interval():
+    from spectrum.commands.report import INTERVALS as OFFERED
+    from spectrum.eval.metrics import INTERVALS
+
+    assert OFFERED == INTERVALS
+
+
 def test_t_interval_matches_scipy():
     values = [0.52, 0.61, 0.58, 0.49, 0.66]
     expected = stats.ttest_1samp(values, 0.0).confidence_interval(confidence_level=0.9)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spectrum.eval.metrics import INTERVALS
+from spectrum.commands.report import INTERVALS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

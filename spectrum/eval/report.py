@@ -183,11 +183,6 @@ def stage_statements(found: pd.DataFrame) -> list[dict]:
     return out
 
 
-def stage_lines(found: pd.DataFrame) -> list[str]:
-    """The interpolation study's three stages, one line per method and benchmark."""
-    return [statement["text"] for statement in stage_statements(found)]
-
-
 def _difference_text(row) -> str:
     return (
         f"Δaccuracy {row['acc_diff']:+.3f} [{row['acc_diff_low']:+.3f}, "
@@ -269,10 +264,6 @@ def baseline_statements(versus: pd.DataFrame) -> list[dict]:
             )
         )  # fmt: skip
     return out
-
-
-def baseline_lines(versus: pd.DataFrame) -> list[str]:
-    return [statement["text"] for statement in baseline_statements(versus)]
 
 
 def _endpoint_statements(rows: pd.DataFrame) -> list[dict]:
