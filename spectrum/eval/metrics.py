@@ -255,7 +255,7 @@ def compare(
             PER_PROBLEM["tokens"](a) - PER_PROBLEM["tokens"](b)
             for a, b in zip(candidate, reference, strict=True)
         ]
-        tokens = estimate(token_diffs, seed=seed) if token_diffs else estimate([])
+        tokens = estimate(token_diffs, seed=seed)
     reference_tokens = float(np.mean([PER_PROBLEM["tokens"](p) for p in reference] or [np.nan]))
     holds = accuracy.low >= -margin and tokens.high < -needed_saving(reference_tokens)
     verdict = IMPROVEMENT if holds else NOT_DISTINGUISHABLE
