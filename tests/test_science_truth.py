@@ -345,6 +345,13 @@ def test_merges_run_with_the_template_their_export_carries(tmp_path):
     # --template direct: the same merges with the direct parent's template, other rows.
     other = _template_sweep(tmp_path / "b.duckdb", direct, thinking, "--template", "direct")
     assert set(other["template"]) == {"direct"}
+    with duckdb.connect(str(tmp_path / "b.duckdb"), read_only=True) as con:
+        labels = set(summaries(con)["label"])
+    assert labels == {
+        "linear λ=0",
+        "linear λ=0.5 [direct template]",
+        "linear λ=1 [direct template]",
+    }
     moved = other[(other["lam"] == 1.0)]
     assert all(text.startswith("<think>") for text in moved["response"])  # it opens it itself
     assert not set(moved["config_id"]) & set(at_one["config_id"])

@@ -209,9 +209,12 @@ def label(row) -> str:
         text += f" layers {row['layers']}"
     if row.get("modules") is not None:
         text += f" modules {row['modules']}"
-    if row["method"] not in BASELINES and row.get("module_lams") is None:
-        if row["lam"] in (0.0, 1.0) and kind(row) == "endpoint":
-            text += " (neither a parent nor an interpolation)"
+    if kind(row) == "endpoint":
+        text += " (neither a parent nor an interpolation)"
+    # Merged models run with the thinking parent's template unless asked otherwise.
+    usual = "direct" if row["lam"] == 0 else "thinking"
+    if row.get("template") in ("direct", "thinking") and row["template"] != usual:
+        text += f" [{row['template']} template]"
     return text
 
 
