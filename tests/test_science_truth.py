@@ -309,6 +309,17 @@ def test_no_thinking_prefill_fits_a_template_that_opens_think(tmp_path):
         assert prompt.count("<think>") == 1
 
 
+def test_changed_baselines_get_configuration_ids_of_their_own():
+    # Rows of the earlier protocols (an empty NoThinking block, Qwen3's sentence at the
+    # budget) must not pass for the new ones when a sweep resumes: the settings differ.
+    assert DecodingSettings(no_thinking=True).as_dict()["no_thinking_text"] == (
+        "Okay, I think I have finished thinking."
+    )
+    forced = DecodingSettings(think_budget=8).as_dict()
+    assert forced["think_end"] is None and forced["answer_cue"] == "Final Answer:"
+    assert forced["think_waits"] == 0
+
+
 def _template_sweep(db: Path, direct: Path, thinking: Path, *extra: str) -> pd.DataFrame:
     args = ["sweep", "--direct", str(direct), "--thinking", str(thinking), "--methods", "linear"]
     args += ["--lam", "0,0.5,1", "--bench", "synthetic", "--levels", "4", "--limit", "2"]

@@ -60,6 +60,9 @@ class DecodingSettings:
     think_end: str | None = None
     think_waits: int = 0
     answer_cue: str = ANSWER_CUE
+    # NoThinking's prefill; stored with the settings, so rows of the earlier empty-block
+    # NoThinking keep configuration ids of their own.
+    no_thinking_text: str = NO_THINKING_TEXT
 
     @classmethod
     def for_model(cls, kind: str, **overrides) -> DecodingSettings:
@@ -96,7 +99,7 @@ class DecodingSettings:
             for key in ("think_budget", "think_end", "think_waits", "answer_cue"):
                 del data[key]
         if not data["no_thinking"]:
-            del data["no_thinking"]
+            del data["no_thinking"], data["no_thinking_text"]
         return data
 
     def closing_text(self) -> str:
@@ -137,16 +140,18 @@ def chat_prompts(
         for c in conversations
     ]
     if settings is not None and settings.no_thinking:
-        prompts = [prompt + finished_think_block(prompt) for prompt in prompts]
+        prompts = [
+            prompt + finished_think_block(prompt, settings.no_thinking_text) for prompt in prompts
+        ]
     return prompts
 
 
-def finished_think_block(prompt: str) -> str:
+def finished_think_block(prompt: str, text: str = NO_THINKING_TEXT) -> str:
     """NoThinking's prefill: "Okay, I think I have finished thinking." in a closed thinking
     block; templates that open ``<think>`` in the generation prompt (Qwen3-Thinking-2507)
     get only the rest of the block."""
     opened = prompt.rstrip("\n").endswith(THINK_START)
-    body = f"{NO_THINKING_TEXT}\n{THINK_END}\n\n"
+    body = f"{text}\n{THINK_END}\n\n"
     if opened:
         return body if prompt.endswith("\n") else f"\n{body}"
     return f"{THINK_START}\n{body}"
