@@ -6,7 +6,10 @@
 #   3. the baselines on the thinking parent: budget forcing at BUDGETS thinking tokens and
 #      NoThinking;
 #   4. linear with attention and MLP at their own λ (a 5 × 5 grid, other kinds at 0.5);
-#   5. the weight analysis of the pair.
+#   5. the weight analysis of the pair;
+#   6. confirmations of the configurations picked from step 2 (CONFIRM) on CONFIRM_PER_LEVEL
+#      fresh problems per level with the parents on the same problems: greedy, and
+#      sampled with k = 4.
 # Greedy decoding (k = 1), PER_LEVEL held-out problems per level (5 levels), at most
 # MAX_NEW new tokens. Every step is resumable: killed, it picks up where it stopped.
 # Usage: assets/make_spectrum_db.sh [DB]   (default assets/spectrum.duckdb; an existing DB
@@ -21,6 +24,8 @@ MAX_NEW="${MAX_NEW:-160}"
 FINE_LO=0.40
 FINE_HI=0.60
 BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
+CONFIRM="${CONFIRM:-linear@0.85 linear@0.9}"
+CONFIRM_PER_LEVEL="${CONFIRM_PER_LEVEL:-200}"
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
@@ -34,3 +39,8 @@ COMMON=(--direct "$PAIR/direct" --thinking "$PAIR/thinking" --base "$PAIR/base"
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 1 --budgets "$BUDGETS" --no-thinking
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "0.5,attn=0:1:0.25,mlp=0:1:0.25"
 "$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" --db "$DB"
+for config in $CONFIRM; do
+  "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$CONFIRM_PER_LEVEL"
+  "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$CONFIRM_PER_LEVEL" \
+    --k 4 --sample --data-seed 2
+done

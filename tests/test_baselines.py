@@ -42,20 +42,27 @@ def test_budget_forcing_never_thinks_past_its_budget(thinking, budget):
     plain = generator.generate(CONVERSATIONS, DecodingSettings(do_sample=False, max_new_tokens=300))
     assert all(thought_tokens(tokenizer, g.text) > 20 for g in plain)  # it thinks long
     settings = DecodingSettings(
-        do_sample=False, max_new_tokens=300, think_budget=budget, think_end=THINK_END
-    )
+        do_sample=False, max_new_tokens=300, think_budget=budget, think_end=THINK_END,
+        answer_cue="",
+    )  # fmt: skip
     for forced, full in zip(generator.generate(CONVERSATIONS, settings), plain, strict=True):
         assert forced.thinks and thought_tokens(tokenizer, forced.text) <= budget
         # The thinking part is the unforced one, cut at the budget.
         assert full.text.startswith(forced.text.split(THINK_END)[0])
-        assert forced.n_tokens < full.n_tokens
+        # The inserted delimiter (one token) is counted in n_tokens and apart; n_tokens is
+        # every token of the response (the EOS that ends it included).
+        assert forced.n_inserted == 1
+        ids = tokenizer(forced.text, add_special_tokens=False)["input_ids"]
+        assert forced.n_tokens == len(ids) + forced.finished
 
 
-def test_no_thinking_prefills_an_empty_block_and_never_opens_one(thinking):
+def test_no_thinking_prefills_a_finished_block_and_never_opens_one(thinking):
     generator, tokenizer = thinking
     settings = DecodingSettings(do_sample=False, max_new_tokens=120, no_thinking=True)
     prompts = chat_prompts(tokenizer, CONVERSATIONS, settings)
-    assert all(prompt.endswith("<think>\n\n</think>\n\n") for prompt in prompts)
+    # Ma et al.'s prefill, closed with the pair's own delimiter.
+    block = "<think>\nOkay, I think I have finished thinking.\n</think>\n\n"
+    assert all(prompt.endswith(block) for prompt in prompts)
     for generation in generator.generate(CONVERSATIONS, settings):
         assert "<think>" not in generation.text and not generation.thinks
 
@@ -99,7 +106,8 @@ def test_sweep_stores_baselines_as_their_own_rows(tmp_path):
         assert extracted == synthetic.extract_boxed(answer)
     assert sorted(by_method) == ["budget_forcing", "linear", "no_thinking"]
     assert sorted({p["budget"] for _, p, _, _ in by_method["budget_forcing"]}) == [4, 40]
-    assert all("<think>" not in response for _, _, response, _ in by_method["no_thinking"])
+    # NoThinking's block is in the prompt: the response never opens or closes one.
+    assert all(THINK_END not in response for _, _, response, _ in by_method["no_thinking"])
     # The parents are the plain models; baselines are candidates for improvements.
     found = parents(table, "synthetic")
     assert found["thinking"]["method"] == "linear" and found["direct"]["method"] == "linear"
@@ -109,7 +117,9 @@ def test_sweep_stores_baselines_as_their_own_rows(tmp_path):
     versus = merges_vs_baselines(table)
     assert len(versus) == 3 and set(versus["baseline"]) == {"budget_forcing", "no_thinking"}
     page = build_report(db, tmp_path / "report.html").read_text()
-    assert page.count("budget_forcing {&quot;budget&quot;:") == 2 and "no_thinking (" in page
+    assert page.count("budget_forcing λ=1 budget=4, waits=0 (") == 1
+    assert page.count("budget_forcing λ=1 budget=40, waits=0 (") == 1
+    assert "no_thinking λ=1 (" in page
     assert "synthetic: linear stage 1 λ 0–0" in page and "synthetic:L5: linear stage" in page
     # Resuming does nothing more.
     before = len(rows)

@@ -72,11 +72,13 @@ def baselines(engine) -> None:
     tokenizer = engine.llm.get_tokenizer()
     generator = generator_for(engine)
     budget = DecodingSettings(do_sample=False, max_new_tokens=12, think_budget=3)
-    budget = replace(budget, think_end="</think>")
+    budget = replace(budget, think_end="</think>", answer_cue="", think_waits=1)
     for generation in generator.generate(CONVERSATIONS, budget, n=2):
         thought = generation.text.split("</think>")[0]
-        assert generation.thinks and generation.n_tokens <= 12
-        assert len(tokenizer(thought, add_special_tokens=False)["input_ids"]) <= 3
+        # n_tokens counts the inserted delimiter (and a "Wait"), which the cap does not.
+        assert generation.thinks and generation.n_tokens - generation.n_inserted <= 12
+        assert generation.n_inserted >= 1
+        assert len(tokenizer(thought, add_special_tokens=False)["input_ids"]) <= 3 + 4
     silent = DecodingSettings(do_sample=False, max_new_tokens=12, no_thinking=True)
     for generation in generator.generate(CONVERSATIONS, silent):
-        assert "<think>" not in generation.text
+        assert "<think>" not in generation.text and "</think>" not in generation.text

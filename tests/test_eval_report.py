@@ -68,9 +68,15 @@ def test_summaries_improvements_and_phase(db):
         ("linear", 0.75, "thinking"),
         ("ties", 0.75, "thinking"),  # as accurate as the thinking parent, 25 tokens fewer
     }
+    # Paired over the same two problems: no accuracy lost on either, tokens fewer by a
+    # constant 55 and 25 (beyond the 2.2 tokens an improvement must save): both hold.
+    assert better["improves"].all() and set(better["verdict"]) == {"improvement"}
+    assert sorted(better["tokens_diff"]) == [-55.0, -25.0]
+    assert sorted(better["tokens_diff_high"]) == [-55.0, -25.0]
+    assert (better["acc_diff_low"] == 0.0).all() and (better["n_paired"] == 2).all()
     assert sorted(pareto) == [("linear", 0.0), ("linear", 0.75)]
     none = improvements(table[table["lam"].isin([0.0, 1.0])])  # parents only
-    assert none.empty and "clear" in none.columns
+    assert none.empty and "improves" in none.columns
     phases = phase_changes(table).set_index("method")
     assert phases.loc["linear", "low"] == 0.25 and phases.loc["linear", "high"] == 0.5
     assert phases.loc["linear", "lam"] == pytest.approx(0.375)

@@ -61,6 +61,13 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--max-new-tokens", type=int, default=32768)
     parser.add_argument("--greedy", action="store_true", help="greedy decoding (use --k 1)")
+    parser.add_argument(
+        "--template",
+        choices=("direct", "thinking"),
+        default="thinking",
+        help="whose chat template merged models run with (default: the thinking parent's, "
+        "which an exported merge carries); λ=0 always runs with the direct parent's",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--backend",
@@ -113,7 +120,22 @@ def add_baseline_args(parser: argparse.ArgumentParser) -> None:
         help="λ of the linear merges the baselines run on (default 1: the thinking parent)",
     )
     parser.add_argument(
-        "--think-end", help="text that closes thinking at the budget (default: Qwen3's)"
+        "--think-end",
+        help="text that closes thinking at the budget (default: the pair's own delimiter, "
+        "</think>, on its own line)",
+    )
+    parser.add_argument(
+        "--budget-waits",
+        type=int,
+        default=0,
+        help="budget forcing (s1): the first N times the model ends its thinking inside "
+        'the budget, append "Wait" instead so it thinks on (default 0)',
+    )
+    parser.add_argument(
+        "--answer-cue",
+        default="Final Answer:",
+        help="budget forcing (s1): text after the closed thinking block at the budget "
+        '(default "Final Answer:"; "" for none)',
     )
 
 
@@ -167,6 +189,7 @@ def spec_from_args(
         backend=args.backend,
         allow_pickle=args.allow_pickle,
         module_lams=module_lams or {},
+        template=args.template,
         **(baseline_args(args) if hasattr(args, "budgets") else {}),
     )
 
@@ -185,6 +208,11 @@ def baseline_args(args: argparse.Namespace) -> dict:
     found["baseline_lams"] = parse_lams(args.baseline_lam)
     if args.think_end is not None:
         found["think_end"] = args.think_end
+    if args.budget_waits < 0:
+        raise UserError(f"--budget-waits must be at least 0, not {args.budget_waits}")
+    if args.budget_waits and not budgets:
+        raise UserError("--budget-waits extends budget forcing: give --budgets too")
+    found.update(think_waits=args.budget_waits, answer_cue=args.answer_cue)
     return found
 
 

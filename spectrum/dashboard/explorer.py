@@ -150,13 +150,16 @@ def _load_results(db: Path, versions: tuple) -> Results:
 def sample_responses(
     db: str | Path, benchmark: str, method: str, lam: float, limit: int = 20
 ) -> pd.DataFrame:
-    """Stored responses of one (benchmark, method, λ), first problems first."""
+    """Stored responses of one (benchmark, method, λ), first problems first; each with its
+    module λs (a λ-per-module grid point is not the plain merge at ``lam``)."""
     con = _connect(Path(db))
     try:
+        present = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
+        module_lams = "module_lams" if "module_lams" in present else "NULL AS module_lams"
         return con.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples "
+            f"SELECT {', '.join(SAMPLE_COLUMNS)}, {module_lams} FROM samples "
             "WHERE benchmark = ? AND method = ? AND lam = ? "
-            "ORDER BY problem_id, sample_idx LIMIT ?",
+            "ORDER BY module_lams NULLS FIRST, problem_id, sample_idx LIMIT ?",
             [benchmark, method, float(lam), int(limit)],
         ).df()
     finally:

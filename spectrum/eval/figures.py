@@ -193,7 +193,7 @@ def accuracy_vs_tokens(
     table: pd.DataFrame, benchmark: str, improvements: pd.DataFrame | None = None
 ) -> go.Figure:
     """Accuracy vs Token#N for every configuration; the two parents as their own labelled
-    markers, merges that Pareto-improve on a parent ringed."""
+    markers, merges that Pareto-improve on a parent by the paired test ringed."""
     figure = go.Figure()
     rows = table[table["benchmark"] == benchmark]
     if "module_lams" in rows:
@@ -238,6 +238,8 @@ def accuracy_vs_tokens(
         )
     if improvements is not None and not improvements.empty:
         better = improvements[improvements["benchmark"] == benchmark]
+        if "improves" in better:  # only those the paired test holds are ringed
+            better = better[better["improves"].astype(bool)]
         figure.add_trace(
             go.Scatter(
                 x=better["tokens"],
@@ -245,8 +247,8 @@ def accuracy_vs_tokens(
                 mode="markers",
                 marker=dict(symbol="circle-open", size=18, color="crimson", line=dict(width=2)),
                 text=[
-                    f"{m} λ={lam:g} beats {p}"
-                    for m, lam, p in better[["method", "lam", "parent"]].values
+                    f"{row['label'] if 'label' in row else row['method']} beats {row['parent']}"
+                    for _, row in better.iterrows()
                 ],
                 name="Pareto improvement on a parent",
             )
@@ -255,6 +257,8 @@ def accuracy_vs_tokens(
 
 
 def _point_label(row: pd.Series) -> str:
+    if "label" in row:
+        return row["label"]
     if row["method"] == "budget_forcing":
         return f"budget {json.loads(row['params'])['budget']} at λ={row['lam']:g}"
     return f"λ={row['lam']:g}"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import html
+import json
+import math
 import os
 import re
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +17,12 @@ import plotly.io as pio
 
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
+from spectrum.eval.metrics import check_interval
 from spectrum.eval.results import (
+    DIFFERENCE_COLUMNS,
+    NO_THINKING,
+    THINKING,
+    confirmations,
     improvements,
     merges_vs_baselines,
     parents,
@@ -28,51 +36,137 @@ from spectrum.weights.output import SHIPPED_ASSETS
 HEATMAPS = ("mean", "tokens")  # accuracy and Token#N over (λ_attn, λ_mlp)
 
 
-def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
-    """What held: per benchmark the parents, the phase change, the improvements, the best
-    method at its best λ."""
-    lines = []
+def statements(
+    table: pd.DataFrame,
+    better: pd.DataFrame,
+    phases: pd.DataFrame,
+    *,
+    margin: float = 0.0,
+    interval: str = "auto",
+    confirmed: pd.DataFrame | None = None,
+) -> list[dict]:
+    """Everything the results state, per benchmark: the parents, the phase change, the
+    stages, each apparent improvement on a parent and each merge vs baseline, with their
+    numbers, how their intervals were made, whether the paired test holds them and
+    whether a confirmation on fresh problems backs them (``confirmed``; configurations
+    picked from a sweep's own problems are ``selected_in_sample``); then the
+    confirmations (``spectrum confirm``) themselves."""
+    confirmed = confirmed if confirmed is not None else pd.DataFrame()
+    found = []
     for bench in sorted(table["benchmark"].unique()):
         rows = table[table["benchmark"] == bench]
-        for role, parent in parents(table, bench).items():
-            lines.append(
-                f"{bench}: {role} parent (λ={parent['lam']:g}) accuracy {parent['mean']:.3f} "
-                f"[{parent['mean_low']:.3f}, {parent['mean_high']:.3f}], "
-                f"{parent['tokens']:.1f} tokens, Think#R {parent['think']:.2f}"
-            )
-        for _, phase in phases[phases["benchmark"].str.split(":").str[0] == bench].iterrows():
-            lines.append(
-                f"{phase['benchmark']}: {phase['method']} Think#R crosses half-way at "
-                f"λ≈{phase['lam']:.3f} "
-                f"(steepest step {phase['low']:g}–{phase['high']:g})"
-            )
+        found += _parent_statements(table, bench)
+        found += _phase_statements(phases[phases["benchmark"].str.split(":").str[0] == bench])
+        found += stage_statements(stages(rows))
         bench_better = better[better["benchmark"] == bench] if not better.empty else better
-        lines.append(
-            f"{bench}: {len(bench_better)} merged configurations Pareto-improve on a parent"
-        )
-        for _, row in bench_better.sort_values("mean", ascending=False).head(8).iterrows():
-            lines.append(
-                f"  {row['method']} λ={row['lam']:g} beats the {row['parent']} parent: accuracy "
-                f"{row['mean']:.3f} [{row['mean_low']:.3f}, {row['mean_high']:.3f}] vs "
-                f"{row['parent_mean']:.3f}, tokens {row['tokens']:.1f} vs "
-                f"{row['parent_tokens']:.1f}{' (CI-clear)' if row['clear'] else ''}"
+        found += _improvement_statements(bench, bench_better, confirmed)
+        found += baseline_statements(merges_vs_baselines(rows, margin=margin, interval=interval))
+        found += _endpoint_statements(rows)
+    return found + confirmation_statements(confirmed)
+
+
+def confirmation_statements(confirmed: pd.DataFrame) -> list[dict]:
+    """One statement per confirmation and parent: the configuration on fresh problems."""
+    out = []
+    for _, row in confirmed.iterrows():
+        result = json.loads(row["result"])
+        for role in ("thinking", "direct"):
+            diff = result[role]
+            holds = diff["verdict"] == "improvement"
+            text = (
+                f"{row['benchmark']}: confirmation of {result['label']} on "
+                f"{row['n_problems']} fresh problems (data seed {row['data_seed']}, "
+                f"k={row['k']}): accuracy {result['mean']:.3f} [{result['mean_low']:.3f}, "
+                f"{result['mean_high']:.3f}], {result['tokens']:.1f} tokens vs the {role} "
+                f"parent's {diff['mean']:.3f}, {diff['tokens']:.1f}; "
+                f"{_difference_text(diff)}: "
+                + ("improves on it" if holds else "not distinguishable")
             )
-        lines += stage_lines(stages(table[table["benchmark"] == bench]))
-        lines += baseline_lines(merges_vs_baselines(rows))
-        best = (
-            rows.sort_values(["mean", "tokens"], ascending=[False, True]).groupby("method").head(1)
-        )
-        ranking = ", ".join(
-            f"{r['method']} {r['mean']:.3f} at λ={r['lam']:g}"
-            for _, r in best.sort_values("mean", ascending=False).iterrows()
-        )
-        lines.append(f"{bench}: best accuracy per method: {ranking}")
-    return lines
+            numbers = {key: result[key] for key in ("mean", "mean_low", "mean_high", "tokens")}
+            numbers.update({f"parent_{key}": diff[key] for key in ("mean", "tokens")})
+            numbers.update({key: diff[key] for key in _DIFFERENCE_NUMBERS if key in diff})
+            out.append(
+                _statement(
+                    "confirmation", row["benchmark"], text, numbers,
+                    configuration=result["label"], parent=role, interval=diff["diff_interval"],
+                    holds=holds, confirmed=holds,
+                )
+            )  # fmt: skip
+    return out
 
 
-def stage_lines(found: pd.DataFrame) -> list[str]:
-    """The interpolation study's three stages, one line per method and benchmark."""
-    lines = []
+def _is_confirmed(confirmed: pd.DataFrame, bench: str, row, role: str) -> bool:
+    """A confirmation of the same configuration holds it against the same parent."""
+    if confirmed.empty or row["kind"] != "interpolation":
+        return False
+    same = confirmed[
+        (confirmed["benchmark"] == bench)
+        & (confirmed["method"] == row["method"])
+        & (confirmed["lam"] == row["lam"])
+    ]
+    return any(json.loads(r)[role]["verdict"] == "improvement" for r in same["result"])
+
+
+def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
+    """The statements as lines of text (the report's summary, the explorer's findings)."""
+    return [statement["text"] for statement in statements(table, better, phases)]
+
+
+def _statement(kind: str, benchmark: str, text: str, numbers: dict, **extra) -> dict:
+    entry = dict(kind=kind, benchmark=benchmark, text=text, numbers=_plain(numbers))
+    entry.setdefault("interval", None)
+    entry.update(extra)
+    entry.setdefault("holds", None)  # a comparison: does the paired test hold it?
+    entry.setdefault("confirmed", False)  # backed by a confirmation on fresh problems
+    entry.setdefault("selected_in_sample", False)
+    return entry
+
+
+def _plain(numbers: dict) -> dict:
+    """JSON-ready values: numpy scalars as Python ones, NaN as None."""
+    out = {}
+    for key, value in numbers.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        out[key] = None if isinstance(value, float) and math.isnan(value) else value
+    return out
+
+
+def _parent_statements(table: pd.DataFrame, bench: str) -> list[dict]:
+    found = []
+    for role, parent in parents(table, bench).items():
+        text = (
+            f"{bench}: {role} parent ({parent['label']}) accuracy {parent['mean']:.3f} "
+            f"[{parent['mean_low']:.3f}, {parent['mean_high']:.3f}] ({parent['interval']}, "
+            f"{parent['n_problems']} problems, k={parent['k']}), {parent['tokens']:.1f} tokens, "
+            f"Think#R {parent['think']:.2f}"
+        )
+        numbers = {key: parent[key] for key in ("lam", "mean", "mean_low", "mean_high")}
+        numbers.update({key: parent[key] for key in ("tokens", "think", "n_problems", "k")})
+        found.append(
+            _statement("parent", bench, text, numbers, role=role, interval=parent["interval"])
+        )
+    return found
+
+
+def _phase_statements(phases: pd.DataFrame) -> list[dict]:
+    return [
+        _statement(
+            "phase_change",
+            phase["benchmark"],
+            f"{phase['benchmark']}: {phase['method']} Think#R crosses half-way at "
+            f"λ≈{phase['lam']:.3f} (steepest step {phase['low']:g}–{phase['high']:g})",
+            {key: phase[key] for key in ("lam", "low", "high")},
+            method=phase["method"],
+            interval="grid step around the half-way crossing",
+        )
+        for _, phase in phases.iterrows()
+    ]
+
+
+def stage_statements(found: pd.DataFrame) -> list[dict]:
+    """The interpolation study's three stages, one statement per method and benchmark."""
+    out = []
     for (bench, method), rows in found.groupby(["benchmark", "method"], sort=True):
         parts = [
             f"stage {row.stage} λ {row.lam_from:g}–{row.lam_to:g} (Think#R "
@@ -80,24 +174,113 @@ def stage_lines(found: pd.DataFrame) -> list[str]:
             f"{row.tokens_to:.0f})"
             for row in rows.itertuples()
         ]
-        lines.append(f"{bench}: {method} " + "; ".join(parts))
-    return lines
+        numbers = {
+            f"stage{row.stage}": [row.lam_from, row.lam_to, row.think_from, row.think_to]
+            for row in rows.itertuples()
+        }
+        out.append(
+            _statement(
+                "stages", bench, f"{bench}: {method} " + "; ".join(parts), numbers,
+                method=method, interval=f"Think#R thresholds {NO_THINKING:g}/{THINKING:g}",
+            )
+        )  # fmt: skip
+    return out
 
 
-def baseline_lines(versus: pd.DataFrame) -> list[str]:
-    """Does a merge beat each baseline on accuracy and tokens (and clearly, by the CIs)?"""
-    lines = []
-    for row in versus.itertuples():
-        what = row.baseline + (f" {row.params}" if row.baseline == "budget_forcing" else "")
-        head = f"{row.benchmark}: {what} ({row.baseline_mean:.3f}, {row.baseline_tokens:.1f} tok)"
-        if pd.isna(row.merge):  # no merge beats it (None in a frame reads back as NaN)
-            lines.append(f"{head}: no merge beats it on both accuracy and tokens")
-            continue
-        lines.append(
-            f"{head}: beaten by {row.merge} ({row.merge_mean:.3f}, {row.merge_tokens:.1f} tok)"
-            + (" — clear by the 90 % CIs" if row.clear else " — within the 90 % CIs")
+def _difference_text(row) -> str:
+    return (
+        f"Δaccuracy {row['acc_diff']:+.3f} [{row['acc_diff_low']:+.3f}, "
+        f"{row['acc_diff_high']:+.3f}], Δtokens {row['tokens_diff']:+.1f} "
+        f"[{row['tokens_diff_low']:+.1f}, {row['tokens_diff_high']:+.1f}] over "
+        f"{int(row['n_paired'])} paired problems ({row['diff_interval']})"
+    )
+
+
+_DIFFERENCE_NUMBERS = [key for key in DIFFERENCE_COLUMNS if key != "diff_interval"]
+
+
+def _difference_numbers(row) -> dict:
+    return {key: row[key] for key in _DIFFERENCE_NUMBERS}
+
+
+def _improvement_statements(
+    bench: str, better: pd.DataFrame, confirmed: pd.DataFrame
+) -> list[dict]:
+    held = int(better["improves"].sum()) if not better.empty else 0
+    out = [
+        _statement(
+            "improvement_count",
+            bench,
+            f"{bench}: {held} of {len(better)} apparent Pareto improvements on a parent hold "
+            "by the paired test",
+            {"holding": held, "apparent": len(better)},
         )
-    return lines
+    ]
+    for _, row in better.sort_values(["improves", "mean"], ascending=False).iterrows():
+        verdict = "beats" if row["improves"] else "is not distinguishable from"
+        text = (
+            f"  {row['label']} {verdict} the {row['parent']} parent: accuracy "
+            f"{row['mean']:.3f} vs {row['parent_mean']:.3f}, tokens {row['tokens']:.1f} vs "
+            f"{row['parent_tokens']:.1f}; {_difference_text(row)}"
+        )
+        numbers = dict(
+            mean=row["mean"], tokens=row["tokens"], parent_mean=row["parent_mean"],
+            parent_tokens=row["parent_tokens"], **_difference_numbers(row),
+        )  # fmt: skip
+        out.append(
+            _statement(
+                "improvement", bench, text, numbers, configuration=row["label"],
+                parent=row["parent"], interval=row["diff_interval"], holds=bool(row["improves"]),
+                selected_in_sample=True,
+                confirmed=_is_confirmed(confirmed, bench, row, row["parent"]),
+            )
+        )  # fmt: skip
+    return out
+
+
+def baseline_statements(versus: pd.DataFrame) -> list[dict]:
+    """Does a merge beat each baseline on accuracy and tokens, by the paired test?"""
+    out = []
+    for _, row in versus.iterrows():
+        head = (
+            f"{row['benchmark']}: {row['baseline_label']} ({row['baseline_mean']:.3f}, "
+            f"{row['baseline_tokens']:.1f} tok)"
+        )
+        numbers = {"baseline_mean": row["baseline_mean"], "baseline_tokens": row["baseline_tokens"]}
+        if pd.isna(row["merge"]):  # no merge looks better (None in a frame reads back NaN)
+            text = f"{head}: no merge beats it on both accuracy and tokens"
+            out.append(
+                _statement("merge_vs_baseline", row["benchmark"], text, numbers, holds=False)
+            )
+            continue
+        verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
+        text = (
+            f"{head}: {verdict} {row['merge']} ({row['merge_mean']:.3f}, "
+            f"{row['merge_tokens']:.1f} tok); {_difference_text(row)}"
+        )
+        numbers.update(merge_mean=row["merge_mean"], merge_tokens=row["merge_tokens"])
+        numbers.update(_difference_numbers(row))
+        out.append(
+            _statement(
+                "merge_vs_baseline", row["benchmark"], text, numbers, merge=row["merge"],
+                baseline=row["baseline_label"], interval=row["diff_interval"],
+                holds=row["verdict"] == "improvement", selected_in_sample=True,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _endpoint_statements(rows: pd.DataFrame) -> list[dict]:
+    """Rows at λ = 0 / 1 that are not the parents' weights: said once, kept out of merges."""
+    endpoints = rows[rows["kind"] == "endpoint"]
+    if endpoints.empty:
+        return []
+    bench = rows["benchmark"].iloc[0]
+    names = ", ".join(sorted(f"{r.method} λ={r.lam:g}" for r in endpoints.itertuples()))
+    text = (
+        f"{bench}: {names}: neither a parent nor an interpolation; not counted as merges or parents"
+    )
+    return [_statement("endpoints", bench, text, {"count": len(endpoints)})]
 
 
 def _weight_figures(con) -> list:
@@ -217,7 +400,61 @@ def _write_readable(out: Path, text: str) -> None:
         raise
 
 
-def build_report(db: str | Path, out: str | Path, *, force: bool = False) -> Path:
+@dataclass
+class Loaded:
+    """A results DB read once: summaries, per-level summaries, the improvements and the
+    phase changes (with the settings of their tests)."""
+
+    table: pd.DataFrame
+    levels: pd.DataFrame
+    better: pd.DataFrame
+    phases: pd.DataFrame
+    margin: float
+    interval: str
+    confirmed: pd.DataFrame
+
+    def statements(self) -> list[dict]:
+        found = statements(
+            self.table, self.better, self.phases, margin=self.margin, interval=self.interval,
+            confirmed=self.confirmed,
+        )  # fmt: skip
+        return found + stage_statements(stages(self.levels))
+
+
+def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loaded:
+    if margin < 0:
+        raise UserError(f"--margin must be at least 0, not {margin:g}")
+    check_interval(interval)
+    table = summaries(con, interval=interval)
+    if table.empty:
+        raise UserError(f"{db} has no samples; run `spectrum sweep` first")
+    better = improvements(table, margin=margin, interval=interval)
+    levels = summaries(con, by_level=True, interval=interval)
+    levels = levels[levels["benchmark"].str.contains(":L")]
+    phases = pd.concat([phase_changes(table), phase_changes(levels)])
+    return Loaded(table, levels, better, phases, margin, interval, confirmations(con))
+
+
+def report_statements(db: str | Path, *, margin: float = 0.0, interval: str = "auto") -> list[dict]:
+    """Every statement of the report (``statements``), JSON-ready: ``spectrum report --json``."""
+    db = Path(db)
+    if not db.is_file():
+        raise UserError(f"no results database at {db}")
+    con = store.connect(db, read_only=True)
+    try:
+        return load(con, db, margin=margin, interval=interval).statements()
+    finally:
+        con.close()
+
+
+def build_report(
+    db: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    margin: float = 0.0,
+    interval: str = "auto",
+) -> Path:
     """Write the report of ``db`` to ``out`` (see ``check_report_target``); return ``out``."""
     db, out = Path(db), Path(out)
     if not db.is_file():
@@ -226,20 +463,15 @@ def build_report(db: str | Path, out: str | Path, *, force: bool = False) -> Pat
     con = store.connect(db, read_only=True)
     try:
         check_report_target(out, db, force, _recorded_parents(con))
-        table = summaries(con)
-        if table.empty:
-            raise UserError(f"{db} has no samples; run `spectrum sweep` first")
-        better, phases = improvements(table), phase_changes(table)
-        levels = summaries(con, by_level=True)
-        levels = levels[levels["benchmark"].str.contains(":L")]
-        phases = pd.concat([phases, phase_changes(levels)])
-        sections = _sections(con, table, better, levels)
+        loaded = load(con, db, margin=margin, interval=interval)
+        sections = _sections(con, loaded.table, loaded.better, loaded.levels)
     finally:
         con.close()
+    lines = [statement["text"] for statement in loaded.statements()]
     body = [
         f"<h1>Thinking Spectrum results: {html.escape(db.name)}</h1>",
         "<h2>Summary</h2><pre>",
-        html.escape("\n".join(summary_lines(table, better, phases) + stage_lines(stages(levels)))),
+        html.escape("\n".join(lines)),
         "</pre>",
     ]
     first = True  # the first figure carries plotly.js inline, so the file opens offline

@@ -1,22 +1,48 @@
-"""Reading a results DB: per-configuration metrics with CIs, Pareto fronts, phase changes.
+"""Reading a results DB: per-configuration metrics with intervals, paired comparisons,
+Pareto fronts, phase changes.
 
-The report, ``spectrum search`` and the dashboard all read results through here.
+The report, ``spectrum search`` and the dashboard all read results through here. Every
+claim that one configuration beats another (``improvements``, ``merges_vs_baselines``) is
+a paired test over the problems both answered (``spectrum.eval.metrics.compare``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
 
-from spectrum.eval.metrics import ProblemSamples, summarize
+from spectrum.eval.metrics import Difference, ProblemSamples, compare, summarize
 from spectrum.eval.search import Point, phase_from_grid
+from spectrum.methods import REGISTRY
 
 METRICS = ("mean", "pass", "vote", "tokens", "think", "truncated")
 # Rows that are not merges but cheaper ways to run a model (docs/SCHEMA.md).
 BASELINES = ("budget_forcing", "no_thinking")
 _SAMPLE_COLUMNS = "correct, extracted, n_tokens, thinks, finished"
+# What a row is (column ``kind``): a parent (λ = 0 / 1 of a method that reproduces the
+# parents there), an interpolation (0 < λ < 1), a λ-per-module grid point, an endpoint
+# (λ = 0 / 1 of a method that does not reproduce the parents, or of a scoped merge:
+# neither a parent nor an interpolation), or a baseline.
+KINDS = ("parent", "interpolation", "module_grid", "endpoint", "baseline")
+
+
+@dataclass(frozen=True)
+class Problems:
+    """A configuration's samples per problem (ids sorted): what paired tests pair."""
+
+    ids: tuple[str, ...]
+    samples: tuple[ProblemSamples, ...]
+
+    def paired(self, other: Problems) -> tuple[list[ProblemSamples], list[ProblemSamples]]:
+        """Both sides' samples on the problems both answered, in the same order."""
+        mine = dict(zip(self.ids, self.samples, strict=True))
+        theirs = dict(zip(other.ids, other.samples, strict=True))
+        common = [i for i in self.ids if i in theirs]
+        return [mine[i] for i in common], [theirs[i] for i in common]
 
 
 def point(con: duckdb.DuckDBPyConnection, config_id: str, benchmark: str) -> Point:
@@ -30,32 +56,56 @@ def point(con: duckdb.DuckDBPyConnection, config_id: str, benchmark: str) -> Poi
     return Point(*row)
 
 
+# Columns added after schema 1, and what older databases read as instead.
+_OPTIONAL = {
+    "module_lams": "NULL AS module_lams",  # schema 2
+    "template": "NULL AS template",  # schema 3
+    "n_inserted": "0 AS n_inserted",  # schema 3
+}
+
+
 def summaries(
     con: duckdb.DuckDBPyConnection,
     *,
     by_level: bool = False,
     methods: Sequence[str] | None = None,
     seed: int = 0,
+    interval: str = "auto",
+    config_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per (benchmark, configuration): every metric with its 90 % CI over problems.
+    """One row per (benchmark, configuration): every metric with its 90 % interval.
 
     ``by_level``: problems with a difficulty level count as their own benchmark
     ``<benchmark>:L<level>`` (e.g. ``synthetic:L3``), so harder levels can be compared.
     ``methods``: only these methods' configurations (the bootstrap is the slow part).
+    ``interval``: ``auto`` or ``t_runs`` (``spectrum.eval.metrics``).
+    ``config_ids``: only these configurations; without it, every configuration but those
+    of confirmations (``spectrum.eval.confirm``).
 
     Columns: benchmark, config_id, method, lam, params, module_lams (JSON or None),
-    n_problems, k, and for each metric
-    m in METRICS the columns m, m_low, m_high (Pass@k uses k = the smallest sample count).
+    layers, modules, template (the chat template's parent, None before schema 3), kind
+    (``KINDS``), label (method, λ and module λs), n_problems, k, interval (how
+    ``mean_low``/``mean_high`` were made), problems (``Problems``, for paired tests),
+    and for each metric m in METRICS the columns m, m_low, m_high (Pass@k uses k = the
+    smallest sample count).
     """
-    columns = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
-    # Databases written before schema 2 have no module_lams column: every row is plain.
-    module_lams = "module_lams" if "module_lams" in columns else "NULL AS module_lams"
-    where = "" if methods is None else "WHERE list_contains(?, method) "
+    present = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
+    optional = ", ".join(name if name in present else old for name, old in _OPTIONAL.items())
+    where, values = ["TRUE"], []
+    if methods is not None:
+        where.append("list_contains(?, method)")
+        values.append(list(methods))
+    if config_ids is not None:
+        where.append("list_contains(?, config_id)")
+        values.append(list(config_ids))
+    else:  # a confirmation's rows are stated as such, not mixed into the sweep's
+        values.append(confirmation_ids(con))
+        where.append("NOT list_contains(?, config_id)")
     samples = con.execute(
-        f"SELECT benchmark, level, config_id, method, lam, params, {module_lams}, problem_id, "
-        f"{_SAMPLE_COLUMNS} FROM samples {where}"
+        f"SELECT benchmark, level, config_id, method, lam, params, layers, modules, {optional}, "
+        f"problem_id, {_SAMPLE_COLUMNS} FROM samples WHERE {' AND '.join(where)} "
         "ORDER BY benchmark, config_id, problem_id, sample_idx",
-        [] if methods is None else [list(methods)],
+        values,
     ).df()
     if by_level:
         leveled = samples["level"].notna()
@@ -66,6 +116,7 @@ def summaries(
         )
     rows = []
     for (bench, cid), config in samples.groupby(["benchmark", "config_id"], sort=False):
+        grouped = list(config.groupby("problem_id", sort=True))
         problems = [
             ProblemSamples(
                 g["correct"].tolist(),
@@ -74,35 +125,108 @@ def summaries(
                 g["thinks"].tolist(),
                 g["finished"].tolist(),
             )
-            for _, g in config.groupby("problem_id", sort=False)
+            for _, g in grouped
         ]
         k = min(len(p.correct) for p in problems)
-        stats = summarize(problems, pass_k=k, seed=seed)
+        stats = summarize(problems, pass_k=k, seed=seed, interval=interval)
         first = config.iloc[0]
-        row = dict(
+        row = {name: _cell(first[name]) for name in ("method", "params", "module_lams")}
+        row.update(
             benchmark=bench,
             config_id=cid,
-            method=first["method"],
             lam=float(first["lam"]),
-            params=first["params"],
-            module_lams=first["module_lams"],
+            layers=_cell(first["layers"]),
+            modules=_cell(first["modules"]),
+            template=_cell(first["template"]),
             n_problems=len(problems),
             k=k,
+            interval=stats["mean"].method,
+            problems=Problems(tuple(str(i) for i, _ in grouped), tuple(problems)),
         )
+        row.update(kind=kind(row), label=label(row))
         for name in METRICS:
             row.update({name: stats[name].value, f"{name}_low": stats[name].low})
             row[f"{name}_high"] = stats[name].high
         rows.append(row)
-    columns = ["benchmark", "config_id", "method", "lam", "params", "module_lams"]
-    columns += ["n_problems", "k", *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high"))]
-    return pd.DataFrame(rows, columns=columns).sort_values(["benchmark", "method", "lam"])
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS).sort_values(["benchmark", "method", "lam"])
+
+
+SUMMARY_COLUMNS = [
+    "benchmark", "config_id", "method", "lam", "params", "module_lams", "layers", "modules",
+    "template", "kind", "label", "n_problems", "k", "interval", "problems",
+    *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")),
+]  # fmt: skip
+
+
+def confirmation_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Configuration ids of confirmation runs (none in files older than schema 3)."""
+    tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+    if "confirmations" not in tables:
+        return []
+    rows = con.execute(
+        "SELECT config_id FROM confirmations UNION SELECT direct_config_id FROM confirmations "
+        "UNION SELECT thinking_config_id FROM confirmations"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def confirmations(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The stored confirmations (empty in files older than schema 3)."""
+    if "confirmations" not in {row[0] for row in con.execute("SHOW TABLES").fetchall()}:
+        return pd.DataFrame(columns=["benchmark", "method", "lam", "result"])
+    return con.execute("SELECT * FROM confirmations ORDER BY created_at").df()
+
+
+def _cell(value):
+    """A DB value, with SQL NULL (NaN in a frame) as None."""
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def kind(row) -> str:
+    """What a configuration is (``KINDS``), from its method, λ, module λs and scope."""
+    if row["method"] in BASELINES:
+        return "baseline"
+    if row.get("module_lams") is not None:
+        return "module_grid"
+    if 0.0 < row["lam"] < 1.0:
+        return "interpolation"
+    method = REGISTRY.get(row["method"])
+    whole = row.get("layers") is None and row.get("modules") is None
+    return "parent" if method is not None and method.interpolates and whole else "endpoint"
+
+
+def label(row) -> str:
+    """How a configuration is named in every statement: method, λ, module λs, scope, and
+    what the baselines' parameters were."""
+    text = f"{row['method']} λ={row['lam']:g}"
+    if row.get("module_lams") is not None:
+        lams = json.loads(row["module_lams"])
+        text += " (" + ", ".join(f"λ_{k}={v:g}" for k, v in sorted(lams.items())) + ")"
+    if row["method"] == "budget_forcing" and row.get("params"):
+        params = json.loads(row["params"])
+        text += " " + ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    if row.get("layers") is not None:
+        text += f" layers {row['layers']}"
+    if row.get("modules") is not None:
+        text += f" modules {row['modules']}"
+    if kind(row) == "endpoint":
+        text += " (neither a parent nor an interpolation)"
+    # Merged models run with the thinking parent's template unless asked otherwise.
+    usual = "direct" if row["lam"] == 0 else "thinking"
+    if row.get("template") in ("direct", "thinking") and row["template"] != usual:
+        text += f" [{row['template']} template]"
+    return text
 
 
 def parents(table: pd.DataFrame, benchmark: str) -> dict[str, pd.Series]:
     """The parents' rows on a benchmark: λ=0 is the direct model, λ=1 the thinking model
     (taken from ``linear`` when present: every interpolating method gives the same model;
     never from a baseline, which changes how the model decodes)."""
-    rows = table[(table["benchmark"] == benchmark) & ~table["method"].isin(BASELINES)]
+    rows = table[table["benchmark"] == benchmark]
+    if "kind" in rows:  # only rows that are the parents' own weights
+        rows = rows[rows["kind"] == "parent"]
+    else:
+        rows = rows[~rows["method"].isin(BASELINES)]
     rows = pd.concat([rows[rows["method"] == "linear"], rows[rows["method"] != "linear"]])
     found = {}
     for role, lam in (("direct", 0.0), ("thinking", 1.0)):
@@ -121,46 +245,104 @@ def plain_merges(table: pd.DataFrame) -> pd.DataFrame:
     return table[plain]
 
 
-def _dominates(better: pd.Series, worse: pd.Series) -> bool:
-    return (
-        better["mean"] >= worse["mean"]
-        and better["tokens"] <= worse["tokens"]
-        and (better["mean"] > worse["mean"] or better["tokens"] < worse["tokens"])
+def merges(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows that are merged models: interpolations and λ-per-module grid points (not the
+    parents, not endpoints that are neither, not baselines)."""
+    return table[table["kind"].isin(("interpolation", "module_grid"))]
+
+
+DIFFERENCE_COLUMNS = [
+    "n_paired", "acc_diff", "acc_diff_low", "acc_diff_high", "tokens_diff", "tokens_diff_low",
+    "tokens_diff_high", "needed_saving", "margin", "diff_interval", "verdict",
+]  # fmt: skip
+
+
+def paired_difference(
+    candidate: pd.Series,
+    reference: pd.Series,
+    *,
+    margin: float = 0.0,
+    interval: str = "auto",
+    seed: int = 0,
+) -> Difference:
+    """``candidate`` − ``reference`` on the problems both answered, with its verdict."""
+    mine, theirs = candidate["problems"].paired(reference["problems"])
+    return compare(mine, theirs, margin=margin, interval=interval, seed=seed)
+
+
+def difference_columns(diff: Difference) -> dict:
+    from spectrum.eval.metrics import needed_saving
+
+    return dict(
+        n_paired=diff.n_problems,
+        acc_diff=diff.accuracy.value,
+        acc_diff_low=diff.accuracy.low,
+        acc_diff_high=diff.accuracy.high,
+        tokens_diff=diff.tokens.value,
+        tokens_diff_low=diff.tokens.low,
+        tokens_diff_high=diff.tokens.high,
+        needed_saving=needed_saving(diff.reference_tokens),
+        margin=diff.margin,
+        diff_interval=f"{diff.accuracy.method} (accuracy), {diff.tokens.method} (tokens)",
+        verdict=diff.verdict,
     )
 
 
-def _clearly(better: pd.Series, worse: pd.Series) -> bool:
-    """The 90 % CIs separate on one axis (and ``better`` is no worse on the other)."""
-    return bool(
-        better["mean_low"] > worse["mean_high"] or better["tokens_high"] < worse["tokens_low"]
+def _looks_better(candidate: pd.Series, reference: pd.Series, margin: float) -> bool:
+    """The paired point estimates say fewer tokens and no accuracy lost beyond ``margin``:
+    a claim worth testing (the test itself needs the intervals)."""
+    mine, theirs = candidate["problems"].paired(reference["problems"])
+    if not mine:
+        return False
+    accuracy = sum(sum(p.correct) / len(p.correct) for p in mine) - sum(
+        sum(p.correct) / len(p.correct) for p in theirs
     )
+    tokens = sum(sum(p.n_tokens) / len(p.n_tokens) for p in mine) - sum(
+        sum(p.n_tokens) / len(p.n_tokens) for p in theirs
+    )
+    return tokens < 0 and accuracy / len(mine) >= -margin
 
 
-def merges_vs_baselines(table: pd.DataFrame) -> pd.DataFrame:
-    """For every baseline configuration, the merge that beats it on both accuracy and
-    tokens with the highest accuracy (None when no merge does), and whether the 90 % CIs
-    make it clear: does merging beat budget forcing and NoThinking?"""
+VERSUS_COLUMNS = [
+    "benchmark", "baseline", "params", "baseline_label", "baseline_mean", "baseline_tokens",
+    "merge", "merge_mean", "merge_tokens", *DIFFERENCE_COLUMNS,
+]  # fmt: skip
+
+
+def merges_vs_baselines(
+    table: pd.DataFrame, *, margin: float = 0.0, interval: str = "auto", seed: int = 0
+) -> pd.DataFrame:
+    """For every baseline configuration: does a merge beat it? Among the merges (``merges``)
+    whose paired point estimates look better, the one the paired test confirms (else the
+    most accurate), with the interval of each difference and the verdict; ``merge`` is
+    None when no merge even looks better."""
     found = []
-    merges = plain_merges(table)
+    candidates = merges(table)
     for _, baseline in table[table["method"].isin(BASELINES)].iterrows():
-        rivals = merges[merges["benchmark"] == baseline["benchmark"]]
-        beating = [row for _, row in rivals.iterrows() if _dominates(row, baseline)]
-        best = max(beating, key=lambda row: (row["mean"], -row["tokens"]), default=None)
-        found.append(
-            dict(
-                benchmark=baseline["benchmark"],
-                baseline=baseline["method"],
-                params=baseline["params"],
-                baseline_mean=baseline["mean"],
-                baseline_tokens=baseline["tokens"],
-                merge=None if best is None else f"{best['method']} λ={best['lam']:g}",
-                merge_mean=None if best is None else best["mean"],
-                merge_tokens=None if best is None else best["tokens"],
-                clear=best is not None and _clearly(best, baseline),
-            )
+        rivals = candidates[candidates["benchmark"] == baseline["benchmark"]]
+        tested = [
+            (row, paired_difference(row, baseline, margin=margin, interval=interval, seed=seed))
+            for _, row in rivals.iterrows()
+            if _looks_better(row, baseline, margin)
+        ]
+        best = max(
+            tested, key=lambda t: (t[1].improves, t[0]["mean"], -t[0]["tokens"]), default=None
         )
-    columns = ["benchmark", "baseline", "params", "baseline_mean", "baseline_tokens"]
-    return pd.DataFrame(found, columns=[*columns, "merge", "merge_mean", "merge_tokens", "clear"])
+        entry = dict(
+            benchmark=baseline["benchmark"],
+            baseline=baseline["method"],
+            params=baseline["params"],
+            baseline_label=baseline["label"],
+            baseline_mean=baseline["mean"],
+            baseline_tokens=baseline["tokens"],
+            merge=None if best is None else best[0]["label"],
+            merge_mean=None if best is None else best[0]["mean"],
+            merge_tokens=None if best is None else best[0]["tokens"],
+        )
+        if best is not None:
+            entry.update(difference_columns(best[1]))
+        found.append(entry)
+    return pd.DataFrame(found, columns=VERSUS_COLUMNS)
 
 
 def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
@@ -195,31 +377,35 @@ def rank_methods(table: pd.DataFrame, benchmark: str) -> list[str]:
     return sorted(areas, key=lambda m: (-areas[m], m))
 
 
-def improvements(table: pd.DataFrame) -> pd.DataFrame:
-    """Merged configurations (0 < λ < 1) and baselines that beat a parent on both accuracy
-    and tokens.
-
-    ``clear`` marks those whose 90 % CIs do not overlap the parent's on at least one axis
-    and are no worse on the other.
-    """
+def improvements(
+    table: pd.DataFrame, *, margin: float = 0.0, interval: str = "auto", seed: int = 0
+) -> pd.DataFrame:
+    """Merged configurations (interpolations, λ-per-module grid points) and baselines
+    whose paired point estimates beat a parent (fewer tokens, no accuracy lost beyond
+    ``margin``), each with the paired intervals and its verdict: ``improves`` is True only
+    for those the paired test confirms (``spectrum.eval.metrics.compare``)."""
     found = []
     for bench in table["benchmark"].unique():
         rows = table[table["benchmark"] == bench]
-        merged = rows[((rows["lam"] > 0) & (rows["lam"] < 1)) | rows["method"].isin(BASELINES)]
+        rivals = rows[rows["kind"].isin(("interpolation", "module_grid", "baseline"))]
         for role, parent in parents(table, bench).items():
-            for _, row in merged.iterrows():
-                if not _dominates(row, parent):
+            for _, row in rivals.iterrows():
+                if not _looks_better(row, parent, margin):
                     continue
+                diff = paired_difference(row, parent, margin=margin, interval=interval, seed=seed)
                 found.append(
                     {
                         **row.to_dict(),
                         "parent": role,
+                        "parent_label": parent["label"],
                         "parent_mean": parent["mean"],
                         "parent_tokens": parent["tokens"],
-                        "clear": _clearly(row, parent),
+                        **difference_columns(diff),
+                        "improves": diff.improves,
                     }
                 )
-    columns = [*table.columns, "parent", "parent_mean", "parent_tokens", "clear"]
+    columns = [*table.columns, "parent", "parent_label", "parent_mean", "parent_tokens"]
+    columns += [c for c in DIFFERENCE_COLUMNS if c not in columns] + ["improves"]
     return pd.DataFrame(found, columns=columns)
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from spectrum.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOCK_WAIT_S = 60.0  # how long to wait for another process's transaction before giving up
 
 _TABLES = """
@@ -52,6 +52,17 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 -- Added in schema 2: λ per module kind (JSON {kind: λ}), NULL for plain merges.
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS module_lams JSON;
+-- Added in schema 3: whose chat template the row ran with (direct, thinking, or shared
+-- when both parents have the same one), and the response tokens the generator inserted
+-- (budget forcing), which n_tokens includes. Older rows read NULL and 0.
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS template VARCHAR;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_inserted INTEGER DEFAULT 0;
+-- Added in schema 3: configurations re-evaluated on fresh problems (spectrum confirm).
+CREATE TABLE IF NOT EXISTS confirmations (
+    confirmation_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, benchmark VARCHAR,
+    method VARCHAR, lam DOUBLE, data_seed INTEGER, k INTEGER, n_problems INTEGER,
+    config_id VARCHAR, direct_config_id VARCHAR, thinking_config_id VARCHAR, result JSON
+);
 CREATE TABLE IF NOT EXISTS weight_stats (
     analysis_id VARCHAR, direct VARCHAR, thinking VARCHAR, direct_hash VARCHAR,
     thinking_hash VARCHAR, scope VARCHAR, key VARCHAR, numel BIGINT,

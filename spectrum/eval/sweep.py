@@ -27,6 +27,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from importlib import metadata
 from itertools import product
 from pathlib import Path
@@ -41,7 +42,7 @@ from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
 from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
 from spectrum.generate.batch import (
-    QWEN3_THINK_END,
+    ANSWER_CUE,
     DecodingSettings,
     Generation,
     generator_for,
@@ -82,7 +83,13 @@ class SweepSpec:
     budgets: tuple[int, ...] = ()
     no_thinking: bool = False
     baseline_lams: tuple[float, ...] = (1.0,)
-    think_end: str = QWEN3_THINK_END
+    think_end: str | None = None  # None: the pair's own end-of-thinking delimiter
+    think_waits: int = 0  # budget forcing: "Wait" instead of the delimiter this many times
+    answer_cue: str = ANSWER_CUE
+    # Whose chat template merged models (0 < λ ≤ 1) run with: the thinking parent's, as an
+    # exported merge carries it (``copy_from``), or the direct parent's. λ = 0 is the
+    # direct parent and always runs with its own.
+    template: str = "thinking"
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,32 @@ def merge_spec(spec: SweepSpec, config: dict[str, Any]) -> MergeSpec:
     ).checked(has_base=spec.base is not None)
 
 
+TEMPLATES = ("direct", "thinking")
+
+
+@lru_cache(maxsize=8)
+def chat_template_of(path: str) -> str | None:
+    """The chat template a checkpoint's tokenizer files carry (None: it has none)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path).chat_template
+
+
+def template_role(spec: SweepSpec, lam: float) -> str:
+    """Whose template a configuration runs with; ``shared`` when the parents' are equal."""
+    if spec.template not in TEMPLATES:
+        raise UserError(f"--template must be direct or thinking, not {spec.template!r}")
+    if chat_template_of(spec.direct) == chat_template_of(spec.thinking):
+        return "shared"
+    return "direct" if lam == 0 else spec.template
+
+
+def chat_template(spec: SweepSpec, config: dict[str, Any]) -> str | None:
+    """The chat template text of a configuration (None: the tokenizer's own)."""
+    role = config.get("template")
+    return None if role is None else chat_template_of(getattr(spec, role))
+
+
 def _module_lam_grid(spec: SweepSpec) -> list[dict[str, float] | None]:
     """Every combination of the module kinds' λ grids (``[None]`` when there are none)."""
     if not spec.module_lams:
@@ -198,8 +231,13 @@ def _baselines(spec: SweepSpec) -> list[tuple[str, dict[str, Any], dict[str, Any
     found = [
         (
             "budget_forcing",
-            {"budget": budget},
-            {"think_budget": budget, "think_end": spec.think_end},
+            {"budget": budget, "waits": spec.think_waits},
+            {
+                "think_budget": budget,
+                "think_end": spec.think_end,
+                "think_waits": spec.think_waits,
+                "answer_cue": spec.answer_cue,
+            },
         )
         for budget in spec.budgets
     ]
@@ -239,6 +277,7 @@ def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
                 config = dict(common, method=method, lam=check_lam(lam))
                 if module_lams is not None:  # only when used: older ids stay the same
                     config["module_lams"] = module_lams
+                _with_template(spec, config)
                 config["params"] = dict(merge_spec(spec, config).params)
                 config["decoding"] = DecodingSettings.for_lam(lam, **spec.decoding).as_dict()
                 configs.append(config)
@@ -246,9 +285,18 @@ def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
         for method, params, decoding in _baselines(spec):
             config = dict(common, method=method, lam=check_lam(lam), params=params)
             merge_spec(spec, config)  # the linear merge it runs on must be valid
+            _with_template(spec, config)
             settings = DecodingSettings.for_lam(lam, **spec.decoding, **decoding)
             configs.append(dict(config, decoding=settings.as_dict()))
     return configs
+
+
+def _with_template(spec: SweepSpec, config: dict[str, Any]) -> None:
+    """Name the template in the configuration only where the parents' differ: a pair with
+    one template keeps the ids its rows always had."""
+    role = template_role(spec, config["lam"])
+    if role != "shared":
+        config["template"] = role
 
 
 def _rows(
@@ -281,6 +329,8 @@ def _rows(
                 prompt=problem.prompt,
                 response=gen.text,
                 n_tokens=gen.n_tokens,
+                n_inserted=gen.n_inserted,
+                template=config.get("template", "shared"),
                 finished=gen.finished,
                 thinks=gen.thinks,
                 extracted=graded.extracted,
@@ -374,10 +424,11 @@ def run_cell(provider, generator, spec: SweepSpec, cell: Cell, run_id: str) -> p
     """Merge the cell's configuration (unless loaded), generate and grade: its rows."""
     settings = DecodingSettings(**cell.config["decoding"])
     conversations = [problem.conversation() for problem, _ in cell.units]
+    template = chat_template(spec, cell.config)
     # Merged and generated in one hold: a page's other sweep or chat sharing the provider
     # cannot re-merge between the two and have this cell stored under the wrong merge.
     with provider.holding(merge_spec(spec, cell.config)):
-        gens = generator.generate(conversations, settings, seed=cell.seed)
+        gens = generator.generate(conversations, settings, seed=cell.seed, template=template)
     grader = get_benchmark(cell.benchmark).grader
     return _rows(cell.config, cell.config_id, run_id, cell.benchmark, grader, cell.units, gens)
 

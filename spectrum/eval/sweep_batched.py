@@ -24,6 +24,7 @@ import pandas as pd
 
 from spectrum.eval import store
 from spectrum.eval.benchmarks import Problem, get_benchmark
+from spectrum.eval.sweep import chat_template
 from spectrum.generate.batch import DecodingSettings, chat_prompts
 from spectrum.live.spectrum_generate import SpectrumGenerator, unit_seed
 from spectrum.live.spectrum_model import AFFINE_METHODS, SpectrumModel
@@ -91,8 +92,13 @@ class LamBatches:
 
     def _inputs(self, rows, bench: str, generator: SpectrumGenerator) -> tuple[list, ...]:
         seed = self.sweeper.spec.seed
-        conversations = [problem.conversation() for problem, _, _ in rows]
-        prompts = chat_prompts(generator.tokenizer, conversations)
+        spec = self.sweeper.spec
+        # Each row with the template its configuration runs with (λ = 0: the direct one).
+        prompts = [
+            chat_prompts(generator.tokenizer, [problem.conversation()], None,
+                         chat_template(spec, config))[0]
+            for problem, _, config in rows
+        ]  # fmt: skip
         lams = [config["lam"] for _, _, config in rows]
         settings = [DecodingSettings(**config["decoding"]) for _, _, config in rows]
         seeds = [

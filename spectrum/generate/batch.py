@@ -15,27 +15,40 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from spectrum.errors import UserError
 from spectrum.generate.tags import THINK_END, THINK_START
 
-# Qwen3's end-of-thinking text for budget forcing: at the budget, this closes the thinking
-# block and the model answers from what it has thought so far.
+# Qwen3's own end-of-thinking sentence: offered to users who ask for it (``--think-end``);
+# the default closes thinking with the pair's own delimiter (docs/METHODS.md, baselines).
 QWEN3_THINK_END = (
     "\n\nConsidering the limited time by the user, I have to give the solution based on the "
     "thinking directly now.\n</think>\n\n"
 )
+# s1 (Muennighoff et al. 2025): at the budget, the end-of-thinking delimiter and an answer
+# cue; to think longer, the delimiter is suppressed and "Wait" appended instead.
+ANSWER_CUE = "Final Answer:"
+WAIT = "Wait"
+# NoThinking (Ma et al. 2025): the thinking block is prefilled with this and closed.
+NO_THINKING_TEXT = "Okay, I think I have finished thinking."
 
 
 @dataclass(frozen=True)
 class DecodingSettings:
     """Sampling settings, and the two baselines that make a thinking model cheaper without
-    a merge: budget forcing (``think_budget``: thinking stops after that many generated
-    tokens, ``think_end`` closes it, then the model answers) and NoThinking (an empty
-    thinking block prefilled; ``<think>`` is never generated)."""
+    a merge, as their authors define them:
+
+    * budget forcing (s1): thinking stops after ``think_budget`` generated tokens; the
+      end-of-thinking text (``think_end``; None: the pair's own delimiter) and the answer
+      cue (``answer_cue``) are appended, then the model answers. ``think_waits``: the
+      first that many times the model ends its thinking inside the budget, the delimiter
+      is dropped and "Wait" appended, so it thinks on.
+    * NoThinking (Ma et al.): the thinking block is prefilled with "Okay, I think I have
+      finished thinking." and closed; ``<think>`` is never generated.
+    """
 
     temperature: float = 0.6
     top_p: float = 0.95
@@ -44,7 +57,12 @@ class DecodingSettings:
     do_sample: bool = True
     think_budget: int | None = None
     no_thinking: bool = False
-    think_end: str = QWEN3_THINK_END
+    think_end: str | None = None
+    think_waits: int = 0
+    answer_cue: str = ANSWER_CUE
+    # NoThinking's prefill; stored with the settings, so rows of the earlier empty-block
+    # NoThinking keep configuration ids of their own.
+    no_thinking_text: str = NO_THINKING_TEXT
 
     @classmethod
     def for_model(cls, kind: str, **overrides) -> DecodingSettings:
@@ -68,23 +86,36 @@ class DecodingSettings:
             raise UserError(f"a thinking budget must be at least 1 token, not {self.think_budget}")
         if self.think_budget is not None and self.no_thinking:
             raise UserError("budget forcing and NoThinking are two baselines: pick one")
+        if self.think_waits < 0:
+            raise UserError(f"--budget-waits must be at least 0, not {self.think_waits}")
+        if self.think_waits and self.think_budget is None:
+            raise UserError("--budget-waits extends budget forcing: give --budgets too")
 
     def as_dict(self) -> dict:
         """The settings as stored with every sample; the baseline fields only when used, so
         the configuration ids of plain decoding stay what they always were."""
         data = asdict(self)
-        if data["think_budget"] is None and not data["no_thinking"]:
-            for key in ("think_budget", "no_thinking", "think_end"):
+        if data["think_budget"] is None:
+            for key in ("think_budget", "think_end", "think_waits", "answer_cue"):
                 del data[key]
+        if not data["no_thinking"]:
+            del data["no_thinking"], data["no_thinking_text"]
         return data
+
+    def closing_text(self) -> str:
+        """What budget forcing appends where the budget runs out: the end of thinking
+        (``think_end``, else the pair's delimiter on its own line) and the answer cue."""
+        close = self.think_end if self.think_end is not None else f"\n{THINK_END}\n\n"
+        return close + self.answer_cue
 
 
 @dataclass(frozen=True)
 class Generation:
     text: str
-    n_tokens: int
+    n_tokens: int  # every token of the response: generated and inserted
     finished: bool
     latency_s: float
+    n_inserted: int = 0  # tokens the generator inserted (budget forcing's close, cue, Waits)
 
     @property
     def thinks(self) -> bool:
@@ -92,25 +123,38 @@ class Generation:
 
 
 def chat_prompts(
-    tokenizer, conversations: list[list[dict]], settings: DecodingSettings | None = None
+    tokenizer,
+    conversations: list[list[dict]],
+    settings: DecodingSettings | None = None,
+    template: str | None = None,
 ) -> list[str]:
-    """Each conversation through the model's chat template, ready for the assistant turn;
-    with ``no_thinking``, followed by an empty thinking block."""
+    """Each conversation through the chat template, ready for the assistant turn; with
+    ``no_thinking``, followed by NoThinking's prefilled thinking block.
+
+    ``template``: a chat template (Jinja text) to use instead of the tokenizer's own: the
+    template of the parent whose files a merged model's export carries."""
     prompts = [
-        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template(
+            c, tokenize=False, add_generation_prompt=True, chat_template=template
+        )
         for c in conversations
     ]
     if settings is not None and settings.no_thinking:
-        prompts = [prompt + empty_think_block(prompt) for prompt in prompts]
+        prompts = [
+            prompt + finished_think_block(prompt, settings.no_thinking_text) for prompt in prompts
+        ]
     return prompts
 
 
-def empty_think_block(prompt: str) -> str:
-    """What closes thinking before it starts: Qwen3-Thinking templates already open
-    ``<think>`` in the generation prompt, others need the whole empty block."""
-    if prompt.endswith(f"{THINK_START}\n"):
-        return f"\n{THINK_END}\n\n"
-    return f"{THINK_START}\n\n{THINK_END}\n\n"
+def finished_think_block(prompt: str, text: str = NO_THINKING_TEXT) -> str:
+    """NoThinking's prefill: "Okay, I think I have finished thinking." in a closed thinking
+    block; templates that open ``<think>`` in the generation prompt (Qwen3-Thinking-2507)
+    get only the rest of the block."""
+    opened = prompt.rstrip("\n").endswith(THINK_START)
+    body = f"{text}\n{THINK_END}\n\n"
+    if opened:
+        return body if prompt.endswith("\n") else f"\n{body}"
+    return f"{THINK_START}\n{body}"
 
 
 class TransformersGenerator:
@@ -140,12 +184,14 @@ class TransformersGenerator:
         n: int = 1,
         *,
         seed: int | None = None,
+        template: str | None = None,
     ) -> list[Generation]:
         """``n`` samples per conversation, in order: conversation 0's n samples first.
 
-        ``latency_s`` is the wall time of the batch a sample was generated in.
+        ``latency_s`` is the wall time of the batch a sample was generated in;
+        ``template``: the chat template to use (default: the tokenizer's).
         """
-        prompts = chat_prompts(self.tokenizer, conversations, settings)
+        prompts = chat_prompts(self.tokenizer, conversations, settings, template)
         texts = [p for p in prompts for _ in range(n)]
         run = self._budget_batch if settings.think_budget is not None else self._batch
         out: list[Generation] = []
@@ -162,52 +208,92 @@ class TransformersGenerator:
             prompts, settings, settings.max_new_tokens, seed, ban_think=settings.no_thinking
         )
         return [
-            self._record(tokens, [], [], settings.max_new_tokens, latency) for tokens in generated
+            self._record([(tokens, False)], [], settings.max_new_tokens, latency)
+            for tokens in generated
         ]
 
     def _budget_batch(
         self, texts: list[str], settings: DecodingSettings, seed: int | None
     ) -> list[Generation]:
-        """Budget forcing: think for at most ``think_budget`` tokens, close the thinking
-        block with ``think_end`` where the budget ran out, then answer with what is left of
-        ``max_new_tokens``."""
-        think_end_id = self.tokenizer.convert_tokens_to_ids(THINK_END)
-        if think_end_id is None or think_end_id == self.tokenizer.unk_token_id:
-            raise UserError(f"budget forcing needs {THINK_END} to be one token of the tokenizer")
+        """Budget forcing (s1): think for at most ``think_budget`` generated tokens; a
+        thought that ends early is extended with "Wait" up to ``think_waits`` times; where
+        the budget runs out, the closing text and answer cue are appended; then the model
+        answers with what is left of ``max_new_tokens``."""
+        think_end_id = self._think_end_id()
         budget = min(settings.think_budget, settings.max_new_tokens)
         prompts = [self._ids(text) for text in texts]
-        thoughts, first = self._decode(prompts, settings, budget, seed, stop=(think_end_id,))
-        forced = self._ids(settings.think_end)
-        continuing, answers = [], {}
-        for i, tokens in enumerate(thoughts):
-            tokens = _through_first(tokens, {self.eos_id, think_end_id})
-            thoughts[i] = tokens
-            if tokens and tokens[-1] == self.eos_id:
-                continue  # answered (without thinking) inside the budget
-            closed = bool(tokens) and tokens[-1] == think_end_id
-            answers[i] = [] if closed else forced
-            continuing.append(i)
-        answered, second = [], 0.0
-        if continuing:
-            rest = settings.max_new_tokens - min(len(thoughts[i]) for i in continuing)
-            answered, second = self._decode(
-                [prompts[i] + thoughts[i] + answers[i] for i in continuing],
+        thinking = [_Thought() for _ in texts]
+        latency, step = 0.0, 0
+        while active := [i for i, t in enumerate(thinking) if t.open]:
+            room = {i: budget - thinking[i].generated for i in active}
+            decoded, spent = self._decode(
+                [prompts[i] + thinking[i].tokens() for i in active],
+                settings,
+                max(room.values()),
+                None if seed is None else seed + step,
+                stop=(think_end_id,),
+            )
+            latency, step = latency + spent, step + 1
+            for i, tokens in zip(active, decoded, strict=True):
+                tokens = _through_first(tokens[: room[i]], {self.eos_id, think_end_id})
+                self._think_on(thinking[i], tokens, think_end_id, budget, settings)
+        answering = [i for i, t in enumerate(thinking) if t.answers]
+        answers: dict[int, list[int]] = {}
+        if answering:
+            rest = settings.max_new_tokens - min(thinking[i].generated for i in answering)
+            decoded, spent = self._decode(
+                [prompts[i] + thinking[i].tokens() for i in answering],
                 settings,
                 rest,
-                None if seed is None else seed + 1,
+                None if seed is None else seed + step,
                 ban_think=True,  # the answer follows the closed block: no second one
             )
-        after = dict(zip(continuing, answered, strict=True))
+            latency += spent
+            answers = dict(zip(answering, decoded, strict=True))
         return [
             self._record(
-                thoughts[i],
+                thinking[i].parts,
                 answers.get(i, []),
-                after.get(i, []),
-                settings.max_new_tokens - len(thoughts[i]),
-                first + second,
+                settings.max_new_tokens - thinking[i].generated,
+                latency,
             )
             for i in range(len(texts))
         ]
+
+    def _think_on(
+        self,
+        thought: _Thought,
+        tokens: list[int],
+        think_end_id: int,
+        budget: int,
+        settings: DecodingSettings,
+    ) -> None:
+        """One more stretch of thinking: ended by EOS (answered inside the budget), by the
+        delimiter (accepted, or replaced by "Wait" while Waits are left), or by the budget
+        (closed with the closing text and answer cue)."""
+        thought.generated += len(tokens)
+        if tokens and tokens[-1] == self.eos_id:
+            thought.parts.append((tokens, False))
+            thought.open = thought.answers = False
+        elif tokens and tokens[-1] == think_end_id:
+            if thought.waits < settings.think_waits and thought.generated < budget:
+                # The delimiter is dropped, so it is not part of the response.
+                thought.generated -= 1
+                thought.parts += [(tokens[:-1], False), (self._ids(WAIT), True)]
+                thought.waits += 1
+                return
+            thought.parts.append((tokens, False))
+            thought.open = False
+        else:
+            thought.parts += [(tokens, False), (self._ids(settings.closing_text()), True)]
+            thought.open = False
+
+    def _think_end_id(self) -> int:
+        """The pair's own end-of-thinking delimiter: one token of its tokenizer."""
+        token_id = self.tokenizer.convert_tokens_to_ids(THINK_END)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise UserError(f"budget forcing needs {THINK_END} to be one token of the tokenizer")
+        return token_id
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -235,9 +321,11 @@ class TransformersGenerator:
             if settings.do_sample
             else {}
         )
-        think_start_id = self.tokenizer.convert_tokens_to_ids(THINK_START)
-        if ban_think and think_start_id not in (None, self.tokenizer.unk_token_id):
-            sampling["bad_words_ids"] = [[think_start_id]]  # no new thinking block
+        if ban_think:  # the block is closed: neither a new one nor a second close
+            tags = [self.tokenizer.convert_tokens_to_ids(tag) for tag in (THINK_START, THINK_END)]
+            known = [[t] for t in tags if t not in (None, self.tokenizer.unk_token_id)]
+            if known:
+                sampling["bad_words_ids"] = known
         with self.session():
             started = time.perf_counter()
             sequences = self.model.generate(
@@ -252,22 +340,43 @@ class TransformersGenerator:
         return sequences[:, enc["input_ids"].shape[1] :].tolist(), latency
 
     def _record(
-        self, thought: list[int], forced: list[int], answer: list[int], room: int, latency: float
+        self, parts: list[tuple[list[int], bool]], answer: list[int], room: int, latency: float
     ) -> Generation:
-        """One response from its generated parts (``forced`` text was not generated).
+        """One response from its parts (token ids, whether inserted rather than generated)
+        and the answer after them.
 
         Sequences that stopped early are right-padded by generate(); the first EOS ends
         the response (it counts as generated, as in vLLM's token counts). ``room`` is how
         many tokens ``answer`` was allowed: a batch decodes to its longest allowance.
         """
-        answer = answer[:room]
-        tail = answer if (forced or answer) else thought
-        finished = self.eos_id in tail
-        if finished:
-            cut = tail.index(self.eos_id) + 1
-            answer, thought = (answer[:cut], thought) if tail is answer else ([], thought[:cut])
-        text = self.tokenizer.decode(thought + forced + answer, skip_special_tokens=True)
-        return Generation(text, len(thought) + len(answer), finished, latency)
+        answer = answer[: max(room, 0)]
+        if answer or any(inserted for _, inserted in parts):
+            finished = self.eos_id in answer
+            if finished:
+                answer = answer[: answer.index(self.eos_id) + 1]
+        else:  # no answer phase: the last generated part ends the response
+            last = parts[-1][0] if parts else []
+            finished = self.eos_id in last
+            if finished:
+                parts = [*parts[:-1], (last[: last.index(self.eos_id) + 1], False)]
+        tokens = [t for part, _ in parts for t in part] + answer
+        inserted = sum(len(part) for part, flag in parts if flag)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Generation(text, len(tokens), finished, latency, inserted)
+
+
+@dataclass
+class _Thought:
+    """One response's thinking under budget forcing, stretch by stretch."""
+
+    parts: list[tuple[list[int], bool]] = field(default_factory=list)  # (ids, inserted)
+    generated: int = 0  # thinking tokens the model generated (what the budget counts)
+    waits: int = 0
+    open: bool = True  # still thinking
+    answers: bool = True  # an answer phase follows (False: EOS came inside the budget)
+
+    def tokens(self) -> list[int]:
+        return [t for part, _ in self.parts for t in part]
 
 
 def _through_first(tokens: list[int], stops: set[int]) -> list[int]:
@@ -296,13 +405,14 @@ class VllmGenerator:
         n: int = 1,
         *,
         seed: int | None = None,
+        template: str | None = None,
     ) -> list[Generation]:
-        prompts = chat_prompts(self.tokenizer, conversations, settings)
+        prompts = chat_prompts(self.tokenizer, conversations, settings, template)
         if settings.think_budget is not None:
             return self._budget(prompts, settings, n, seed)
         if not settings.do_sample:  # vLLM refuses n > 1 with greedy decoding: repeat instead
             prompts, n = [p for p in prompts for _ in range(n)], 1
-        banned = dict(bad_words=[THINK_START]) if settings.no_thinking else {}
+        banned = dict(bad_words=[THINK_START, THINK_END]) if settings.no_thinking else {}
         params = self._params(settings, settings.max_new_tokens, n=n, seed=seed, **banned)
         started = time.perf_counter()
         outputs, _ = self.merger.generate(prompts, params)
@@ -327,47 +437,86 @@ class VllmGenerator:
     def _budget(
         self, prompts: list[str], settings: DecodingSettings, n: int, seed: int | None
     ) -> list[Generation]:
-        """Budget forcing as the transformers generator does it, in two vLLM calls."""
+        """Budget forcing as the transformers generator does it: vLLM calls per stretch of
+        thinking (stopped at the delimiter, which is replaced by "Wait" while Waits are
+        left), the closing text and cue at the budget, then one call for the answers."""
         prompts = [p for p in prompts for _ in range(n)]
         seeds = [None if seed is None else seed + i for i in range(len(prompts))]
         budget = min(settings.think_budget, settings.max_new_tokens)
-        think = [
-            self._params(
-                settings, budget, seed=s, stop=[THINK_END], include_stop_str_in_output=True
-            )
-            for s in seeds
-        ]
-        started = time.perf_counter()
-        thoughts = [r.outputs[0] for r in self.merger.generate(prompts, think)[0]]
-        pending = [
-            i for i, o in enumerate(thoughts) if o.finish_reason == "length" or o.stop_reason
-        ]
-        forced = {i: "" if thoughts[i].stop_reason else settings.think_end for i in pending}
-        answer_params = [
-            self._params(
-                settings,
-                max(settings.max_new_tokens - len(thoughts[i].token_ids), 1),
-                seed=None if seeds[i] is None else seeds[i] + 1,
-                bad_words=[THINK_START],
-            )
-            for i in pending
-        ]
-        answers = {}
-        if pending:
-            texts = [prompts[i] + thoughts[i].text + forced[i] for i in pending]
-            outputs, _ = self.merger.generate(texts, answer_params)
-            answers = {i: r.outputs[0] for i, r in zip(pending, outputs, strict=True)}
+        texts = ["" for _ in prompts]
+        generated, inserted, waits = [0] * len(prompts), [0] * len(prompts), [0] * len(prompts)
+        finished: dict[int, bool] = {}  # answered inside the budget (EOS or length)
+        answering: list[int] = []
+        started, step = time.perf_counter(), 0
+        active = list(range(len(prompts)))
+        while active:
+            params = [
+                self._params(
+                    settings,
+                    budget - generated[i],
+                    seed=None if seeds[i] is None else seeds[i] + step,
+                    stop=[THINK_END],
+                    include_stop_str_in_output=True,
+                )
+                for i in active
+            ]
+            outputs, _ = self.merger.generate([prompts[i] + texts[i] for i in active], params)
+            step, still = step + 1, []
+            for i, request in zip(active, outputs, strict=True):
+                out = request.outputs[0]
+                generated[i] += len(out.token_ids)
+                if (
+                    out.stop_reason == THINK_END
+                    and waits[i] < settings.think_waits
+                    and (generated[i] < budget)
+                ):
+                    generated[i] -= 1  # the delimiter is dropped from the response
+                    texts[i] += out.text[: -len(THINK_END)] + WAIT
+                    inserted[i] += self._count(WAIT)
+                    waits[i] += 1
+                    still.append(i)
+                elif out.stop_reason == THINK_END:
+                    texts[i] += out.text
+                    answering.append(i)
+                elif out.finish_reason == "length":  # the budget ran out
+                    texts[i] += out.text + settings.closing_text()
+                    inserted[i] += self._count(settings.closing_text())
+                    answering.append(i)
+                else:  # EOS inside the budget: answered without closing the block
+                    texts[i] += out.text
+                    finished[i] = True
+            active = still
+        answers = self._answers(prompts, texts, generated, answering, settings, seeds, step)
         latency = time.perf_counter() - started
         out = []
-        for i, thought in enumerate(thoughts):
+        for i, text in enumerate(texts):
             answer = answers.get(i)
-            if answer is None:
-                out.append(Generation(thought.text, len(thought.token_ids), True, latency))
-                continue
-            text = thought.text + forced[i] + answer.text
-            tokens = len(thought.token_ids) + len(answer.token_ids)
-            out.append(Generation(text, tokens, answer.finish_reason != "length", latency))
+            tokens = generated[i] + inserted[i] + (len(answer.token_ids) if answer else 0)
+            done = finished.get(i, answer is not None and answer.finish_reason != "length")
+            out.append(
+                Generation(text + (answer.text if answer else ""), tokens, done, latency,
+                           inserted[i])
+            )  # fmt: skip
         return out
+
+    def _answers(self, prompts, texts, generated, answering, settings, seeds, step) -> dict:
+        """The answer after each closed thinking block, with what is left of the tokens."""
+        if not answering:
+            return {}
+        params = [
+            self._params(
+                settings,
+                max(settings.max_new_tokens - generated[i], 1),
+                seed=None if seeds[i] is None else seeds[i] + step,
+                bad_words=[THINK_START, THINK_END],
+            )
+            for i in answering
+        ]
+        outputs, _ = self.merger.generate([prompts[i] + texts[i] for i in answering], params)
+        return {i: r.outputs[0] for i, r in zip(answering, outputs, strict=True)}
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def generator_for(merger, *, batch_size: int = 16):

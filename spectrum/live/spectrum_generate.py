@@ -155,4 +155,4 @@ class SpectrumGenerator(TransformersGenerator):
         latency = time.perf_counter() - started
         new_tokens = sequences[:, enc["input_ids"].shape[1] :].tolist()
         room = settings[0].max_new_tokens
-        return [self._record(tokens, [], [], room, latency) for tokens in new_tokens]
+        return [self._record([(tokens, False)], [], room, latency) for tokens in new_tokens]
