@@ -260,7 +260,10 @@ def _with_config(source: Path, folder: Path, **changes) -> Path:
 
 
 def test_parents_whose_configs_differ_are_refused_listing_fields(tiny_pair, tmp_path):
-    thinking = _with_config(tiny_pair["thinking"], tmp_path / "thinking", rope_theta=5.0,
+    # Compared as transformers builds them: the rope base in whichever field form this
+    # transformers reads (rope_parameters when present, rope_theta otherwise).
+    rope = {"rope_parameters": {"rope_type": "default", "rope_theta": 5.0}, "rope_theta": 5.0}
+    thinking = _with_config(tiny_pair["thinking"], tmp_path / "thinking", **rope,
                             max_window_layers=7, intermediate_size=4096)  # fmt: skip
     out = tmp_path / "out"
     line = one_line_error(merge(tiny_pair["direct"], thinking, out), "intermediate_size")
