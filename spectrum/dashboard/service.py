@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
 from spectrum.dashboard.votes import COLUMNS, Vote, record_vote, tally
@@ -33,6 +33,7 @@ from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
 from spectrum.eval.sweep import SweepProgress, SweepResult, SweepSpec, parse_lams, run_sweep
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import ChatUpdate, prompt_ids, stream_columns, stream_reply
+from spectrum.generate.template import load_tokenizer
 from spectrum.live import LiveMerger, LoadedMerge
 from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
@@ -192,8 +193,7 @@ class Dashboard:
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
         # the generation prompt, which must not be forced on the direct model.
         self.tokenizers = {
-            role: AutoTokenizer.from_pretrained(path, **remote)
-            for role, path in self.sources.items()
+            role: load_tokenizer(path, **remote) for role, path in self.sources.items()
         }
         self._remote = remote
         # One model serves the direct and thinking columns (λ = 0 and 1 are the parents

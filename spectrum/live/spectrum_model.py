@@ -48,10 +48,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
+from spectrum.generate.template import load_tokenizer
 from spectrum.live.loading import load_model
 from spectrum.live.views import checkpoint_views
 from spectrum.merge.scope import MergeScope, layer_of, module_of
@@ -278,12 +279,12 @@ class SpectrumModel:
         target = resolve_device(device)
         roles = (("direct", direct), ("thinking", thinking), ("base", base))
         checkpoints = {role: open_checkpoint(path) for role, path in roles if path is not None}
+        tokenizer = load_tokenizer(checkpoints["direct"].path)  # before the weights: fail fast
         model = load_model(checkpoints["direct"], target, dtype)
         scope.check_layers(int(model.config.num_hidden_layers))
         endpoints = _Endpoints(model, scope, merge_method, params, seed)
         endpoints.fill(checkpoints)
         groups = endpoints.install()
-        tokenizer = AutoTokenizer.from_pretrained(checkpoints["direct"].path)
         return cls(
             model, tokenizer, method=method, params=params, seed=seed, scope=scope, groups=groups
         )
