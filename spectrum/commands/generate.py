@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="",
         metavar="KEY=N,...",
         help="caps, refused before the model loads: grid (λs in the batch), new_tokens "
-        f"(max new tokens), work (λs × max new tokens); defaults {SWEEP_LIMITS}",
+        f"(max new tokens), work (λs × max new tokens); defaults: {SWEEP_LIMITS}",
     )
     parser.set_defaults(func=run)
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 # spectrum.eval.sweep.SweepLimits() as text: written out here so --help imports no torch
 # (tests/test_inputs_hostile.py checks the two agree).
-SWEEP_LIMITS = "grid=1001,k=1000,problems=100000,new_tokens=131072,work=100000000000"
+SWEEP_LIMITS = "grid=1001, k=1000, problems=100000, new_tokens=131072, work=100000000000"
 
 
 def limits_from_args(args: argparse.Namespace) -> SweepLimits:
@@ -85,7 +85,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=N,...",
         help="raise or lower the caps on one run's work, refused before any work: grid "
         "(configurations), k, problems (per benchmark), new_tokens (max new tokens), work "
-        f"(answers × max new tokens); defaults {SWEEP_LIMITS}",
+        f"(answers × max new tokens); defaults: {SWEEP_LIMITS}",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(

@@ -4,6 +4,7 @@ package (and ``spectrum.errors``) and nothing else of the library."""
 from spectrum.dashboard.service import (
     DEFAULT_DB,
     DEFAULT_PAIR,
+    PAGE_SWEEP_LIMITS,
     REPO,
     SAMPLING_MODES,
     ChatLimits,
@@ -15,7 +16,7 @@ from spectrum.dashboard.service import (
 )
 from spectrum.dashboard.votes import CHOICES, COLUMNS
 from spectrum.devices import return_freed_memory_to_os
-from spectrum.eval.sweep import SweepProgress, SweepResult
+from spectrum.eval.sweep import SweepLimits, SweepProgress, SweepResult
 from spectrum.generate.chat import display_text
 from spectrum.merge.scope import MODULE_KINDS
 from spectrum.merge.spec import MergeSpec
@@ -27,6 +28,7 @@ __all__ = [
     "DEFAULT_DB",
     "DEFAULT_PAIR",
     "MODULE_KINDS",
+    "PAGE_SWEEP_LIMITS",
     "REPO",
     "SAMPLING_MODES",
     "ChatLimits",
@@ -34,6 +36,7 @@ __all__ = [
     "MergeSpec",
     "Param",
     "Reply",
+    "SweepLimits",
     "SweepProgress",
     "SweepResult",
     "Turn",

@@ -149,7 +149,7 @@ class SweepLimits:
             )
 
     def describe(self) -> str:
-        return ",".join(f"{key}={value}" for key, value in asdict(self).items())
+        return ", ".join(f"{key}={value}" for key, value in asdict(self).items())
 
     def check(self, what: str, asked: int, key: str) -> None:
         """Refuse ``asked`` above the limit ``key``, naming both numbers."""
@@ -530,8 +530,16 @@ class Sweeper:
         self.batch_lams = batch_lams and spec.backend == "transformers" and pool is None
         self._lam_batches = None
         self.db = Path(db)
-        self.limits = limits
-        check_spec(spec, limits)  # sizes and integers, before the lock or any file
+        # Sizes and integers, then the problems and the total work: before the lock or any
+        # file is touched.
+        check_spec(spec, limits)
+        self.problems = {
+            b: load_problems(
+                b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
+            )
+            for b in spec.benchmarks
+        }
+        check_work(spec, limits, self.problems)
         self._held = ExitStack()
         # First of all: a second sweep into the same DB is refused before doing any work.
         self._held.enter_context(store.sweep_lock(self.db))
@@ -542,13 +550,6 @@ class Sweeper:
             raise
 
     def _open(self, spec: SweepSpec, provider_factory: Callable[[SweepSpec], Any]) -> None:
-        self.problems = {
-            b: load_problems(
-                b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
-            )
-            for b in spec.benchmarks
-        }
-        check_work(spec, self.limits, self.problems)
         if provider_factory is default_provider:  # refuse a pair too big before hashing it
             check_live(spec.direct, spec.thinking, spec.base, backend=spec.backend)
         self.hashes = parent_hashes(spec)
