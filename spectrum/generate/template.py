@@ -107,7 +107,7 @@ def _render_bounded(template: str, tokens: str, source: str) -> None:
             f"{where} did not render a short conversation in {WALL_SECONDS:g} s"
         ) from None
     if done.returncode != 0:
-        log.warning("%s failed to render:\n%s", where, done.stderr[-4000:])
+        log.info("%s failed to render:\n%s", where, done.stderr[-4000:])
         lines = done.stderr.strip().splitlines()
         reason = lines[-1] if lines else f"exit status {done.returncode}"
         if done.returncode == -signal.SIGXCPU:
