@@ -290,12 +290,20 @@ def test_generate_refuses_before_the_model_loads(tiny_pair, flags, expected):
     one_line(done, "generate", expected)
 
 
-def test_merge_refuses_a_module_kind_named_twice(tiny_pair, tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--lam", "0.5,attn=0.3,attn=0.9"], "'attn' twice"),
+        # The page's merges take the same seed into votes.seed (INTEGER).
+        (["--lam", "0.5", "--seed", "3000000000"], "merge seed must be between 0 and"),
+    ],
+)
+def test_merge_refuses_before_any_work(tiny_pair, tmp_path, flags, expected):
     done = spectrum(
         "merge", "--direct", tiny_pair["direct"], "--thinking", tiny_pair["thinking"],
-        "--lam", "0.5,attn=0.3,attn=0.9", "--out", tmp_path / "out",
+        *flags, "--out", tmp_path / "out",
     )  # fmt: skip
-    one_line(done, "merge", "'attn' twice")
+    one_line(done, "merge", expected)
     assert not (tmp_path / "out").exists()
 
 

@@ -20,6 +20,9 @@ from spectrum.merge.scope import MODULE_KINDS, MergeScope
 from spectrum.methods import MergeMethod, get_method, resolve_params
 
 EXTRAPOLATION_HINT = "pass --allow-extrapolation to extrapolate"
+# A merge's seed is stored in INTEGER columns (samples.merge_seed, votes.seed): one that
+# does not fit would fail only after the generation it labels.
+SEED_MAX = 2**31 - 1
 
 
 def check_lam(lam: float, *, allow_extrapolation: bool = False) -> float:
@@ -134,6 +137,8 @@ class MergeSpec:
                 f"a merge needs a numeric λ, an integer seed and NAME=VALUE parameters "
                 f"(got λ={self.lam!r}, seed={self.seed!r}, params={self.params!r})"
             ) from None
+        if not 0 <= seed <= SEED_MAX:
+            raise UserError(f"a merge seed must be between 0 and {SEED_MAX}, not {seed}")
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "lam", lam)
         object.__setattr__(self, "seed", seed)
