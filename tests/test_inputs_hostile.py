@@ -439,3 +439,25 @@ def test_a_malformed_tokenizer_is_one_line(tiny_pair, tmp_path):
         "--lams", "0.5", "--prompt", "hi", "--max-new-tokens", "4", "--device", "cpu",
     )  # fmt: skip
     one_line(done, "generate", "cannot load the tokenizer of")
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_log(tmp_path):
+    """A DuckDB file with a foreign ``samples`` table: no check foresees it, so it is an
+    internal error: one line and exit 1 on the terminal, the traceback in the file named."""
+    db = tmp_path / "foreign.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE samples (x INTEGER)")
+    cache = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-m", "spectrum", "report", "--db", str(db), "--out", str(tmp_path / "r")],
+        env={**ENV, "SPECTRUM_CACHE": str(cache)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spectrum report: internal error: "), lines
+    (log,) = (cache / "logs").iterdir()
+    assert str(log) in lines[0]
+    assert log.read_text().startswith("Traceback") and "BinderException" in log.read_text()
