@@ -85,15 +85,21 @@ def check_chat_template(tokenizer: Any, source: str | Path) -> None:
     if not isinstance(template, str):
         return  # no template (raw prompts) or a named set transformers resolves itself
     tokens = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
-    _render_bounded(template, json.dumps(tokens, sort_keys=True), str(source))
+    try:
+        _render_bounded(template, json.dumps(tokens, sort_keys=True))
+    except _Refused as refused:
+        raise UserError(f"the chat template of {source} {refused}") from None
+
+
+class _Refused(Exception):
+    """Why a template was refused, completed with its folder by the caller."""
 
 
 @functools.lru_cache(maxsize=64)
-def _render_bounded(template: str, tokens: str, source: str) -> None:
+def _render_bounded(template: str, tokens: str) -> None:
     """One child per distinct template: a pair's two parents and every later load of the
-    same files reuse the verdict (a refusal raises, and is not cached)."""
+    same template reuse the verdict (a refusal raises, and is not cached)."""
     job = dict(template=template, conversations=SAMPLE_CONVERSATIONS, tokens=json.loads(tokens))
-    where = f"the chat template of {source}"
     try:
         done = subprocess.run(
             [sys.executable, "-c", _CHILD, str(TEMPLATE_CPU_SECONDS), str(TEMPLATE_MEMORY)],
@@ -103,21 +109,19 @@ def _render_bounded(template: str, tokens: str, source: str) -> None:
             timeout=WALL_SECONDS,
         )
     except subprocess.TimeoutExpired:
-        raise UserError(
-            f"{where} did not render a short conversation in {WALL_SECONDS:g} s"
-        ) from None
+        raise _Refused(f"did not render a short conversation in {WALL_SECONDS:g} s") from None
     if done.returncode != 0:
-        log.info("%s failed to render:\n%s", where, done.stderr[-4000:])
+        log.info("a chat template failed to render:\n%s", done.stderr[-4000:])
         lines = done.stderr.strip().splitlines()
         reason = lines[-1] if lines else f"exit status {done.returncode}"
         if done.returncode == -signal.SIGXCPU:
             reason = f"it takes more than {TEMPLATE_CPU_SECONDS} s of CPU"
         elif "MemoryError" in reason or done.returncode < 0:
             reason = f"it needs more than {TEMPLATE_MEMORY >> 20} MiB"
-        raise UserError(f"{where} cannot render a short conversation ({reason})")
+        raise _Refused(f"cannot render a short conversation ({reason})")
     longest = max(json.loads(done.stdout.strip().splitlines()[-1]))
     if longest > TEMPLATE_OUTPUT:
-        raise UserError(
-            f"{where} renders a short conversation to {longest:,} characters "
+        raise _Refused(
+            f"renders a short conversation to {longest:,} characters "
             f"(the limit is {TEMPLATE_OUTPUT:,})"
         )
