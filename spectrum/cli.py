@@ -4,7 +4,8 @@ A command module exposes ``register(subparsers)``, which adds its parser and set
 ``func`` (called with the parsed args, returning an exit code); it imports heavy
 libraries (torch, transformers, gradio) only inside ``func``, so every ``--help`` is
 instant. Errors that are the user's fault raise ``UserError``: they print as one line,
-no traceback, exit 2 (with the flag that gets past them, when there is one). Commands
+no traceback, exit 2 (with the flag that gets past them, when there is one); any other
+error prints one line too, exit 1, and its traceback goes to a log file it names. Commands
 from outside the library (``spectrum app``, in ``ui/``) are found through the
 ``thinking_spectrum.commands`` entry point group, so the library never imports the UI.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from spectrum.errors import UserError
 
@@ -75,6 +77,34 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"spectrum {args.command}: error: {error.for_cli()}", file=sys.stderr)
         return 2
+    except Exception as error:  # not the user's doing: one line here, the traceback in a log
+        reason = str(error).splitlines()[0] if str(error) else ""
+        where = _save_traceback(args.command)
+        print(
+            f"spectrum {args.command}: internal error: {type(error).__name__}: {reason} ({where})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _save_traceback(command: str) -> str:
+    """Write the traceback being handled into the log folder; say where (or why not)."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    from spectrum.weights.filehash import cache_path
+
+    cache = cache_path()
+    folder = (cache.parent if cache else Path(tempfile.gettempdir()) / "thinking-spectrum") / "logs"
+    log = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+    except OSError as error:
+        return f"the traceback could not be saved: {error.strerror}"
+    return f"traceback in {log}"
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ from pathlib import Path
 
 from spectrum.errors import UserError
 
+# spectrum.dashboard.PAGE_SWEEP_LIMITS as text, so --help imports no torch
+# (tests/test_inputs_hostile.py checks the two agree).
+PAGE_SWEEP_LIMITS = "grid=101, k=16, problems=1000, new_tokens=4096, work=20000000"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
@@ -88,6 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest one answer may generate, in seconds (default 120)",
     )
     parser.add_argument(
+        "--sweep-limits",
+        default=env("SPECTRUM_SWEEP_LIMITS", ""),
+        metavar="KEY=N,...",
+        help="caps on one Sweep-tab sweep, refused before any work: grid (configurations), "
+        "k, problems (per benchmark), new_tokens (max new tokens), work (answers × max new "
+        f"tokens); defaults: {PAGE_SWEEP_LIMITS}",
+    )
+    parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow model repositories to run their own Python code (off by default)",
@@ -138,8 +150,18 @@ def run(args: argparse.Namespace) -> int:
     if (args.direct is None) != (args.thinking is None):
         raise UserError("give both --direct and --thinking, or neither (the embedded pair)")
     # Gradio and the models load only now, so `spectrum --help` stays fast.
-    from spectrum.dashboard import DEFAULT_DB, DEFAULT_PAIR, ChatLimits, Dashboard, ExportQuota
+    from spectrum.dashboard import (
+        DEFAULT_DB,
+        DEFAULT_PAIR,
+        ChatLimits,
+        Dashboard,
+        ExportQuota,
+        SweepLimits,
+    )
+    from spectrum.dashboard import PAGE_SWEEP_LIMITS as page_limits
     from ui.app import launch
+
+    sweep_limits = SweepLimits.parse(args.sweep_limits, page_limits)
 
     if args.direct is None and not (DEFAULT_PAIR / "direct").is_dir():
         raise UserError(
@@ -162,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         ray=args.ray,
         ray_workers=args.ray_workers,
         history=args.history,
+        sweep_limits=sweep_limits,
     )
     print(f"Thinking Spectrum — {dashboard.describe()}", flush=True)
     launch(dashboard, host=args.host, port=args.port, share=args.share)

@@ -56,9 +56,15 @@ def outcome(result: SweepResult) -> str:
 
 
 def build_sweep_tab(dashboard: Dashboard, explorer: Explorer) -> None:
+    limits = dashboard.sweep_limits
     gr.Markdown(
         "Generate and grade answers for every method × λ below on the loaded pair. Finished "
-        "samples are kept, so a stopped sweep resumes where it left off."
+        "samples are kept, so a stopped sweep resumes where it left off.\n\n"
+        f"Limits of this server: at most {limits.grid:,} configurations (methods × λs), "
+        f"{limits.problems:,} problems, {limits.k:,} samples per problem, "
+        f"{limits.new_tokens:,} max new tokens, and {limits.work:,} tokens in all "
+        "(answers × max new tokens).",
+        elem_id="sweep-limits",
     )
     with gr.Row():
         methods = gr.CheckboxGroup(dashboard.method_names(), value=["linear"], label="Methods")
@@ -66,8 +72,10 @@ def build_sweep_tab(dashboard: Dashboard, explorer: Explorer) -> None:
     with gr.Row():
         benchmark = gr.Dropdown(dashboard.benchmark_names(), value="synthetic", label="Benchmark")
         limit = gr.Number(4, precision=0, minimum=1, label="Problems (per level: synthetic)")
-        k = gr.Number(1, precision=0, minimum=1, label="Samples per problem")
-        max_new = gr.Number(256, precision=0, minimum=1, label="Max new tokens")
+        k = gr.Number(1, precision=0, minimum=1, maximum=limits.k, label="Samples per problem")
+        max_new = gr.Number(
+            256, precision=0, minimum=1, maximum=limits.new_tokens, label="Max new tokens"
+        )
     with gr.Row(equal_height=True):
         db = gr.Textbox(explorer.db.value, label="Results database", scale=3)
         run = gr.Button("Run sweep", variant="primary", scale=1, elem_id="sweep")

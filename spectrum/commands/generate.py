@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from spectrum.commands.sweep import SWEEP_LIMITS, limits_from_args
 from spectrum.errors import UserError
 
 
@@ -39,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lam-schedule", help="per-layer λ over depth, e.g. 0.5,0.9")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per λ")
+    parser.add_argument(
+        "--limits",
+        default="",
+        metavar="KEY=N,...",
+        help="caps, refused before the model loads: grid (λs in the batch), new_tokens "
+        f"(max new tokens), work (λs × max new tokens); defaults: {SWEEP_LIMITS}",
+    )
     parser.set_defaults(func=run)
 
 
@@ -69,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
 
     lams = parse_floats(args.lams, "--lams")
     check_lams(lams)  # before the model loads
+    limits = limits_from_args(args)
+    limits.check("--lams", len(lams), "grid")
+    limits.check("--max-new-tokens", args.max_new_tokens, "new_tokens")
+    limits.check("the batch (λs × max new tokens)", len(lams) * args.max_new_tokens, "work")
+    overrides = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                     max_new_tokens=args.max_new_tokens)  # fmt: skip
+    if args.greedy:
+        overrides["do_sample"] = False
+    # Decoding values in range before the model loads, too.
+    settings = [DecodingSettings.for_lam(lam, **overrides) for lam in lams]
     scope = MergeScope(
         args.layers,
         tuple(args.modules.split(",")) if args.modules else None,
@@ -85,11 +103,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {why}; re-merging for each λ instead", file=sys.stderr)
         spectrum = remerged(args, params, scope)
         batch_size = 1  # one λ per batch: the live merger holds one merge at a time
-    overrides = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                     max_new_tokens=args.max_new_tokens)  # fmt: skip
-    if args.greedy:
-        overrides["do_sample"] = False
-    settings = [DecodingSettings.for_lam(lam, **overrides) for lam in lams]
     conversation = [{"role": "user", "content": args.prompt}]
     prompt = args.prompt if args.raw else chat_prompts(spectrum.tokenizer, [conversation])[0]
     generator = SpectrumGenerator(spectrum, batch_size=batch_size)

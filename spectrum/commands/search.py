@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 from functools import partial
 
-from spectrum.commands.sweep import add_eval_args, add_model_args, pool_from_args, spec_from_args
+from spectrum.commands.sweep import (
+    add_eval_args,
+    add_model_args,
+    limits_from_args,
+    pool_from_args,
+    spec_from_args,
+)
 from spectrum.errors import UserError
 
 
@@ -31,17 +38,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.eval.sweep import default_provider
+    from spectrum.eval.sweep import check_spec, default_provider
 
     if args.target == "budget" and args.max_tokens is None:
         raise UserError("--target budget needs --max-tokens N")
+    if args.max_tokens is not None and not 0 < args.max_tokens < math.inf:
+        raise UserError(f"--max-tokens must be a positive number of tokens, not {args.max_tokens}")
     try:
         lo, hi = (float(x) for x in args.range.split(":"))
     except ValueError:
         raise UserError(f"--range {args.range!r}: expected LO:HI, e.g. 0:1") from None
     if not 0 <= lo < hi <= 1 or not 0 < args.coarse <= hi - lo:
         raise UserError("--range must satisfy 0 <= LO < HI <= 1 and --coarse fit inside it")
+    limits = limits_from_args(args)
+    coarse_points = (hi - lo) / args.coarse + 1
+    if coarse_points > limits.grid:
+        raise UserError(
+            f"--coarse {args.coarse:g} makes a grid of {coarse_points:,.0f} λs over "
+            f"[{lo:g}, {hi:g}], above the limit grid={limits.grid:,}",
+            cli_hint="raise it with --limits grid=N",
+        )
     spec = spec_from_args(args, (args.method,), (lo,))
+    check_spec(spec, limits)
     provider = {}
 
     def shared_provider(spec):  # one loaded model for every benchmark
@@ -69,6 +87,7 @@ def _search(args, spec, bench: str, provider_factory, pool, lo: float, hi: float
         provider_factory=provider_factory,
         progress=not args.no_progress,
         pool=pool,
+        limits=limits_from_args(args),
     )
     evaluate = partial(sweeper.point, args.method, benchmark=bench)
 

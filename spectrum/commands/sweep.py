@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING
 from spectrum.errors import UserError
 
 if TYPE_CHECKING:
-    from spectrum.eval.sweep import SweepSpec
+    from spectrum.eval.sweep import SweepLimits, SweepSpec
+
+# spectrum.eval.sweep.SweepLimits() as text: written out here so --help imports no torch
+# (tests/test_inputs_hostile.py checks the two agree).
+SWEEP_LIMITS = "grid=1001, k=1000, problems=100000, new_tokens=131072, work=100000000000"
+
+
+def limits_from_args(args: argparse.Namespace) -> SweepLimits:
+    from spectrum.eval.sweep import SweepLimits
+
+    return SweepLimits.parse(args.limits)
 
 
 def _key_values(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -76,6 +86,14 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         help="generation backend of the live merger (vllm needs the vllm package)",
     )
     parser.add_argument("--db", required=True, help="DuckDB results file (created if missing)")
+    parser.add_argument(
+        "--limits",
+        default="",
+        metavar="KEY=N,...",
+        help="raise or lower the caps on one run's work, refused before any work: grid "
+        "(configurations), k, problems (per benchmark), new_tokens (max new tokens), work "
+        f"(answers × max new tokens); defaults: {SWEEP_LIMITS}",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--ray",
@@ -216,17 +234,19 @@ def baseline_args(args: argparse.Namespace) -> dict:
     return found
 
 
-def split_lam_grid(text: str) -> tuple[str, dict[str, tuple[float, ...]]]:
+def split_lam_grid(text: str, most: int) -> tuple[str, dict[str, tuple[float, ...]]]:
     """``0:1:0.5,attn=0:1:0.25,mlp=0|0.5`` → the plain λ grid and each module kind's grid
-    (a kind's values: start:stop:step, or a list separated by ``|``)."""
+    (a kind's values: start:stop:step, or a list separated by ``|``; at most ``most``)."""
     from spectrum.eval.sweep import parse_lams
 
     items = text.split(",")
     plain = ",".join(item for item in items if "=" not in item) or "0.5"
-    grids = {}
+    grids: dict[str, tuple[float, ...]] = {}
     for item in (item for item in items if "=" in item):
         kind, _, grid = item.partition("=")
-        grids[kind.strip()] = parse_lams(grid.replace("|", ","))
+        if kind.strip() in grids:
+            raise UserError(f"λ grid {text!r} names module kind {kind.strip()!r} twice")
+        grids[kind.strip()] = parse_lams(grid.replace("|", ","), most)
     return plain, grids
 
 
@@ -256,10 +276,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.eval.sweep import parse_lams, run_sweep
+    from spectrum.eval.sweep import check_spec, parse_lams, run_sweep
 
-    plain, module_lams = split_lam_grid(args.lam)
-    spec = spec_from_args(args, tuple(args.methods.split(",")), parse_lams(plain), module_lams)
+    limits = limits_from_args(args)
+    plain, module_lams = split_lam_grid(args.lam, limits.grid)
+    lams = parse_lams(plain, limits.grid)
+    spec = spec_from_args(args, tuple(args.methods.split(",")), lams, module_lams)
+    check_spec(spec, limits)  # before a Ray pool starts
     command = shlex.join(["spectrum", *sys.argv[1:]])
     pool = pool_from_args(args)
     try:
@@ -270,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
             command=command,
             batch_lams=args.batch_lams,
             pool=pool,
+            limits=limits,
         )
     finally:
         if pool is not None:

@@ -4,6 +4,7 @@ package (and ``spectrum.errors``) and nothing else of the library."""
 from spectrum.dashboard.service import (
     DEFAULT_DB,
     DEFAULT_PAIR,
+    PAGE_SWEEP_LIMITS,
     REPO,
     SAMPLING_MODES,
     ChatLimits,
@@ -17,7 +18,7 @@ from spectrum.dashboard.service import (
 )
 from spectrum.dashboard.votes import COLUMNS
 from spectrum.devices import return_freed_memory_to_os
-from spectrum.eval.sweep import SweepProgress, SweepResult
+from spectrum.eval.sweep import SweepLimits, SweepProgress, SweepResult
 from spectrum.generate.chat import math_markdown
 from spectrum.merge.scope import MODULE_KINDS
 from spectrum.merge.spec import MergeSpec
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_DB",
     "DEFAULT_PAIR",
     "MODULE_KINDS",
+    "PAGE_SWEEP_LIMITS",
     "REPO",
     "SAMPLING_MODES",
     "ChatLimits",
@@ -36,6 +38,7 @@ __all__ = [
     "MergeSpec",
     "Param",
     "Reply",
+    "SweepLimits",
     "SweepProgress",
     "SweepResult",
     "Turn",

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
 from spectrum.dashboard.votes import COLUMNS, Standing, Vote, leaderboard, record_vote
@@ -33,9 +33,17 @@ from spectrum.devices import resolve_device
 from spectrum.errors import UserError
 from spectrum.eval.benchmarks import BENCHMARKS
 from spectrum.eval.benchmarks.synthetic import LEVELS, make_problems
-from spectrum.eval.sweep import SweepProgress, SweepResult, SweepSpec, parse_lams, run_sweep
+from spectrum.eval.sweep import (
+    SweepLimits,
+    SweepProgress,
+    SweepResult,
+    SweepSpec,
+    parse_lams,
+    run_sweep,
+)
 from spectrum.generate.batch import DecodingSettings
 from spectrum.generate.chat import ChatUpdate, prompt_ids, stream_columns, stream_reply
+from spectrum.generate.template import load_tokenizer
 from spectrum.live import LiveMerger, LoadedMerge
 from spectrum.live.spectrum_model import SpectrumModel, SpectrumRow
 from spectrum.merge import MergeConfig, MergeSpec, merge_checkpoints
@@ -65,6 +73,8 @@ def _default_db() -> Path:
 DEFAULT_DB = _default_db()
 EXPORTS = REPO / "exports"
 SAMPLING_MODES = ("per-model defaults", "greedy", "custom")
+# What one page sweep may ask for (one unauthenticated request): far below the CLI's.
+PAGE_SWEEP_LIMITS = SweepLimits(grid=101, k=16, problems=1000, new_tokens=4096, work=20_000_000)
 
 
 def working_db(db: Path) -> Path:
@@ -191,8 +201,10 @@ class AllowedFolders:
         self.folders = tuple(dict.fromkeys(Path(f).expanduser().resolve() for f in folders))
 
     def resolve(self, text: str, what: str) -> Path:
-        if not text or not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise UserError(f"no {what} given")
+        if "\0" in text:
+            raise UserError(f"the {what} path contains a NUL byte")
         path = Path(text.strip()).expanduser()
         if not path.is_absolute():
             path = REPO / path
@@ -223,7 +235,9 @@ class Dashboard:
         ray: str | None = None,
         ray_workers: int | None = None,
         history: bool | None = None,
+        sweep_limits: SweepLimits = PAGE_SWEEP_LIMITS,
     ) -> None:
+        self.sweep_limits = sweep_limits
         self.sources = {"direct": str(direct), "thinking": str(thinking)}
         # The embedded pair learned single prompts only: earlier turns in its context derail
         # every later answer, so its chat starts afresh at each message unless asked.
@@ -249,8 +263,7 @@ class Dashboard:
         # Each model keeps its own chat template: Qwen3 thinking templates open <think> in
         # the generation prompt, which must not be forced on the direct model.
         self.tokenizers = {
-            role: AutoTokenizer.from_pretrained(path, **remote)
-            for role, path in self.sources.items()
+            role: load_tokenizer(path, **remote) for role, path in self.sources.items()
         }
         self._remote = remote
         # One model serves the direct and thinking columns (λ = 0 and 1 are the parents
@@ -631,18 +644,20 @@ class Dashboard:
             raise UserError("pick at least one method to sweep")
         for method in methods:
             self.check(MergeSpec(method, 0.0))
-        if int(limit) < 1 or int(k) < 1 or int(max_new_tokens) < 1:
-            raise UserError("problems, samples and max new tokens must each be at least 1")
+        limit, k = _whole(limit, "problems"), _whole(k, "samples per problem")
+        max_new_tokens = _whole(max_new_tokens, "max new tokens")
+        if not isinstance(lams, str):
+            raise UserError("the λ grid must be text like 0:1:0.25")
         spec = SweepSpec(
             direct=self.sources["direct"],
             thinking=self.sources["thinking"],
             base=self.base,
             methods=tuple(methods),
-            lams=parse_lams(lams),
+            lams=parse_lams(lams, self.sweep_limits.grid),
             benchmarks=(benchmark,),
-            k=int(k),
-            limit=int(limit),
-            decoding={"max_new_tokens": int(max_new_tokens)},
+            k=k,
+            limit=limit,
+            decoding={"max_new_tokens": max_new_tokens},
             allow_pickle=self.allow_pickle,
         )
         return run_sweep(
@@ -654,4 +669,17 @@ class Dashboard:
             report=report,
             stop=stop,
             pool=self.pool,
+            limits=self.sweep_limits,
         )
+
+
+def _whole(value: Any, what: str) -> int:
+    """A page's number field as a whole number of at least 1 (one line if it is not)."""
+    try:
+        number = float(value)
+        whole = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"{what} must be a whole number, not {value!r}") from None
+    if whole != number or whole < 1:
+        raise UserError(f"{what} must be a whole number of at least 1, not {value!r}")
+    return whole

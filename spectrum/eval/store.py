@@ -113,18 +113,28 @@ def config_id(config: dict) -> str:
 def connect(
     path: str | Path, *, read_only: bool = False, wait_s: float = LOCK_WAIT_S
 ) -> duckdb.DuckDBPyConnection:
-    """Open the DB (creating the schema when writing), waiting while another holds it."""
+    """Open the DB (creating the schema when writing), waiting while another holds it.
+
+    A file DuckDB cannot read (empty, text, truncated, a folder, a read-only mount) and a
+    DB written by a newer version of this tool (its ``schema_version``) are refused with
+    one line, before anything is written into them.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"the results database {path} is a folder; name a .duckdb file")
     if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the folder of {path} ({error.strerror})") from None
     deadline, pause = time.monotonic() + wait_s, 0.02
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
             break
-        except (duckdb.IOException, duckdb.ConnectionException) as error:
+        except duckdb.Error as error:
             if not _busy(error):
-                raise
+                raise unreadable(path, error) from None
             if time.monotonic() >= deadline:
                 raise UserError(
                     f"the results database {path} is busy: another process has been writing "
@@ -132,13 +142,47 @@ def connect(
                 ) from None
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
-    if not read_only:
-        con.execute(_TABLES)
-        con.execute(_VIEWS)
-        con.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-        )
+    try:
+        _check_schema_version(con, path)
+        if not read_only:
+            con.execute(_TABLES)
+            con.execute(_VIEWS)
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+            )
+    except BaseException as error:
+        con.close()
+        if isinstance(error, duckdb.IOException):
+            raise unreadable(path, error) from None
+        raise
     return con
+
+
+def unreadable(path: Path, error: duckdb.Error) -> UserError:
+    """The one line for a DB file DuckDB cannot use (corrupt, not a DB, not writable)."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return UserError(f"cannot use the results database {path}: {reason}")
+
+
+def _check_schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a DB from a newer version of this tool: writing it would relabel it as ours
+    and reading it may misread columns this version does not know."""
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:  # no meta table: a new file (or an older one)
+        return
+    found = row[0] if row else None
+    if found is None:
+        return
+    if not str(found).isdigit():
+        raise UserError(
+            f"{path} has an unknown schema_version {found!r}; this tool writes {SCHEMA_VERSION}"
+        )
+    if int(found) > SCHEMA_VERSION:
+        raise UserError(
+            f"{path} has schema_version {found}, newer than this tool's {SCHEMA_VERSION}; "
+            "use the newer thinking-spectrum that wrote it"
+        )
 
 
 def _busy(error: duckdb.Error) -> bool:
@@ -155,6 +199,8 @@ def opened(
     con = connect(path, read_only=read_only, wait_s=wait_s)
     try:
         yield con
+    except duckdb.IOException as error:  # a file truncated past what its catalog promised
+        raise unreadable(Path(path), error) from None
     finally:
         con.close()
 
@@ -167,9 +213,14 @@ def sweep_lock(path: str | Path) -> Iterator[None]:
     killed sweep never blocks the next one).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.sweep-lock")
-    handle = open(lock, "a+")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a+")
+    except OSError as error:
+        raise UserError(
+            f"cannot write beside the results database {path} ({error.strerror})"
+        ) from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import platform
 import subprocess
 import threading
@@ -43,6 +44,7 @@ from spectrum.eval.grading import grade
 from spectrum.eval.search import Point
 from spectrum.generate.batch import (
     ANSWER_CUE,
+    INT_COLUMN_MAX,
     DecodingSettings,
     Generation,
     generator_for,
@@ -120,22 +122,116 @@ class SweepProgress:
         return self.elapsed_s * (self.total - self.done) / self.done
 
 
-def parse_lams(text: str) -> tuple[float, ...]:
-    """``0:1:0.1`` (start:stop:step, stop included) or ``0,0.5,1``."""
+@dataclass(frozen=True)
+class SweepLimits:
+    """The most work one sweep may ask for; a sweep past any of them is refused before any
+    work, with the numbers. The CLI's defaults (``--limits``) fit a full study; the page
+    uses smaller ones (``spectrum app --sweep-limits``)."""
+
+    grid: int = 1001  # configurations: methods × λs × module λs, plus baselines
+    k: int = 1000  # samples per problem
+    problems: int = 100_000  # problems per benchmark
+    new_tokens: int = 131_072  # max new tokens per answer
+    work: int = 10**11  # units (configurations × problems × k) × max new tokens
+
+    @classmethod
+    def parse(cls, text: str, default: SweepLimits | None = None) -> SweepLimits:
+        """``grid=41,k=8`` over ``default`` (the keys not named keep its values)."""
+        found = asdict(default or cls())
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, _, value = item.partition("=")
+            if key.strip() not in found:
+                raise UserError(f"limit {item!r}: the limits are {', '.join(found)} (KEY=N)")
+            try:
+                number = int(float(value))
+            except (ValueError, OverflowError):
+                raise UserError(f"limit {item!r}: {value!r} is not a whole number") from None
+            found[key.strip()] = number
+        return cls(**found)
+
+    def __post_init__(self) -> None:
+        for key, value in asdict(self).items():
+            if value < 1:
+                raise UserError(f"limit {key}={value} must be at least 1")
+        if self.new_tokens > INT_COLUMN_MAX or self.k > INT_COLUMN_MAX:
+            raise UserError(
+                f"limits new_tokens and k are stored as integers up to {INT_COLUMN_MAX}"
+            )
+
+    def describe(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in asdict(self).items())
+
+    def check(self, what: str, asked: int, key: str) -> None:
+        """Refuse ``asked`` above the limit ``key``, naming both numbers."""
+        limit = getattr(self, key)
+        if asked > limit:
+            raise UserError(
+                f"{what} is {asked:,}, above the limit {key}={limit:,}",
+                cli_hint=f"raise it with --limits {key}=N",
+            )
+
+
+def parse_lams(text: str, most: int = SweepLimits.grid) -> tuple[float, ...]:
+    """``0:1:0.1`` (start:stop:step, stop included) or ``0,0.5,1``; at most ``most`` values
+    (counted before any is made: ``0:1:1e-300`` is refused, not materialized)."""
     try:
         if ":" in text:
             start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0 or stop < start:
+            if not all(map(math.isfinite, (start, stop, step))) or step <= 0 or stop < start:
                 raise ValueError
-            count = int(round((stop - start) / step))
-            values = [start + i * step for i in range(count + 1)]
+            count = (stop - start) / step
+            if not count < most:  # also catches an infinite count
+                raise UserError(
+                    f"λ grid {text!r} has {count + 1:.3g} values; the limit is {most:,}"
+                )
+            values = [start + i * step for i in range(int(round(count)) + 1)]
         else:
             values = [float(x) for x in text.split(",")]
     except ValueError:
         raise UserError(
-            f"λ grid {text!r}: write start:stop:step (e.g. 0:1:0.1) or a list (0,0.5,1)"
+            f"λ grid {text!r}: write start:stop:step with finite numbers (e.g. 0:1:0.1) "
+            "or a list (0,0.5,1)"
         ) from None
+    if len(values) > most:
+        raise UserError(f"λ grid {text!r} has {len(values):,} values; the limit is {most:,}")
     return tuple(check_lam(round(v, 6)) for v in values)
+
+
+def configuration_count(spec: SweepSpec) -> int:
+    """How many configurations ``spec`` runs (what ``_configurations`` would make)."""
+    module_grids = math.prod(len(grid) for grid in spec.module_lams.values())
+    baselines = len(spec.budgets) + int(spec.no_thinking)
+    return len(spec.methods) * len(spec.lams) * module_grids + len(spec.baseline_lams) * baselines
+
+
+def check_spec(spec: SweepSpec, limits: SweepLimits) -> None:
+    """Everything about ``spec``'s size and integers that needs no file: refused at once."""
+    limits.check(
+        "the grid (methods × λs × module λs + baselines)", configuration_count(spec), "grid"
+    )
+    limits.check("samples per problem (k)", spec.k, "k")
+    if spec.limit is not None:
+        limits.check("problems per benchmark", spec.limit, "problems")
+    limits.check("max new tokens", _max_new_tokens(spec), "new_tokens")
+    for name in ("seed", "data_seed"):
+        value = getattr(spec, name)
+        if not 0 <= value <= INT_COLUMN_MAX:
+            raise UserError(f"{name} must be between 0 and {INT_COLUMN_MAX}, not {value}")
+    DecodingSettings.for_lam(0.5, **spec.decoding)  # temperature, top-p, top-k in range
+
+
+def check_work(spec: SweepSpec, limits: SweepLimits, problems: dict[str, list]) -> None:
+    """The sweep's total units × max new tokens, once the problems are known."""
+    for bench, found in problems.items():
+        limits.check(f"{bench}'s problems", len(found), "problems")
+    units = configuration_count(spec) * spec.k * sum(len(found) for found in problems.values())
+    tokens = _max_new_tokens(spec)
+    what = f"the sweep's work ({units:,} answers × {tokens:,} max new tokens)"
+    limits.check(what, units * tokens, "work")
+
+
+def _max_new_tokens(spec: SweepSpec) -> int:
+    return int(spec.decoding.get("max_new_tokens", DecodingSettings.max_new_tokens))
 
 
 def package_versions() -> dict[str, str | None]:
@@ -472,6 +568,7 @@ class Sweeper:
         stop: threading.Event | None = None,
         batch_lams: bool | None = None,
         pool: Any = None,
+        limits: SweepLimits = SweepLimits(),
     ) -> None:
         """``report`` hears of every stored batch (of a whole λ grid, when batched); setting
         ``stop`` ends the sweep after the batch in flight is stored (the dashboard's progress
@@ -489,6 +586,16 @@ class Sweeper:
         # Why the sweep re-merges per λ where it would batch (None: it did not have to).
         self.fallback: str | None = None
         self.db = Path(db)
+        # Sizes and integers, then the problems and the total work: before the lock or any
+        # file is touched.
+        check_spec(spec, limits)
+        self.problems = {
+            b: load_problems(
+                b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
+            )
+            for b in spec.benchmarks
+        }
+        check_work(spec, limits, self.problems)
         self._held = ExitStack()
         # First of all: a second sweep into the same DB is refused before doing any work.
         self._held.enter_context(store.sweep_lock(self.db))
@@ -499,12 +606,6 @@ class Sweeper:
             raise
 
     def _open(self, spec: SweepSpec, provider_factory: Callable[[SweepSpec], Any]) -> None:
-        self.problems = {
-            b: load_problems(
-                b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
-            )
-            for b in spec.benchmarks
-        }
         if provider_factory is default_provider:  # refuse a pair too big before hashing it
             check_live(spec.direct, spec.thinking, spec.base, backend=spec.backend)
         self.hashes = parent_hashes(spec)

@@ -36,6 +36,21 @@ WAIT = "Wait"
 NO_THINKING_TEXT = "Okay, I think I have finished thinking."
 
 
+# Integers stored in the results DB's INTEGER columns (top_k, max_new_tokens, merge_seed,
+# ...) must fit them: a value that does not would fail only after its generation.
+INT_COLUMN_MAX = 2**31 - 1
+
+
+def _check_sampling(temperature: float, top_p: float, top_k: int) -> None:
+    """Sampling values in range: temperature ≥ 0, 0 < top-p ≤ 1, 0 ≤ top-k (0: no top-k)."""
+    if not (isinstance(temperature, int | float) and 0 <= temperature < float("inf")):
+        raise UserError(f"temperature must be a number ≥ 0, not {temperature}")
+    if not (isinstance(top_p, int | float) and 0 < top_p <= 1):
+        raise UserError(f"top-p must be in (0, 1], not {top_p}")
+    if not (isinstance(top_k, int) and 0 <= top_k <= INT_COLUMN_MAX):
+        raise UserError(f"top-k must be an integer between 0 and {INT_COLUMN_MAX}, not {top_k}")
+
+
 @dataclass(frozen=True)
 class DecodingSettings:
     """Sampling settings, and the two baselines that make a thinking model cheaper without
@@ -82,6 +97,15 @@ class DecodingSettings:
         return cls.for_model("direct" if lam == 0 else "merged", **overrides)
 
     def __post_init__(self) -> None:
+        _check_sampling(self.temperature, self.top_p, self.top_k)
+        if not 1 <= self.max_new_tokens <= INT_COLUMN_MAX:
+            raise UserError(
+                f"max new tokens must be between 1 and {INT_COLUMN_MAX}, not {self.max_new_tokens}"
+            )
+        if self.temperature == 0 and self.do_sample:
+            # Temperature 0 is the limit of sampling: the most likely token, i.e. greedy
+            # (sampling would divide the logits by zero).
+            object.__setattr__(self, "do_sample", False)
         if self.think_budget is not None and self.think_budget < 1:
             raise UserError(f"a thinking budget must be at least 1 token, not {self.think_budget}")
         if self.think_budget is not None and self.no_thinking:

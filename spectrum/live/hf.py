@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
+from spectrum.generate.template import load_tokenizer
 from spectrum.live.core import LiveBackend
 from spectrum.live.disk import read_parents
 from spectrum.live.loading import load_model
@@ -71,15 +72,13 @@ class LiveMerger(LiveBackend):
         # Headers only: refuse in seconds, with numbers, a pair this machine cannot hold.
         policy = check_live(direct, thinking, base, device=str(target), policy=policy)
         parents = read_parents(direct, thinking, base, policy=policy, allow_pickle=allow_pickle)
+        tokenizer = load_tokenizer(parents.direct_path, trust_remote_code=trust_remote_code)
         # Straight onto the device, one tensor at a time: never a whole model in host
         # memory on a GPU (the disk policy's host bound), no load transient on CPU.
         model = load_model(
             parents.direct_path, target, dtype,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         )  # fmt: skip
-        tokenizer = AutoTokenizer.from_pretrained(
-            parents.direct_path, trust_remote_code=trust_remote_code
-        )
         return cls(model, tokenizer, parents, policy, chunk_bytes)
 
     @torch.no_grad()

@@ -50,10 +50,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from spectrum.devices import resolve_device
 from spectrum.errors import UserError
+from spectrum.generate.template import load_tokenizer
 from spectrum.live.loading import load_model
 from spectrum.live.spectrum_modules import STRENGTHS as _STRENGTHS
 from spectrum.live.spectrum_modules import SpectrumUnavailable, choose_form, record_inputs
@@ -152,13 +153,13 @@ class SpectrumModel:
         target = resolve_device(device)
         roles = (("direct", direct), ("thinking", thinking), ("base", base))
         checkpoints = {role: open_checkpoint(path) for role, path in roles if path is not None}
+        tokenizer = load_tokenizer(checkpoints["direct"].path)  # before the weights: fail fast
         model = load_model(checkpoints["direct"], target, dtype)
         scope.check_layers(int(model.config.num_hidden_layers))
         stored = set(checkpoints["direct"].names())
         endpoints = _Endpoints(model, scope, merge_method, params, seed, stored)
         endpoints.fill(checkpoints)
         groups = endpoints.install()
-        tokenizer = AutoTokenizer.from_pretrained(checkpoints["direct"].path)
         return cls(
             model, tokenizer, method=method, params=params, seed=seed, scope=scope, groups=groups
         )

@@ -39,6 +39,10 @@ from spectrum.weights.validate import validate_parents
 log = logging.getLogger("spectrum.merge")
 COPY_FROM = ("direct", "thinking")
 RECORD_BYTES = 1 << 20  # room for the card, merge_config.json, the index and the marker
+# A merge config is a dozen keys: bounds far above that, far below harm.
+CONFIG_BYTES = 1 << 20
+CONFIG_ALIASES = 100
+CONFIG_NODES = 10_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,13 @@ class MergeConfig:
         missing = [key for key in ("direct", "thinking") if not data.get(key)]
         if missing:
             raise UserError(f"merge config needs {' and '.join(missing)}")
+        for key in job_keys:
+            kind = bool if key in ("allow_pickle", "allow_extrapolation") else str
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                raise UserError(
+                    f"merge config key {key!r} must be a {kind.__name__}, not "
+                    f"{type(data[key]).__name__} {_short(data[key])}"
+                )
         params = data.get("params") or {}
         if not isinstance(params, Mapping):
             raise UserError(f"params must be a mapping of name to value, not {params!r}")
@@ -83,12 +94,22 @@ class MergeConfig:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no such merge config file: {path}")
+        if path.stat().st_size > CONFIG_BYTES:
+            raise UserError(
+                f"{path}: {path.stat().st_size:,} bytes, more than a merge config's "
+                f"{CONFIG_BYTES:,}"
+            )
         try:
-            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+            text = path.read_text()
+            _check_aliases(path, text)
+            data = yaml.safe_load(text)  # YAML is a superset of JSON
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not a text file") from None
         except yaml.YAMLError as error:
             raise UserError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected a mapping of merge settings")
+        _check_node_count(path, data)
         return cls.from_dict(data)
 
     def checked(self) -> MergeConfig:
@@ -107,6 +128,40 @@ class MergeConfig:
         """The flat form files use: job keys and the spec's keys side by side."""
         job = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
         return {**job, **self.spec.to_json()}
+
+
+def _check_aliases(path: Path, text: str) -> None:
+    """Refuse a file with more aliases than a merge config needs, from its events alone:
+    aliases of aliases (a "billion laughs" file) expand exponentially once used."""
+    aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        aliases += isinstance(event, yaml.AliasEvent)
+        if aliases > CONFIG_ALIASES:
+            raise UserError(
+                f"{path}: more than {CONFIG_ALIASES} YAML aliases (*name); a merge config "
+                "needs none"
+            )
+
+
+def _check_node_count(path: Path, data: Any) -> None:
+    """Refuse a config whose values, aliases expanded, hold more than CONFIG_NODES items
+    (counted with an early stop, so an exponential structure costs CONFIG_NODES steps)."""
+    stack, seen = [data], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > CONFIG_NODES:
+            raise UserError(f"{path}: more than {CONFIG_NODES:,} values, aliases expanded")
+        if isinstance(node, Mapping):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple | set):
+            stack.extend(node)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def merge_checkpoints(

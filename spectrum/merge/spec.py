@@ -20,6 +20,9 @@ from spectrum.merge.scope import MODULE_KINDS, MergeScope
 from spectrum.methods import MergeMethod, get_method, resolve_params
 
 EXTRAPOLATION_HINT = "pass --allow-extrapolation to extrapolate"
+# A merge's seed is stored in INTEGER columns (samples.merge_seed, votes.seed): one that
+# does not fit would fail only after the generation it labels.
+SEED_MAX = 2**31 - 1
 
 
 def check_lam(lam: float, *, allow_extrapolation: bool = False) -> float:
@@ -42,6 +45,7 @@ def _module_lams(value: Any) -> tuple[tuple[str, float], ...] | None:
     """``{"attn": 0.8}``, ``"attn=0.8,mlp=0.5"`` or pairs → sorted (kind, λ) pairs."""
     if value is None:
         return None
+    shown = value
     if isinstance(value, str):
         pairs = [item.partition("=") for item in value.split(",") if item.strip()]
         if any(not sep for _, sep, _ in pairs):
@@ -51,9 +55,14 @@ def _module_lams(value: Any) -> tuple[tuple[str, float], ...] | None:
         value = [(kind, lam) for kind, _, lam in pairs]
     items = value.items() if isinstance(value, Mapping) else value
     try:
-        return tuple(sorted((str(kind).strip(), float(lam)) for kind, lam in items))
+        pairs = tuple(sorted((str(kind).strip(), float(lam)) for kind, lam in items))
     except (TypeError, ValueError):
         raise UserError(f"λ per module kind {value!r}: each λ must be a number") from None
+    kinds = [kind for kind, _ in pairs]
+    twice = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+    if twice:
+        raise UserError(f"λ per module kind {shown!r} names {twice[0]!r} twice: give it one λ")
+    return pairs
 
 
 def parse_lam_text(text: str) -> tuple[float | None, tuple[tuple[str, float], ...] | None]:
@@ -86,6 +95,8 @@ def _frozen_tuple(value: Any, kind: type) -> tuple | None:
     """``"a,b"``, a list or a tuple → a tuple of ``kind`` (None stays None)."""
     if value is None:
         return None
+    if not isinstance(value, str | list | tuple):
+        raise UserError(f"cannot read {value!r} as a list of {kind.__name__}")
     items = value.split(",") if isinstance(value, str) else list(value)
     try:
         return tuple(kind(item.strip() if isinstance(item, str) else item) for item in items)
@@ -119,11 +130,15 @@ class MergeSpec:
         try:
             params = tuple(sorted((str(k), v) for k, v in given))
             lam, seed = float(self.lam), int(self.seed)
+            if isinstance(self.seed, bool) or (isinstance(self.seed, float) and seed != self.seed):
+                raise ValueError  # True or 1.5 is no seed
         except (TypeError, ValueError):
             raise UserError(
                 f"a merge needs a numeric λ, an integer seed and NAME=VALUE parameters "
                 f"(got λ={self.lam!r}, seed={self.seed!r}, params={self.params!r})"
             ) from None
+        if not 0 <= seed <= SEED_MAX:
+            raise UserError(f"a merge seed must be between 0 and {SEED_MAX}, not {seed}")
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "lam", lam)
         object.__setattr__(self, "seed", seed)

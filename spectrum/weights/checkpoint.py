@@ -64,8 +64,12 @@ if hasattr(torch, "float8_e8m0fnu"):  # torch >= 2.7: block scales of some FP8 c
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own bound on a header
+
+
 class _SafetensorsFile:
-    """The header of one safetensors file, checked against the file's size."""
+    """The header of one safetensors file, checked as the safetensors library checks it
+    (``_check_layout``) before a tensor byte is read."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -75,24 +79,23 @@ class _SafetensorsFile:
             if len(prefix) < 8:
                 raise UserError(f"corrupt safetensors file {path}: shorter than its header")
             (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > size - 8:
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
                 raise UserError(f"corrupt safetensors file {path}: header runs past the end")
             try:
-                header = json.loads(handle.read(header_len))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise UserError(f"corrupt safetensors file {path}: unreadable header") from None
+                header = json.loads(handle.read(header_len), object_pairs_hook=_unique_keys)
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
+                reason = str(error).splitlines()[0]
+                raise UserError(
+                    f"corrupt safetensors file {path}: unreadable header ({reason})"
+                ) from None
+        if not isinstance(header, dict):
+            raise UserError(f"corrupt safetensors file {path}: the header is not a JSON object")
         header.pop("__metadata__", None)
         self.data_start = 8 + header_len
-        self.tensors: dict[str, dict] = header
-        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-        if self.data_start + end != size:
-            raise UserError(
-                f"truncated or corrupt safetensors file {path}: header promises "
-                f"{self.data_start + end} bytes, the file has {size}"
-            )
-        for name, entry in header.items():
-            if entry.get("dtype") not in DTYPES:
-                raise UserError(f"unsupported dtype {entry.get('dtype')!r} of {name} in {path}")
+        self.tensors: dict[str, dict] = {
+            name: _checked_entry(path, name, entry) for name, entry in header.items()
+        }
+        _check_layout(path, self.tensors, size - self.data_start)
 
     def read(self, name: str, span: tuple[int, int] | None = None) -> torch.Tensor:
         """The tensor ``name``, or elements ``span = (start, stop)`` of it, flattened."""
@@ -181,8 +184,15 @@ class Checkpoint:
     def _weight_map(self, index_name: str, single_name: str) -> dict[str, str] | None:
         if (self.path / index_name).is_file():
             index = _read_json(self.path / index_name, required=True)
-            if not isinstance(index.get("weight_map"), dict):
-                raise UserError(f"{self.path / index_name}: no weight_map")
+            weight_map = index.get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(file, str) and file == Path(file).name and file not in ("", ".", "..")
+                for file in weight_map.values()
+            ):
+                raise UserError(
+                    f"{self.path / index_name}: no weight_map of tensor names to file names "
+                    "in this folder"
+                )
             return index["weight_map"]
         if (self.path / single_name).is_file():
             if single_name.endswith(".safetensors"):
@@ -281,6 +291,62 @@ def refuse_quantized(checkpoint: Checkpoint, what: str) -> None:
         )
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"{twice!r} appears twice")
+    return found
+
+
+def _checked_entry(path: Path, name: str, entry: object) -> dict:
+    """One tensor's header entry, its JSON shape checked: dtype, shape, data_offsets."""
+    where = f"corrupt safetensors file {path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise UserError(f"{where} is not described by a JSON object")
+    if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
+        raise UserError(f"unsupported dtype {entry.get('dtype')!r} of {name} in {path}")
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(_natural(n) for n in shape):
+        raise UserError(f"{where} has shape {shape!r}, not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_natural, offsets)):
+        raise UserError(f"{where} has data_offsets {offsets!r}, not [start, end]")
+    return entry
+
+
+def _natural(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _check_layout(path: Path, tensors: dict[str, dict], data_bytes: int) -> None:
+    """The data section is the tensors back to back in offset order, each exactly
+    dtype × shape bytes long, ending at the end of the file: no overlap, no gap, no
+    reversed span (the rules of the safetensors library, which refuses other files)."""
+    where = f"corrupt safetensors file {path}"
+    end = 0
+    for name, entry in sorted(tensors.items(), key=lambda item: item[1]["data_offsets"]):
+        start, stop = entry["data_offsets"]
+        if start != end:
+            what = "overlaps the tensor before it" if start < end else "leaves a gap before it"
+            raise UserError(f"{where}: tensor {name!r} at bytes {start}-{stop} {what}")
+        if stop < start:
+            raise UserError(f"{where}: tensor {name!r} ends (byte {stop}) before it starts")
+        itemsize = torch.empty((), dtype=DTYPES[entry["dtype"]]).element_size()
+        expected = math.prod(entry["shape"]) * itemsize
+        if stop - start != expected:
+            raise UserError(
+                f"{where}: tensor {name!r} is {entry['dtype']} {entry['shape']} "
+                f"({expected} bytes) but spans {stop - start} bytes"
+            )
+        end = stop
+    if end != data_bytes:
+        raise UserError(
+            f"truncated or corrupt safetensors file {path}: header promises "
+            f"{end} bytes of data, the file has {data_bytes}"
+        )
+
+
 def _file_sha256(path: Path) -> str:
     blob = Path(os.path.realpath(path))
     if (
@@ -298,9 +364,12 @@ def _read_json(path: Path, *, required: bool = False) -> dict:
             raise UserError(f"{path.parent}: no {path.name}")
         return {}
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(found, dict):
+        raise UserError(f"{path}: expected a JSON object, found {type(found).__name__}")
+    return found
 
 
 def resolve_model_path(path_or_id: str | Path) -> tuple[Path, str]:
