@@ -88,3 +88,36 @@ def test_explorer_opens_on_few_methods_and_draws_levels(results_db):
     assert all(len(trace.x) == 3 for trace in levels.data)  # one point per λ
     with pytest.raises(UserError, match="no slerp results"):
         results.level_figure("synthetic", "slerp")
+
+
+def test_two_decodings_are_two_curves_never_averaged(tiny_pair, tmp_path):
+    """A greedy sweep and a sampled one of the same λs in one DB (as the page's Sweep tab
+    with its defaults writes beside the shipped greedy rows): the explorer shows one
+    decoding at a time, each curve with one point per λ, each point that decoding's own."""
+    db = tmp_path / "two.duckdb"
+    sweep(tiny_pair, db, (0.0, 0.5, 1.0))  # greedy, 12 tokens
+    spec = SweepSpec(
+        direct=str(tiny_pair["direct"]), thinking=str(tiny_pair["thinking"]),
+        lams=(0.0, 0.5, 1.0), limit=1, levels=(1, 2),
+        decoding={"max_new_tokens": 8, "do_sample": True, "temperature": 1.0},
+    )  # fmt: skip
+    run_sweep(spec, db, progress=False)
+    everything = load_results(db)
+    assert everything.decodings == ["greedy, ≤ 12 tokens", "sampled, ≤ 8 tokens"]
+    for decoding, budget in (("greedy, ≤ 12 tokens", 12), ("sampled, ≤ 8 tokens", 8)):
+        results = everything.only(decoding)
+        line = next(
+            t for t in results.figures("synthetic", ["linear"])["tokens"].data
+            if t.mode == "lines+markers"
+        )  # fmt: skip
+        assert list(line.x) == [0.0, 0.5, 1.0]  # one point per λ: no zig-zag
+        with duckdb.connect(str(db), read_only=True) as con:
+            expected = con.execute(
+                "SELECT lam, avg(tokens) FROM (SELECT lam, problem_id, avg(n_tokens) AS tokens "
+                "FROM samples WHERE max_new_tokens = ? GROUP BY lam, problem_id) "
+                "GROUP BY lam ORDER BY lam",
+                [budget],
+            ).fetchall()
+        assert list(line.y) == pytest.approx([tokens for _, tokens in expected])
+        assert set(results.table["decoding"]) == {decoding}
+    assert everything.only(None).decoding == "greedy, ≤ 12 tokens"  # the most configurations

@@ -71,6 +71,10 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     with gr.Row(equal_height=True):
         db = gr.Textbox(shown_path(dashboard.db), label="Results database (DuckDB)", scale=3)
         benchmark = gr.Dropdown([], label="Benchmark", scale=1, allow_custom_value=True)
+        # Runs decoded differently are never averaged into one point: one decoding at a time.
+        decoding = gr.Dropdown(
+            [], label="Decoding", scale=1, allow_custom_value=True, elem_id="explorer-decoding"
+        )
         load = gr.Button("Load", variant="primary", scale=0, min_width=100, elem_id="explore")
     methods = gr.CheckboxGroup(
         [],
@@ -117,8 +121,14 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         votes = gr.Dataframe(label="Leaderboard", elem_id="leaderboard")
 
     @friendly
-    def refresh(db_text: str, chosen_benchmark: str | None, chosen_methods: list[str]):
-        results = dashboard.results(db_text)
+    def refresh(
+        db_text: str,
+        chosen_benchmark: str | None,
+        chosen_methods: list[str],
+        chosen_decoding: str | None = None,
+    ):
+        everything = dashboard.results(db_text)
+        results = everything.only(chosen_decoding)
         bench = chosen_benchmark if chosen_benchmark in results.benchmarks else None
         bench = bench or results.benchmarks[0]
         available = results.methods(bench)
@@ -141,6 +151,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             level_plot(results, bench, picked[0]),
             results.findings(bench),
             *results.heatmaps(bench),
+            gr.Dropdown(choices=everything.decodings, value=results.decoding),
         )
 
     def level_plot(results, bench: str, method: str):
@@ -150,8 +161,8 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             return None
 
     @friendly
-    def show_levels(db_text: str, bench: str, method: str):
-        return level_plot(dashboard.results(db_text), bench, method)
+    def show_levels(db_text: str, bench: str, method: str, chosen_decoding: str | None):
+        return level_plot(dashboard.results(db_text).only(chosen_decoding), bench, method)
 
     @friendly
     def show_samples(db_text: str, bench: str, method: str, lam: float | None):
@@ -160,15 +171,16 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         frame = samples_frame(dashboard, db_text, bench, method, lam) if lam is not None else None
         return gr.Dropdown(choices=lams, value=lam), frame
 
-    inputs = [db, benchmark, methods]
+    inputs = [db, benchmark, methods, decoding]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
     outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
-    outputs += [findings, heat_accuracy, heat_tokens]
+    outputs += [findings, heat_accuracy, heat_tokens, decoding]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):
         trigger(show_samples, [db, benchmark, sample_method, sample_lam], [sample_lam, samples])
-    level_method.input(show_levels, [db, benchmark, level_method], by_level, **hidden)
+    level_method.input(show_levels, [db, benchmark, level_method, decoding], by_level, **hidden)
     benchmark.input(refresh, inputs, outputs, **hidden)
     methods.input(refresh, inputs, outputs, **hidden)
+    decoding.input(refresh, inputs, outputs, **hidden)
     return Explorer(db, refresh, inputs, outputs)

@@ -35,10 +35,27 @@ class Results:
     table: pd.DataFrame
     better: pd.DataFrame
     versions: tuple = ()  # the file's (mtime, size): keys the per-level summaries' cache
+    decoding: str | None = None  # set by ``only``: every row decoded this way
 
     @property
     def benchmarks(self) -> list[str]:
         return sorted(self.table["benchmark"].unique())
+
+    @property
+    def decodings(self) -> list[str]:
+        """How the stored configurations decoded, the most configurations first: two runs
+        decoded differently are two curves, never averaged into one point per λ."""
+        counts = self.table["decoding"].value_counts()
+        return sorted(counts.index, key=lambda name: (-counts[name], name))
+
+    def only(self, decoding: str | None) -> Results:
+        """These results restricted to one decoding (default: the most common)."""
+        decoding = decoding if decoding in self.decodings else self.decodings[0]
+        table = self.table[self.table["decoding"] == decoding]
+        better = self.better
+        if not better.empty:
+            better = better[better["decoding"] == decoding]
+        return Results(self.db, table, better, self.versions, decoding)
 
     def methods(self, benchmark: str) -> list[str]:
         return sorted(self.table.loc[self.table["benchmark"] == benchmark, "method"].unique())
@@ -96,6 +113,8 @@ class Results:
             raise UserError(f"{self.db.name} has no {method} results on {benchmark}")
         levels = _level_summaries(self.db, self.versions, method)
         levels = levels[levels["benchmark"].str.startswith(f"{benchmark}:L")]
+        if self.decoding is not None:
+            levels = levels[levels["decoding"] == self.decoding]
         if levels.empty:
             raise UserError(f"{benchmark} has no difficulty levels to plot")
         return figures.accuracy_vs_tokens_by_level(levels, method)

@@ -103,6 +103,7 @@ def summaries(
         where.append("NOT list_contains(?, config_id)")
     samples = con.execute(
         f"SELECT benchmark, level, config_id, method, lam, params, layers, modules, {optional}, "
+        "do_sample, max_new_tokens, "
         f"problem_id, {_SAMPLE_COLUMNS} FROM samples WHERE {' AND '.join(where)} "
         "ORDER BY benchmark, config_id, problem_id, sample_idx",
         values,
@@ -138,6 +139,7 @@ def summaries(
             layers=_cell(first["layers"]),
             modules=_cell(first["modules"]),
             template=_cell(first["template"]),
+            decoding=decoding_label(first["do_sample"], first["max_new_tokens"]),
             n_problems=len(problems),
             k=k,
             interval=stats["mean"].method,
@@ -153,7 +155,7 @@ def summaries(
 
 SUMMARY_COLUMNS = [
     "benchmark", "config_id", "method", "lam", "params", "module_lams", "layers", "modules",
-    "template", "kind", "label", "n_problems", "k", "interval", "problems",
+    "template", "decoding", "kind", "label", "n_problems", "k", "interval", "problems",
     *(f"{m}{s}" for m in METRICS for s in ("", "_low", "_high")),
 ]  # fmt: skip
 
@@ -377,6 +379,13 @@ def rank_methods(table: pd.DataFrame, benchmark: str) -> list[str]:
     return sorted(areas, key=lambda m: (-areas[m], m))
 
 
+def decoding_label(do_sample: bool, max_new_tokens: int) -> str:
+    """How a configuration decoded, as far as runs are told apart: greedy or sampled, and
+    the token budget. (Per-model sampling defaults vary the temperature with λ inside one
+    sweep, so the temperature is not part of it.)"""
+    return f"{'sampled' if do_sample else 'greedy'}, ≤ {int(max_new_tokens)} tokens"
+
+
 def improvements(
     table: pd.DataFrame, *, margin: float = 0.0, interval: str = "auto", seed: int = 0
 ) -> pd.DataFrame:
@@ -384,6 +393,13 @@ def improvements(
     whose paired point estimates beat a parent (fewer tokens, no accuracy lost beyond
     ``margin``), each with the paired intervals and its verdict: ``improves`` is True only
     for those the paired test confirms (``spectrum.eval.metrics.compare``)."""
+    if "decoding" in table and table["decoding"].nunique() > 1:
+        # A merge is compared with the parents decoded the same way, never across runs.
+        parts = [
+            improvements(group, margin=margin, interval=interval, seed=seed)
+            for _, group in table.groupby("decoding", sort=True)
+        ]
+        return pd.concat(parts, ignore_index=True)
     found = []
     for bench in table["benchmark"].unique():
         rows = table[table["benchmark"] == bench]
