@@ -18,7 +18,8 @@ import sys
 from spectrum.errors import UserError
 
 _LIBRARY_COMMANDS = (
-    "methods", "merge", "generate", "sweep", "search", "report", "analyze", "plan", "toy", "bench",
+    "methods", "merge", "generate", "serve", "sweep", "search", "report", "analyze", "plan", "toy",
+    "bench",
 )  # fmt: skip
 _ORDER = ("methods", "merge", "app")  # what a user reaches for first comes first in --help
 
