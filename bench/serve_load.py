@@ -1,0 +1,222 @@
+"""`spectrum serve` under load: N clients at mixed λ against one merged model per λ served
+one request after another.
+
+Workload: ``--clients`` clients, client i at λ_i (an even grid over [0, 1]); each sends
+``--rounds`` requests back to back (closed loop: the next after its answer), greedy, a
+``--prompt-tokens`` random prompt through ``/v1/completions`` (no chat template: random
+models), ``--max-tokens`` new tokens. Both sides answer exactly those requests.
+
+* **serve**: a real ``spectrum serve`` process (the spectrum model, rows of every λ
+  decoded together, joining the batch between steps), driven over HTTP by client threads.
+* **(a) per-λ**: one merged model per λ, one request after another: in this process, a
+  live merger re-merged in place to each request's λ (``set()``, linear, in place) and
+  ``generate`` of that request alone; requests taken in the order the clients send them
+  (round by round), so a request's latency is its wait behind the requests before it in
+  its round plus its own re-merge and decode.
+
+Throughput = generated tokens ÷ wall seconds of the whole workload (and ÷ CPU seconds of
+the serving process, steadier on a shared machine); latency percentiles over requests.
+Greedy texts of the two sides are compared (float rounding of the lerp may flip a near-tie
+on random models: the count is reported, not asserted).
+
+Models: bench/spectrum_batch.py's random pairs (``qwen3-0.6b``: Qwen3-0.6B's shapes with
+its layers cut to ``--layers``). Usage:
+
+    python bench/serve_load.py [--shape qwen3-0.6b] [--layers 4] [--clients 8] [--rounds 2]
+                               [--max-tokens 32] [--threads 1] [--device cpu] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+from spectrum_batch import write_pair  # bench/ is on sys.path
+from transformers import AutoTokenizer
+
+from spectrum.live import LiveMerger
+from spectrum.merge import MergeSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def prompts(tokenizer, count: int, length: int) -> list[str]:
+    """Random printable prompts of ``length`` characters (one token each: char tokenizer)."""
+    generator = torch.Generator().manual_seed(1)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 +-="
+    picks = torch.randint(0, len(alphabet), (count, length), generator=generator).tolist()
+    return ["".join(alphabet[i] for i in row) for row in picks]
+
+
+def workload(args: argparse.Namespace, tokenizer) -> list[list[tuple[float, str]]]:
+    """Per client, its requests: (λ, prompt)."""
+    lams = [round(i / (args.clients - 1), 4) for i in range(args.clients)]
+    texts = prompts(tokenizer, args.clients * args.rounds, args.prompt_tokens)
+    return [
+        [(lams[c], texts[c * args.rounds + r]) for r in range(args.rounds)]
+        for c in range(args.clients)
+    ]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read())
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_side(args, paths: dict[str, Path], work) -> dict:
+    port = _port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
+    command = [sys.executable, "-m", "spectrum", "serve", "--device", args.device, "--port",
+               str(port), "--direct", str(paths["direct"]), "--thinking",
+               str(paths["thinking"]), "--max-batch", str(args.clients)]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit("spectrum serve exited before it answered") from None
+                time.sleep(0.5)
+        body = dict(model="linear@0.5", prompt="warm up", max_tokens=2, temperature=0)
+        _post(url, body)  # first-call costs out of the timing
+        latencies, tokens, texts = [], [], {}
+        lock = threading.Lock()
+
+        def client(requests) -> None:
+            for lam, prompt in requests:
+                body = dict(model=f"linear@{lam}", prompt=prompt, temperature=0,
+                            max_tokens=args.max_tokens)  # fmt: skip
+                started = time.perf_counter()
+                answer = _post(url, body)
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    tokens.append(answer["usage"]["completion_tokens"])
+                    texts[(lam, prompt)] = answer["choices"][0]["text"]
+
+        threads = [threading.Thread(target=client, args=(requests,)) for requests in work]
+        started, cpu = time.perf_counter(), _cpu_s(server.pid)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall, cpu = time.perf_counter() - started, _cpu_s(server.pid) - cpu
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(120)
+    return dict(wall=wall, cpu=cpu, latencies=latencies, tokens=sum(tokens), texts=texts)
+
+
+def per_lam_side(args, paths: dict[str, Path], work) -> dict:
+    torch.set_num_threads(args.threads)
+    merger = LiveMerger.load(paths["direct"], paths["thinking"], device=args.device)
+    tokenizer = AutoTokenizer.from_pretrained(paths["direct"])
+
+    def answer(lam: float, prompt: str) -> tuple[str, int]:
+        merger.set(MergeSpec("linear", lam))
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        ids = ids.to(merger.model.device)
+        with torch.inference_mode():
+            out = merger.model.generate(ids, attention_mask=torch.ones_like(ids),
+                                        do_sample=False, max_new_tokens=args.max_tokens,
+                                        eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        new = out[0, ids.shape[1] :].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id) + 1]
+        return tokenizer.decode(new, skip_special_tokens=True), len(new)
+
+    answer(0.5, "warm up")
+    latencies, tokens, texts = [], 0, {}
+    started, cpu = time.perf_counter(), time.process_time()
+    for r in range(args.rounds):
+        round_start = time.perf_counter()  # the round's requests all wait from here
+        for requests in work:
+            lam, prompt = requests[r]
+            text, count = answer(lam, prompt)
+            latencies.append(time.perf_counter() - round_start)
+            tokens += count
+            texts[(lam, prompt)] = text
+    return dict(wall=time.perf_counter() - started, cpu=time.process_time() - cpu,
+                latencies=latencies, tokens=tokens, texts=texts)  # fmt: skip
+
+
+def _summary(side: dict) -> dict:
+    cuts = statistics.quantiles(side["latencies"], n=20, method="inclusive")
+    return dict(tok_s=side["tokens"] / side["wall"], p50_s=statistics.median(side["latencies"]),
+                p95_s=cuts[18], wall_s=side["wall"], tokens=side["tokens"],
+                tok_cpu_s=side["tokens"] / side["cpu"])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=("small", "qwen3-0.6b"), default="qwen3-0.6b")
+    parser.add_argument("--layers", type=int, default=4, help="qwen3-0.6b: layers kept")
+    parser.add_argument("--clients", type=int, default=8, help="clients, one λ each")
+    parser.add_argument("--rounds", type=int, default=2, help="requests per client")
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads, both sides")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, both sides")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        layers = args.layers if args.shape == "qwen3-0.6b" else None
+        paths = write_pair(Path(folder), args.shape, layers)
+        work = workload(args, AutoTokenizer.from_pretrained(paths["direct"]))
+        served = serve_side(args, paths, work)
+        baseline = per_lam_side(args, paths, work)
+    same = sum(served["texts"][key] == text for key, text in baseline["texts"].items())
+    row = dict(shape=args.shape, layers=args.layers, clients=args.clients, rounds=args.rounds,
+               device=args.device,
+               prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
+               threads=args.threads, serve=_summary(served), per_lam=_summary(baseline),
+               same_texts=f"{same}/{len(baseline['texts'])}")  # fmt: skip
+    row["speedup"] = row["serve"]["tok_s"] / row["per_lam"]["tok_s"]
+    row["cpu_speedup"] = row["serve"]["tok_cpu_s"] / row["per_lam"]["tok_cpu_s"]
+    if args.json:
+        print(json.dumps(row))
+        return
+    print(f"{args.shape} ({args.layers} layers) on {args.device}, {args.clients} clients × "
+          f"{args.rounds} requests, {args.max_tokens} new tokens, {args.threads} threads; "
+          f"same texts {row['same_texts']}")  # fmt: skip
+    for name in ("serve", "per_lam"):
+        s = row[name]
+        print(
+            f"  {name:8s} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:6.2f} s  "
+            f"p95 {s['p95_s']:6.2f} s  ({s['tokens']} tokens in {s['wall_s']:.1f} s)"
+        )
+    print(f"  throughput: serve / per-λ = {row['speedup']:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
