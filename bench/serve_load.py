@@ -213,9 +213,13 @@ def main(argv: list[str] | None = None) -> None:
         s = row[name]
         print(
             f"  {name:8s} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:6.2f} s  "
-            f"p95 {s['p95_s']:6.2f} s  ({s['tokens']} tokens in {s['wall_s']:.1f} s)"
+            f"p95 {s['p95_s']:6.2f} s  ({s['tokens']} tokens in {s['wall_s']:.1f} s, "
+            f"{s['tok_cpu_s']:.1f} tokens per CPU second)"
         )
-    print(f"  throughput: serve / per-λ = {row['speedup']:.2f}×")
+    print(
+        f"  throughput: serve / per-λ = {row['speedup']:.2f}× wall, "
+        f"{row['cpu_speedup']:.2f}× per CPU second"
+    )
 
 
 if __name__ == "__main__":

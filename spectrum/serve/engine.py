@@ -108,9 +108,8 @@ class Engine:
                     return
             try:
                 self._serve()
-            except BaseException as error:  # a failed batch fails its rows, not the server
+            except Exception:  # its rows were told; the server goes on with the next batch
                 log.exception("batch failed")
-                self._fail_all(error)
 
     def _serve(self) -> None:
         raise NotImplementedError
@@ -122,10 +121,6 @@ class Engine:
                 self._queue.remove(row)
         return taken
 
-    def _fail_all(self, error: BaseException) -> None:
-        for row in self._take(lambda row: True, len(self._queue)):
-            self._fail(row, error)
-
     def _fail(self, row: Row, error: BaseException) -> None:
         if not row.done:
             row.done = True
@@ -135,13 +130,15 @@ class Engine:
     def _decode(self, forward: Callable[..., Any], accept: Callable[[Row], bool]) -> None:
         """Run one batch until no row is left: admit, step, drop; ``forward(ids, rows,
         **kwargs)`` is the model call for the given rows."""
-        batch = _Batch()
+        batch, joining = _Batch(), []
         try:
             while True:
-                for row in self._take(accept, self.max_batch - len(batch.rows)):
-                    cache = self._prefill(forward, row)
+                joining = self._take(accept, self.max_batch - len(batch.rows))
+                while joining:
+                    cache = self._prefill(forward, joining[0])
                     if cache is not None:
-                        batch.join(row, cache)
+                        batch.join(joining[0], cache)
+                    joining.pop(0)
                 batch.drop([row for row in batch.rows if row.done or row.cancelled.is_set()])
                 if not batch.rows:
                     return
@@ -149,7 +146,7 @@ class Engine:
                 for row, scores in zip(batch.rows, logits, strict=True):
                     self._advance(row, scores)
         except BaseException as error:
-            for row in batch.rows:
+            for row in [*batch.rows, *joining]:
                 self._fail(row, error)
             raise
 
@@ -326,10 +323,15 @@ class MergerEngine(Engine):
     def _serve(self) -> None:
         with self._wake:
             spec = self._queue[0].spec
-        merger = self._merger()
-        self._device = merger.model.device
-        if merger.current.spec != spec:  # this thread alone sets the server's merger
-            merger.set(spec)
+        try:
+            merger = self._merger()
+            self._device = merger.model.device
+            if merger.current.spec != spec:  # this thread alone sets the server's merger
+                merger.set(spec)
+        except Exception as error:  # the rows of this merge fail; other merges go on
+            for row in self._take(lambda row: row.spec == spec, len(self._queue)):
+                self._fail(row, error)
+            raise
 
         def forward(ids: Tensor, rows: list[Row], **kwargs: Any) -> Any:
             return merger.model(input_ids=ids, **kwargs)
