@@ -26,7 +26,8 @@ from spectrum.eval.benchmarks.synthetic import make_problems
 from spectrum.generate.batch import DecodingSettings, generator_for
 from spectrum.live import LiveMerger
 from spectrum.merge.spec import MergeSpec
-from spectrum.serve.names import smallest_reaching
+from spectrum.serve import reasoning
+from spectrum.serve.names import DEFAULT_EFFORT_LAMS, model_name, request_spec, smallest_reaching
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR = REPO / "assets" / "pair"
@@ -333,6 +334,36 @@ def test_shutdown_finishes_a_request_in_flight(server):
     assert code == 200 and answer["choices"][0]["finish_reason"] in ("stop", "length")
     with pytest.raises(OSError):  # and it is gone
         urllib.request.urlopen(f"{url}/health", timeout=5)
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_reasoning_stream_equals_the_whole_split_for_any_chunking(opened):
+    replies = ["<think>\nabc</think>\n\n42", "hello", "<think>abc", "abc</think>x", "",
+               "  <thi", "a</th", "<think></think>\n\n\n", "x < y", "\n<think>a</think></think>b",
+               "<think>a</thinkb", "</think>\nonly"]  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    for reply in replies:
+        whole = reasoning.split(reply, opened=opened)
+        for _ in range(30):
+            stream, thought, answer, start = reasoning.ReasoningStream(opened=opened), "", "", 0
+            while start < len(reply):
+                end = start + int(torch.randint(1, 4, (1,), generator=generator))
+                more_thought, more_answer = stream.feed(reply[start:end])
+                thought, answer, start = thought + more_thought, answer + more_answer, end
+            rest_thought, rest_answer = stream.finish()
+            assert ((thought + rest_thought) or None, (answer + rest_answer) or None) == whole
+    # The rule itself, written out: a thought opens the reply, the answer follows it.
+    assert reasoning.split("<think>\nabc</think>\n\n42") == ("\nabc", "42")
+    assert reasoning.split("<think>abc") == ("abc", None)  # truncated thought
+    assert reasoning.split("abc</think>x") == (None, "abc</think>x")  # no thought opened
+    assert reasoning.split("abc</think>x", opened=True) == ("abc", "x")  # opened by the prompt
+
+
+def test_model_names_round_trip():
+    for name in ("direct", "thinking", "linear@0.7", "slerp@0.6", "linear@0.5,attn=0.8"):
+        assert model_name(request_spec(name, None, None, DEFAULT_EFFORT_LAMS)) == name
+    assert model_name(request_spec("linear", None, None, DEFAULT_EFFORT_LAMS)) == "linear@0.6"
+    assert model_name(request_spec("direct", 1.0, None, DEFAULT_EFFORT_LAMS)) == "thinking"
 
 
 def _post(url: str, path: str, body: dict, key: str | None) -> tuple[int, dict]:
