@@ -95,8 +95,13 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
 
 
 async def _complete(service: Service, request: Request, *, chat: bool):
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:  # a chunked body has no Content-Length to refuse it by
+        return error_response(
+            413, f"the body is over {MAX_BODY_BYTES} bytes", "invalid_request_error"
+        )
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return error_response(400, "the body is not valid JSON", "invalid_request_error")
     loop = asyncio.get_running_loop()
