@@ -290,6 +290,12 @@ def test_bad_requests_get_openai_errors(server, body, status, needle):
     assert needle in answer["error"]["message"]
 
 
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    body = {"model": "direct", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
+    code, answer = _post(server[1], "/v1/chat/completions", body, KEY)
+    assert code == 413 and "bytes" in answer["error"]["message"]
+
+
 def test_the_api_key_is_enforced(server, client):
     for key in (None, "wrong"):
         code, answer = _post(server[1], "/v1/chat/completions", {"model": "direct"}, key)

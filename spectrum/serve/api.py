@@ -12,7 +12,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -95,11 +95,13 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
 
 
 async def _complete(service: Service, request: Request, *, chat: bool):
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:  # a chunked body has no Content-Length to refuse it by
-        return error_response(
-            413, f"the body is over {MAX_BODY_BYTES} bytes", "invalid_request_error"
-        )
+    raw = bytearray()
+    async for piece in request.stream():  # read up to the limit, never the whole of a flood
+        raw += piece
+        if len(raw) > MAX_BODY_BYTES:
+            return error_response(
+                413, f"the body is over {MAX_BODY_BYTES} bytes", "invalid_request_error"
+            )
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -108,7 +110,8 @@ async def _complete(service: Service, request: Request, *, chat: bool):
     deltas: asyncio.Queue[Delta] = asyncio.Queue()
 
     def notify(delta: Delta) -> None:  # called from an engine's worker thread
-        loop.call_soon_threadsafe(deltas.put_nowait, delta)
+        with suppress(RuntimeError):  # a loop gone (server stopped) has no one left to tell
+            loop.call_soon_threadsafe(deltas.put_nowait, delta)
 
     try:
         job = service.start(body, chat=chat, notify=notify)
