@@ -304,6 +304,9 @@ def test_the_api_key_is_enforced(server, client):
         openai.OpenAI(base_url=f"{server[1]}/v1", api_key="wrong", max_retries=0).models.list()
     names = [model.id for model in client.models.list()]
     assert names[:3] == ["direct", "thinking", "linear"] and "slerp" in names
+    assert client.models.retrieve("linear@0.50,attn=0.8").id == "linear@0.5,attn=0.8"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nope@0.5")
 
 
 def test_effort_lams_from_a_results_db():

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from spectrum.errors import UserError
 from spectrum.serve import reasoning
 from spectrum.serve.engine import Delta
-from spectrum.serve.names import UnknownModel
+from spectrum.serve.names import UnknownModel, model_name, request_spec
 from spectrum.serve.service import Busy, Closing, Job, Service, split_choice
 
 MAX_BODY_BYTES = 1 << 20
@@ -82,6 +82,15 @@ def create_app(service: Service, *, api_key: str | None = None) -> FastAPI:
                 for name in service.models()
             ],
         }
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        try:  # any name that names a merge of this pair exists, listed or not
+            spec = service.dashboard.check(request_spec(name, None, None, service.effort_lams))
+        except UserError as error:
+            return _for(error)
+        return {"id": model_name(spec), "object": "model", "created": int(time.time()),
+                "owned_by": "spectrum"}  # fmt: skip
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
