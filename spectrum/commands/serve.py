@@ -93,5 +93,8 @@ def run(args: argparse.Namespace) -> int:
     # In-flight answers end within --max-seconds: shutdown waits that long, then cancels.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=int(args.max_seconds) + 5)  # fmt: skip
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down gracefully for
+        pass
     return 0
