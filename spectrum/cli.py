@@ -20,8 +20,8 @@ from pathlib import Path
 from spectrum.errors import UserError
 
 _LIBRARY_COMMANDS = (
-    "methods", "merge", "generate", "sweep", "search", "confirm", "report", "analyze", "plan",
-    "toy", "bench",
+    "methods", "merge", "generate", "serve", "sweep", "search", "confirm", "report", "analyze",
+    "plan", "toy", "bench",
 )  # fmt: skip
 _ORDER = ("methods", "merge", "app")  # what a user reaches for first comes first in --help
 
