@@ -251,15 +251,15 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     controls = build_merge_controls(dashboard)
 
-    # Columns grow with their answers (short at first, so the examples stay in view); on a
-    # phone they stay side by side in a row the thumb swipes through (CSS in ui/app.py).
+    # A fixed height keeps Send and Stop still while answers stream and the examples in view
+    # at 1280×800; a corner handle makes a column taller. On a phone
+    # the columns stay side by side in a row the thumb swipes through (CSS in ui/app.py).
     with gr.Row(equal_height=True, elem_id="chat-row"):
         chats = [
             gr.Chatbot(
                 label=TITLES[column],
-                height=None,
-                min_height=300,
-                max_height=720,
+                height=300,
+                resizable=True,
                 min_width=200,
                 latex_delimiters=LATEX_DELIMITERS,
                 feedback_options=None,
@@ -329,7 +329,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
                 "Export merged model", scale=0, min_width=200, elem_id="export-button"
             )
         gr.Markdown(dashboard.export_quota.describe(), elem_id="export-quota")
-        export_status = gr.Markdown()
+        export_status = gr.Markdown(elem_id="export-status")
         # A Space visitor cannot reach the server's disk: the export also comes as a zip.
         download = gr.DownloadButton(
             "Download the export (.zip)", visible=False, elem_id="export-download"
