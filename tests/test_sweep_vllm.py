@@ -73,3 +73,25 @@ def test_bad_engine_args_are_one_line(monkeypatch):
     monkeypatch.setenv("SPECTRUM_VLLM_ENGINE_ARGS", "[1]")
     with pytest.raises(UserError, match="JSON object"):
         engine_args()
+
+
+def test_kv_cache_is_bounded_by_default(monkeypatch):
+    from spectrum.live.vllm import kv_cache_kwargs
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv("SPECTRUM_VLLM_KV_GIB", raising=False)
+    assert kv_cache_kwargs({"dtype": "float32"}) == {
+        "dtype": "float32",
+        "kv_cache_memory_bytes": 2**30,
+    }
+    monkeypatch.setenv("SPECTRUM_VLLM_KV_GIB", "2.5")
+    assert kv_cache_kwargs({})["kv_cache_memory_bytes"] == int(2.5 * 2**30)
+    # The caller's own bound wins, on a GPU (utilization) or anywhere (bytes).
+    assert kv_cache_kwargs({"gpu_memory_utilization": 0.6}) == {"gpu_memory_utilization": 0.6}
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert kv_cache_kwargs({}) == {}
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    for bad in ("0", "-1", "lots"):
+        monkeypatch.setenv("SPECTRUM_VLLM_KV_GIB", bad)
+        with pytest.raises(UserError, match="SPECTRUM_VLLM_KV_GIB"):
+            kv_cache_kwargs({})
