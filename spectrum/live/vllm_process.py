@@ -127,7 +127,8 @@ class VllmProcessMerger:
     @classmethod
     def load(cls, direct, thinking, base=None, *, python: str, **kwargs: Any) -> VllmProcessMerger:
         """Start the worker under ``python`` and load the parents there."""
-        env = dict(os.environ)
+        # vLLM's INFO lines (one per reload) would drown the caller's progress bar.
+        env = {"VLLM_LOGGING_LEVEL": "WARNING", **os.environ}
         if (_SOURCE / "pyproject.toml").is_file():
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(_SOURCE), env.get("PYTHONPATH")) if p
