@@ -6,10 +6,10 @@ strategy is a pair (rest, top): θ = rest everywhere except the selected positio
 take top. Selection and tie rule: docs/METHODS.md (count = round-half-up of
 k·N; everything >= the count-th largest |Δ|; k = 0 selects nothing, k = 1 everything).
 
-``prepare`` keeps rest, |Δ| and ``flip`` (the bits where top differs from rest), so
-``apply`` is a branch-free select once the threshold is known: on CPU ``torch.where`` with a
-data-dependent mask costs ~15 integer passes (measured), so the select is done on the
-float32 bit patterns instead, ``rest ^ (flip & mask)``, with the mask from the sign of
+``prepare`` keeps rest, top and |Δ|, so ``apply`` is a branch-free select once the
+threshold is known: on CPU ``torch.where`` with a data-dependent mask costs ~15 integer
+passes (measured), so the select is done on the float32 bit patterns instead, in
+cache-sized blocks: ``rest ^ ((top ^ rest) & mask)``, with the mask from the sign of
 ``|Δ|_bits − threshold_bits`` (non-negative floats order as their bits). It picks
 exactly top or rest, bit for bit, as ``where`` did. With global scope, ``global_stats``
 returns a ``MagnitudeThreshold`` over every prepared |Δ|: one coarse pass, then one
@@ -75,12 +75,14 @@ def _apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -
         return rest.clone()
     threshold_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
     out = torch.empty(rest.shape, dtype=torch.int32, device=rest.device)
-    flat = [x.reshape(-1).view(torch.int32) for x in (prepared["magnitude"], prepared["flip"])]
+    flat = [x.reshape(-1).view(torch.int32) for x in (prepared["magnitude"], prepared["top"])]
     flat += [rest.reshape(-1).view(torch.int32), out.view(-1)]
+    work = torch.empty(min(_BLOCK, out.numel()), dtype=torch.int32, device=rest.device)
     for start in range(0, out.numel(), _BLOCK):  # blocks: the temporaries stay in the cache
-        magnitude, flip, kept, merged = (x[start : start + _BLOCK] for x in flat)
+        magnitude, top, kept, merged = (x[start : start + _BLOCK] for x in flat)
         # ~(|Δ| − threshold) >> 31: all ones where |Δ| >= threshold (both non-negative int32).
         torch.sub(magnitude, threshold_bits, out=merged).bitwise_not_().bitwise_right_shift_(31)
+        flip = torch.bitwise_xor(top, kept, out=work[: merged.numel()])
         merged.bitwise_and_(flip).bitwise_xor_(kept)
     return out.view(torch.float32)
 
@@ -95,9 +97,11 @@ def topk_method(
 
     def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
         direct, thinking = parents.direct, parents.thinking
-        kept = rest(direct, thinking)
-        flip = top(direct, thinking).view(torch.int32) ^ kept.view(torch.int32)
-        return {"rest": kept, "flip": flip, "magnitude": (thinking - direct).abs()}
+        return {
+            "rest": rest(direct, thinking),
+            "top": top(direct, thinking),
+            "magnitude": (thinking - direct).abs(),
+        }
 
     return MergeMethod(
         name=name,
