@@ -7,7 +7,7 @@ per mode: units/s in wall time and per CPU-second of this process (steadier on a
 machine), best and median round, and batched ÷ per-λ from the same run. Usage:
 
     python bench/sweep_batch_lams.py [--k 2] [--limit 2] [--max-new-tokens 32] [--greedy]
-                                     [--rounds 3] [--lams 0:1:0.1]
+                                     [--rounds 3] [--lams 0:1:0.1] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--greedy", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lams", default="0:1:0.1")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -55,6 +56,7 @@ def main() -> None:
         k=args.k,
         limit=args.limit,
         decoding=decoding,
+        batch_size=args.batch_size,
     )
     rates: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as folder:
@@ -64,7 +66,7 @@ def main() -> None:
             for batch_lams in (True, False):
                 rates[batch_lams].append(one(spec, folder, batch_lams))
     print(f"load average {os.getloadavg()[0]:.1f}; {len(spec.lams)} λ, k={args.k}, "
-          f"limit={args.limit}, {args.max_new_tokens} new tokens, "
+          f"limit={args.limit}, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
           f"{'greedy' if args.greedy else 'sampled'}")  # fmt: skip
     print("| mode | units/s wall (best) | (median) | units/CPU-s (best) | (median) |")
     print("|---|---:|---:|---:|---:|")
