@@ -1,9 +1,13 @@
 """Merge throughput: `spectrum merge` against mergekit on the same ≥ 1 GB random Qwen3 files.
 
 Writes a random bf16 Qwen3-shaped base/direct/thinking triple (sharded safetensors) once into
-a cache folder, warms the page cache, then runs each merge as a separate process and reports
-wall seconds, GB/s (one parent's bytes per second) and peak RSS, with spectrum ÷ mergekit
-ratios from the same run. Usage:
+a cache folder, then runs each merge as a separate process and reports wall seconds, GB/s
+(one parent's bytes per second) and peak RSS, with spectrum ÷ mergekit ratios from the same
+run. Every merge starts with its inputs evicted from the page cache (``posix_fadvise``
+DONTNEED, no root needed), and ``÷ bound`` is its wall time over the cold-disk bound
+measured in the same run the same way: reading the method's inputs (2 or 3 parents) cold,
+plus writing one parent-sized file. ``--warm`` keeps the files cached instead (no bound).
+Usage:
 
     python bench/merge_throughput.py [--cache /tmp/spectrum-bench] [--methods linear,ties]
 """
@@ -108,22 +112,72 @@ def measure(command: list[str], out: Path, hashes: Path | None = None) -> tuple[
     return seconds, float(cpu), int(peak) * 1024
 
 
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache: the next read comes from the disk."""
+    for path in paths:
+        for file in path.glob("*.safetensors"):
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def disk_bound(inputs: list[Path], size: int, out: Path) -> float:
+    """Seconds to read ``inputs`` from a cold cache and write ``size`` bytes: no merge of
+    those parents into one output can take less."""
+    evict(inputs)
+    start = time.perf_counter()
+    for path in inputs:
+        for file in sorted(path.glob("*.safetensors")):
+            with open(file, "rb", buffering=0) as stream:
+                while stream.read(16 * 2**20):
+                    pass
+    out.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(16 * 2**20)
+    with open(out / "bound.bin", "wb") as stream:
+        for _ in range(0, size, len(block)):
+            stream.write(block)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def inputs_of(method: str, paths: dict[str, Path]) -> list[Path]:
+    roles = ("direct", "thinking") if method in ("linear", "slerp") else tuple(paths)
+    return [paths[role] for role in roles]
+
+
 def _cells(size: int, run: tuple[float, float, int]) -> str:
     seconds, cpu, rss = run
     return f" {seconds:.1f} | {cpu:.1f} | {size / seconds / 1e9:.3f} | {rss / 2**20:.0f} |"
+
+
+def _bounds(bound: float | None, ours: tuple, theirs: tuple | None) -> str:
+    if bound is None:
+        return " — | — | — |"
+    mergekit = "—" if theirs is None else f"{theirs[0] / bound:.2f}"
+    return f" {bound:.1f} | {ours[0] / bound:.2f} | {mergekit} |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/spectrum-bench"))
     parser.add_argument("--methods", default="linear,slerp,ties,topk_replace")
+    parser.add_argument("--warm", action="store_true", help="cached parents, no disk bound")
     args = parser.parse_args()
     paths = write_parents(args.cache)
     size = sum(f.stat().st_size for f in paths["direct"].glob("*.safetensors"))
-    for path in paths.values():  # warm the page cache so no run pays for the disk
+    for path in paths.values():  # warm: no run pays for the disk; cold: evicted per run
         for file in path.glob("*.safetensors"):
             file.read_bytes()
     out = args.cache / "out"
+
+    def prepare(method: str) -> None:
+        if not args.warm:
+            evict(inputs_of(method, paths))
+
     spectrum = [sys.executable, "-m", "spectrum", "merge"]
     mergekit = [str(Path(sys.executable).parent / "mergekit-yaml")]
     shards = len(list(paths["direct"].glob("*.safetensors")))
@@ -132,35 +186,42 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start\n"
     )
     print("| method | spectrum wall s | CPU s | GB/s | peak RSS MiB | mergekit wall s | CPU s "
-          "| GB/s | peak RSS MiB | throughput × (wall) | CPU × | RSS × |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "| GB/s | peak RSS MiB | throughput × (wall) | CPU × | RSS × | bound s "
+          "| spectrum ÷ bound | mergekit ÷ bound |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     # Start-up alone (imports, argument parsing): part of every figure below.
     ours, theirs = measure([*spectrum, "--help"], out), measure([*mergekit, "--help"], out)
-    print(f"| (start-up: --help) |{_cells(size, ours)}{_cells(size, theirs)} — | — | — |")
+    none = " — |" * 6
+    print(f"| (start-up: --help) |{_cells(size, ours)}{_cells(size, theirs)}{none}")
     for method in args.methods.split(","):
         command = [*spectrum, "--method", method, "--lam", str(LAM), "--device", "cpu"]
         command += ["--direct", str(paths["direct"]), "--thinking", str(paths["thinking"])]
         if method not in ("linear", "slerp"):
             command += ["--base", str(paths["base"])]
+        bound = None if args.warm else disk_bound(inputs_of(method, paths), size, out)
+        prepare(method)
         ours = measure([*command, "--quiet", "--out", str(out)], out)
         row = f"| {method} |{_cells(size, ours)}"
         if method not in ("linear", "slerp", "ties"):  # mergekit has no global Top-K
-            print(row + " — | — | — | — | — | — | — |", flush=True)
+            print(row + " — | — | — | — | — | — | — |" + _bounds(bound, ours, None), flush=True)
             continue
         config_file = args.cache / f"mergekit-{method}.yaml"
         config_file.write_text(yaml.safe_dump(mergekit_config(method, paths)))
+        prepare(method)
         theirs = measure([*mergekit, str(config_file), str(out), "--quiet"], out)
         ratios = (
             f" {theirs[0] / ours[0]:.2f} | {theirs[1] / ours[1]:.2f} | {ours[2] / theirs[2]:.2f} |"
         )
-        print(row + _cells(size, theirs) + ratios, flush=True)
+        print(row + _cells(size, theirs) + ratios + _bounds(bound, ours, theirs), flush=True)
         if method in ("linear", "slerp"):  # the same merge again, parents' hashes remembered
             with tempfile.TemporaryDirectory() as hashes:
                 measure([*command, "--quiet", "--out", str(out)], out, Path(hashes))
+                prepare(method)
                 again = measure([*command, "--quiet", "--out", str(out)], out, Path(hashes))
             print(f"| {method}, hashes remembered |{_cells(size, again)}{_cells(size, theirs)}"
                   f" {theirs[0] / again[0]:.2f} | {theirs[1] / again[1]:.2f} |"
-                  f" {again[2] / theirs[2]:.2f} |", flush=True)  # fmt: skip
+                  f" {again[2] / theirs[2]:.2f} |{_bounds(bound, again, theirs)}",
+                  flush=True)  # fmt: skip
     print(
         f"\ntorch threads: {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f} at end"
     )

@@ -526,3 +526,27 @@ def test_topk_strength_outside_unit_interval_is_a_user_error(scope):
         method.global_stats(lambda: iter(()), [0.5, 1.2], params)  # before any apply
     with pytest.raises(UserError, match=r"must lie in \[0, 1\], got -0.1"):
         merge("topk_replace", make_model(), -0.1, {"scope": scope})
+
+
+@pytest.mark.parametrize("tie_break", ["zero", "plus"])
+def test_ties_fast_path_equals_the_three_steps(tie_break):
+    """``apply`` for 0 < λ < 1 (blocks, no ``where``) equals the steps as written on the
+    cases that decide it: equal and opposite task vectors (combined exactly 0), zeros on
+    either side, subnormals, and several blocks."""
+    from spectrum.methods import ties
+
+    generator = torch.Generator().manual_seed(3)
+    n = ties._BLOCK * 2 + 1000
+    base = torch.randn(n, generator=generator)
+    direct = torch.randn(n, generator=generator)
+    thinking = torch.randn(n, generator=generator)
+    thinking[:500] = -direct[:500]  # combined is exactly 0 at λ = 0.5
+    thinking[500:1000] = direct[500:1000]
+    direct[1000:1500] = 0.0
+    thinking[1500:2000] = 0.0
+    direct[2000:2100] = 1e-44  # products underflow to 0
+    thinking[2100:2200] = -1e-44
+    prepared = {"base": base, "trimmed_direct": direct, "trimmed_thinking": thinking}
+    for lam in (0.5, 0.25, 0.9, 1e-30, 1 - 1e-7):
+        fast = ties.apply(prepared, lam, {"tie_break": tie_break}, None)
+        assert torch.equal(fast, ties.apply_elected(prepared, lam, tie_break)), lam

@@ -83,7 +83,7 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("transformers", "vllm"),
         default="transformers",
-        help="generation backend of the live merger (vllm needs the vllm package)",
+        help="generation backend of the live merger (vllm: in the vLLM venv ./run.sh test builds)",
     )
     parser.add_argument("--db", required=True, help="DuckDB results file (created if missing)")
     parser.add_argument(

@@ -343,14 +343,12 @@ def _baselines(spec: SweepSpec) -> list[tuple[str, dict[str, Any], dict[str, Any
 
 
 def default_provider(spec: SweepSpec):
-    """The live merger of ``spec.backend``: transformers, or vLLM (needs the vllm package)."""
+    """The live merger of ``spec.backend``: transformers, or vLLM (here when it imports,
+    else in a worker under the vLLM venv ``./run.sh`` builds)."""
     if spec.backend == "vllm":
-        from spectrum.live.vllm import VllmLiveMerger
+        from spectrum.live.vllm_process import load_vllm_merger
 
-        try:
-            return VllmLiveMerger.load(spec.direct, spec.thinking, spec.base)
-        except ModuleNotFoundError as error:
-            raise UserError(f"--backend vllm needs the vllm package ({error})") from None
+        return load_vllm_merger(spec.direct, spec.thinking, spec.base)
     from spectrum.live import LiveMerger
 
     return LiveMerger.load(spec.direct, spec.thinking, spec.base, allow_pickle=spec.allow_pickle)
@@ -648,6 +646,8 @@ class Sweeper:
             return results.point(con, self.config_id(method, lam), benchmark)
 
     def close(self) -> None:
+        if hasattr(self._provider, "close"):  # a vLLM worker process ends with the sweep
+            self._provider.close()
         self._held.close()
 
     def _generate(self, todo: list[Entry]) -> int:

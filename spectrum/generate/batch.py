@@ -544,7 +544,10 @@ class VllmGenerator:
 
 
 def generator_for(merger, *, batch_size: int = 16):
-    """The generator for a live merger: vLLM when it runs a ``vllm.LLM``, else transformers."""
+    """The generator for a live merger: vLLM when it runs a ``vllm.LLM`` (here, or in a
+    worker process: ``spectrum.live.vllm_process``), else transformers."""
+    if hasattr(merger, "generator"):
+        return merger.generator()
     if hasattr(merger, "llm"):
         return VllmGenerator(merger)
     return TransformersGenerator(
