@@ -190,3 +190,14 @@ def test_reply_ends_at_the_end_of_turn_token(direct, tiny_pair):
     assert final.finished and not final.truncated
     assert final.n_tokens == position
     assert final.text == tokenizer.decode(ids[:position])
+
+
+def test_a_blind_turn_whose_shuffle_is_the_plain_order_stays_blind():
+    """One blind turn in six draws the plain order: its columns must still be A / B / C."""
+    from spectrum.dashboard import COLUMNS, Turn
+    from ui.chat_tab import title
+
+    blind = Turn("12 + 7", {}, COLUMNS, revealed=False)
+    assert [title(blind, i) for i in range(3)] == ["Model A", "Model B", "Model C"]
+    seen = Turn("12 + 7", {}, COLUMNS, revealed=True)
+    assert [title(seen, i) for i in range(3)] == ["Direct (λ = 0)", "Merged", "Thinking (λ = 1)"]

@@ -182,6 +182,7 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         page.locator("#arena input[type=checkbox]").check()
         expect(page.locator("#vote-direct")).to_have_text("A")  # the page is in arena mode
         page.get_by_role("button", name=re.compile(r"^Level 2: ")).click()
+        expect(page.locator("#prompt textarea")).not_to_have_value("")  # the example is in
         page.locator("#send").click()
         expect(page.locator("#prompt textarea")).to_have_value("", timeout=GENERATION_TIMEOUT_MS)
         titles = [page.locator(f"#chat-{column}") for column in ("direct", "merged", "thinking")]

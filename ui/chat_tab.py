@@ -400,7 +400,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         request: MergeSpec,
         decoding_values: tuple,
         page: gr.Request,
-        order: tuple[str, ...] = COLUMNS,
+        order: tuple[str, ...] | None = None,
     ):
         settings = decoding(*decoding_values)
         halt = stops.get(page.session_hash)  # None when called through the API alone
@@ -408,7 +408,8 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         sent = [None] * len(COLUMNS), [None] * len(COLUMNS)  # each chatbot's messages, title
         for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
             replies = {column: reply for column, reply in snapshot.items() if reply}
-            partial = Turn(prompt_text, replies, order, revealed=order == COLUMNS)
+            # A blind turn stays blind even when its shuffle happens to be the plain order.
+            partial = Turn(prompt_text, replies, order or COLUMNS, revealed=order is None)
             yield *changes([*turns, partial], *sent), gr.skip(), gr.skip()
         turns = [*turns, partial]
         yield *render(turns), turns, ""  # whole components: API clients read value and label
@@ -485,7 +486,7 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         page: gr.Request, prompt_text: str, turns: list[Turn], blind: bool, *values: Any
     ):
         request = controls.request(values[:n_controls])
-        order = blind_order() if blind else COLUMNS
+        order = blind_order() if blind else None
         yield from converse(prompt_text, turns, request, values[n_controls:], page, order)
 
     def regenerate_shown(
