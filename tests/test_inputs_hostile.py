@@ -357,7 +357,7 @@ def test_a_page_sweep_past_a_limit_is_refused_before_any_work(board, grid, kwarg
     assert not db.exists() and not list(db.parent.glob(".never*"))
 
 
-@pytest.mark.parametrize("what", ["results", "samples", "vote_counts", "export"])
+@pytest.mark.parametrize("what", ["results", "samples", "leaderboard", "export"])
 def test_nul_bytes_in_page_paths_are_one_line(board, what):
     path = str(board.db.parent / "a\0b.duckdb")
     with pytest.raises(UserError, match="NUL byte"):
