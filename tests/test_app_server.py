@@ -94,10 +94,13 @@ def chat(client: Client, prompt: str, tokens: int = 128) -> tuple[dict, dict, di
     return out[:3]
 
 
-def texts(chatbot: dict, *, reasoning: bool) -> list[str]:
-    """Assistant message texts of a chatbot value; reasoning or answer parts."""
+def texts(chatbot: dict | list, *, reasoning: bool) -> list[str]:
+    """Assistant message texts of a chatbot value; reasoning or answer parts. Streamed
+    updates send only what changed: a whole component (a dict with its value), new
+    messages alone (a list), or nothing for an unchanged column (a dict without a value)."""
+    messages = chatbot if isinstance(chatbot, list) else chatbot.get("value") or []
     found = []
-    for message in chatbot["value"]:
+    for message in messages:
         is_reasoning = (message.get("metadata") or {}).get("title") == "Reasoning"
         if message["role"] == "assistant" and is_reasoning == reasoning:
             found.append(" ".join(part["text"] for part in message["content"]))

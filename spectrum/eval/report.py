@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import plotly.io as pio
 
@@ -487,5 +488,8 @@ def build_report(
 
 def _recorded_parents(con) -> list[str]:
     """Every parent model source the DB's runs name."""
-    rows = con.execute("SELECT direct, thinking, base FROM runs").fetchall()
+    try:
+        rows = con.execute("SELECT direct, thinking, base FROM runs").fetchall()
+    except duckdb.Error:  # not a results DB of ours: the report's own reads say so
+        return []
     return sorted({source for row in rows for source in row if source})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -379,11 +380,12 @@ def rank_methods(table: pd.DataFrame, benchmark: str) -> list[str]:
     return sorted(areas, key=lambda m: (-areas[m], m))
 
 
-def decoding_label(do_sample: bool, max_new_tokens: int) -> str:
+def decoding_label(do_sample: Any, max_new_tokens: Any) -> str:
     """How a configuration decoded, as far as runs are told apart: greedy or sampled, and
     the token budget. (Per-model sampling defaults vary the temperature with λ inside one
-    sweep, so the temperature is not part of it.)"""
-    return f"{'sampled' if do_sample else 'greedy'}, ≤ {int(max_new_tokens)} tokens"
+    sweep, so the temperature is not part of it.) Rows that did not record it say so."""
+    mode = "decoding not recorded" if pd.isna(do_sample) else ("sampled" if do_sample else "greedy")
+    return mode if pd.isna(max_new_tokens) else f"{mode}, ≤ {int(max_new_tokens)} tokens"
 
 
 def improvements(

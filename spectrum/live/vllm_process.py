@@ -121,6 +121,7 @@ class VllmProcessMerger:
     def __init__(self, process: subprocess.Popen) -> None:
         self._process = process
         self._lock = threading.Lock()
+        self._hold = threading.RLock()  # a set() and the generation on it, as one step
         self._current = LoadedMerge(DIRECT)
         self._finalizer = weakref.finalize(self, _stop, process)
 
@@ -157,8 +158,18 @@ class VllmProcessMerger:
         yield self._current
 
     def set(self, spec: MergeSpec) -> LoadedMerge:
-        self._current = self._call("set", spec)
-        return self._current
+        with self._hold:
+            self._current = self._call("set", spec)
+            return self._current
+
+    @contextmanager
+    def holding(self, spec: MergeSpec) -> Iterator[LoadedMerge]:
+        """``set(spec)`` unless it is loaded, then a session on it, as one step: another
+        thread's ``set()`` waits until the hold ends (as ``LiveBackend.holding``)."""
+        with self._hold:
+            if self._current.spec != spec:
+                self.set(spec)
+            yield self._current
 
     def generator(self) -> _ProcessGenerator:
         return _ProcessGenerator(self)
@@ -192,8 +203,10 @@ class _ProcessGenerator:
     def __init__(self, merger: VllmProcessMerger) -> None:
         self.merger = merger
 
-    def generate(self, conversations, settings, n: int = 1, *, seed: int | None = None):
-        return self.merger._call("generate", conversations, settings, n, seed)
+    def generate(
+        self, conversations, settings, n: int = 1, *, seed: int | None = None, template=None
+    ):
+        return self.merger._call("generate", conversations, settings, n, seed, template)
 
 
 class _Worker:
@@ -213,8 +226,10 @@ class _Worker:
     def set(self, spec: MergeSpec) -> LoadedMerge:
         return self.merger.set(spec)
 
-    def generate(self, conversations, settings, n: int, seed: int | None):
-        return self.vllm_generator.generate(conversations, settings, n, seed=seed)
+    def generate(self, conversations, settings, n: int, seed: int | None, template: str | None):
+        return self.vllm_generator.generate(
+            conversations, settings, n, seed=seed, template=template
+        )
 
 
 def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
