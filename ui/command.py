@@ -152,27 +152,21 @@ def run(args: argparse.Namespace) -> int:
     # Gradio and the models load only now, so `spectrum --help` stays fast.
     from spectrum.dashboard import (
         DEFAULT_DB,
-        DEFAULT_PAIR,
         ChatLimits,
         Dashboard,
         ExportQuota,
         SweepLimits,
+        pair_sources,
     )
     from spectrum.dashboard import PAGE_SWEEP_LIMITS as page_limits
     from ui.app import launch
 
     sweep_limits = SweepLimits.parse(args.sweep_limits, page_limits)
 
-    if args.direct is None and not (DEFAULT_PAIR / "direct").is_dir():
-        raise UserError(
-            f"the embedded pair is missing from {DEFAULT_PAIR}; pass --direct/--thinking"
-        )
-    base = args.base
-    if args.direct is None and base is None and (DEFAULT_PAIR / "base").is_dir():
-        base = DEFAULT_PAIR / "base"  # the embedded pair has one: every method is available
+    direct, thinking, base = pair_sources(args.direct, args.thinking, args.base)
     dashboard = Dashboard(
-        args.direct or DEFAULT_PAIR / "direct",
-        args.thinking or DEFAULT_PAIR / "thinking",
+        direct,
+        thinking,
         base,
         device=args.device,
         db=args.db or DEFAULT_DB,

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports here, so `spectrum --help` stays fast.
     import uvicorn
 
-    from spectrum.dashboard.service import DEFAULT_PAIR, SHIPPED_DB, ChatLimits, Dashboard
+    from spectrum.dashboard.service import SHIPPED_DB, ChatLimits, Dashboard, pair_sources
     from spectrum.serve.api import create_app
     from spectrum.serve.names import DEFAULT_EFFORT_LAMS, effort_lams_from_db
     from spectrum.serve.service import ServeLimits, Service
@@ -70,12 +70,10 @@ def run(args: argparse.Namespace) -> int:
     effort_lams = DEFAULT_EFFORT_LAMS
     if args.db is not None:  # before the models load: a bad DB costs nothing
         effort_lams = effort_lams_from_db(args.db, args.effort_benchmark)
-    base = args.base
-    if args.direct is None and base is None and (DEFAULT_PAIR / "base").is_dir():
-        base = DEFAULT_PAIR / "base"  # the embedded pair has one: every method is available
+    direct, thinking, base = pair_sources(args.direct, args.thinking, args.base)
     dashboard = Dashboard(
-        args.direct or DEFAULT_PAIR / "direct",
-        args.thinking or DEFAULT_PAIR / "thinking",
+        direct,
+        thinking,
         base,
         device=args.device,
         # Read only (votes are the page's): the shipped file, so nothing is copied.

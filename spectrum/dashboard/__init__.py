@@ -15,6 +15,7 @@ from spectrum.dashboard.service import (
     blind_order,
     decoding_for,
     example_prompts,
+    pair_sources,
 )
 from spectrum.dashboard.votes import COLUMNS
 from spectrum.devices import return_freed_memory_to_os
@@ -46,5 +47,6 @@ __all__ = [
     "decoding_for",
     "example_prompts",
     "math_markdown",
+    "pair_sources",
     "return_freed_memory_to_os",
 ]

@@ -77,6 +77,20 @@ SAMPLING_MODES = ("per-model defaults", "greedy", "custom")
 PAGE_SWEEP_LIMITS = SweepLimits(grid=101, k=16, problems=1000, new_tokens=4096, work=20_000_000)
 
 
+def pair_sources(
+    direct: str | Path | None, thinking: str | Path | None, base: str | Path | None
+) -> tuple[str | Path, str | Path, str | Path | None]:
+    """The pair a command names, or the embedded pair with its base (every method then
+    has what it needs): what `spectrum app` and `spectrum serve` both load."""
+    if direct is None and not (DEFAULT_PAIR / "direct").is_dir():
+        raise UserError(
+            f"the embedded pair is missing from {DEFAULT_PAIR}; pass --direct/--thinking"
+        )
+    if direct is None and base is None and (DEFAULT_PAIR / "base").is_dir():
+        base = DEFAULT_PAIR / "base"
+    return direct or DEFAULT_PAIR / "direct", thinking or DEFAULT_PAIR / "thinking", base
+
+
 def working_db(db: Path) -> Path:
     """The default results DB starts as a copy of the shipped one (explorer shows its data)."""
     if db == DEFAULT_DB.resolve() and not db.exists() and SHIPPED_DB.exists():
