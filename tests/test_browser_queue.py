@@ -18,6 +18,7 @@ from test_browser import CHROMIUM, CHROMIUM_ARGS, GENERATION_TIMEOUT_MS, VIEWPOR
 from spectrum.eval.benchmarks.synthetic import make_problems
 
 COLUMNS = ("direct", "merged", "thinking")
+LARGE = {"width": 1920, "height": 1080}
 QUEUE_TEXT = re.compile(r"queue: \d+/\d+")
 # The queue note can show for well under a second on a quiet machine, too briefly for
 # polling: an observer notes every moment it shows, and whether the message showed then.
@@ -43,10 +44,19 @@ def test_third_page_shows_its_message_and_queue_place(tmp_path: Path):
     expression = prompts[-1].splitlines()[0]
     with launch_app(tmp_path) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pages = [browser.new_page(viewport=VIEWPORT) for _ in prompts]
+        # The first page on a large screen: its columns grow with the window, the
+        # examples stay in view.
+        pages = [
+            browser.new_page(viewport=LARGE),
+            *(browser.new_page(viewport=VIEWPORT) for _ in prompts[1:]),
+        ]
         for page in pages:
             page.goto(url, wait_until="load")
             expect(page.locator("#merge-status")).to_contain_text("λ 0.50", timeout=60_000)
+        heights = [page.locator("#chat-direct").bounding_box()["height"] for page in pages]
+        assert heights[0] > 1.5 * heights[1] >= 1.5 * 300, heights
+        expect(pages[0].get_by_role("button", name=re.compile(r"^Level 5: "))).to_be_in_viewport()
+        Screens(pages[0], tmp_path).take("chat_large_screen")
         for page, prompt in zip(pages, prompts, strict=True):
             page.locator("#prompt textarea").fill(prompt)
         waiting = pages[-1]

@@ -244,6 +244,11 @@ def build_merge_controls(dashboard: Dashboard) -> MergeControls:
     )
 
 
+# What sits above and below the columns (the merge controls, the prompt box, the examples)
+# takes about 500 px at the page's width.
+COLUMN_HEIGHT = "max(300px, calc(100vh - 500px))"
+
+
 def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
     request_state = gr.State(MergeSpec())
     turns_state = gr.State([])
@@ -251,14 +256,15 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
 
     controls = build_merge_controls(dashboard)
 
-    # A fixed height keeps Send and Stop still while answers stream and the examples in view
-    # at 1280×800; a corner handle makes a column taller. On a phone
+    # A height fixed per screen keeps Send and Stop still while answers stream: as tall as
+    # the window allows with the examples still in view (300 px at 1280×800, 580 px at
+    # 1920×1080); a corner handle makes a column taller still. On a phone
     # the columns stay side by side in a row the thumb swipes through (CSS in ui/app.py).
     with gr.Row(equal_height=True, elem_id="chat-row"):
         chats = [
             gr.Chatbot(
                 label=TITLES[column],
-                height=300,
+                height=COLUMN_HEIGHT,
                 resizable=True,
                 min_width=200,
                 latex_delimiters=LATEX_DELIMITERS,
