@@ -244,13 +244,15 @@ def mark_rows(figure: go.Figure, rows: Sequence[pd.Series], spec: MergeSpec) -> 
     if not rows:
         return _note(figure, f"{chat_label(spec)} (no stored {spec.method} point like it)")
     label = chat_label(spec)
+    if len(rows) > 1:  # one label in the corner, not one per star
+        _note(figure, label)
     figure.add_trace(
         go.Scatter(
             x=[row["tokens"] for row in rows],
             y=[row["mean"] for row in rows],
             mode="markers+text",
             marker=MARKER,
-            text=[label] * len(rows),
+            text=[label] if len(rows) == 1 else None,
             textposition="bottom center",
             textfont=dict(color=MARKER_COLOR),
             name=label,
