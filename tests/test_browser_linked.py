@@ -188,3 +188,26 @@ def test_explorer_marks_the_chat_merge_and_a_click_loads_a_point(app, page, tmp_
     )
     expect(status(page)).to_contain_text(wanted, timeout=TIMEOUT_MS)
     expect(chat_line).to_contain_text(wanted, timeout=TIMEOUT_MS)
+
+
+def test_two_pages_keep_their_own_links_and_markers(app):
+    """Two visitors open different links at once: each chat loads its own link's merge and
+    each explorer marks its own page's merge (the merge is per page, never shared)."""
+    url, browser, _ = app
+    links = {"slerp": (0.3, "slerp · λ 0.30"), "linear": (0.85, "linear · λ 0.85")}
+    contexts = [browser.new_context(viewport=VIEWPORT) for _ in links]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page, (method, (lam, _)) in zip(pages, links.items(), strict=True):
+            page.goto(f"{url}?method={method}&lam={lam}", wait_until="commit")
+        for page, (_, label) in zip(pages, links.values(), strict=True):
+            expect(status(page)).to_contain_text(label, timeout=TIMEOUT_MS)
+            page.get_by_role("tab", name="Spectrum explorer").click()
+        for page, (method, (lam, label)) in zip(pages, links.items(), strict=True):
+            expect(page.locator("#explorer-chat")).to_contain_text(label, timeout=TIMEOUT_MS)
+            expect(page.locator("#plot-accuracy .js-plotly-plot")).to_contain_text(
+                f"chat: {method}@{lam:g}", timeout=TIMEOUT_MS
+            )
+    finally:
+        for context in contexts:
+            context.close()

@@ -151,7 +151,15 @@ def wire(
         [*controls.inputs, remerge_needed],
         **hidden,
     ).success(remerge_if_needed, [remerge_needed, *controls.inputs], chat.remerge_outputs, **hidden)
-    chat.spec.change(explorer.mark, explorer.mark_inputs, explorer.mark_outputs, **hidden)
+    # A drag of λ re-merges many times: the plots follow the last merge, never each one.
+    chat.spec.change(
+        explorer.mark,
+        explorer.mark_inputs,
+        explorer.mark_outputs,
+        trigger_mode="always_last",
+        show_progress="hidden",
+        **hidden,
+    )
 
     @friendly
     def share_link(spec: MergeSpec, prompt: str, turns: list[Turn]) -> str:
