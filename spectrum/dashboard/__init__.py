@@ -1,7 +1,6 @@
 """The dashboard service: everything the page does, without Gradio. ``ui/`` imports this
 package (and ``spectrum.errors``) and nothing else of the library."""
 
-from spectrum.dashboard.linked import SharedState
 from spectrum.dashboard.service import (
     DEFAULT_DB,
     DEFAULT_PAIR,
@@ -40,7 +39,6 @@ __all__ = [
     "MergeSpec",
     "Param",
     "Reply",
-    "SharedState",
     "SweepLimits",
     "SweepProgress",
     "SweepResult",
