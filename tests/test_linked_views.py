@@ -69,6 +69,8 @@ def test_link_round_trips_the_merge_and_prompt(spec: MergeSpec):
 
 def test_plain_link_is_short_and_readable():
     assert share_query(check(MergeSpec("slerp", 0.7))) == "?method=slerp&lam=0.7"
+    ties = check(MergeSpec("ties", 0.4, {"density": 0.5}))  # tie_break stays at its default
+    assert share_query(ties) == "?method=ties&lam=0.4&param.density=0.5"
     link = share_query(MergeSpec("linear", 0.5, module_lams={"attn": 0.8}), "2+2")
     assert link == "?method=linear&lam=0.5&attn=0.8&prompt=2%2B2"
 

@@ -22,6 +22,7 @@ import yaml
 from spectrum.errors import UserError
 from spectrum.merge.scope import MODULE_KINDS
 from spectrum.merge.spec import MergeSpec
+from spectrum.methods import resolve_params
 
 PARAM_PREFIX = "param."  # a method parameter in a link: ?param.density=0.8
 PROMPT_CHARS = 20_000  # a link's prompt longer than this is refused (URLs stay sane)
@@ -53,7 +54,9 @@ def share_query(spec: MergeSpec, prompt: str = "") -> str:
         pairs.append(("modules", ",".join(spec.modules)))
     if spec.seed:
         pairs.append(("seed", str(spec.seed)))
-    pairs += [(PARAM_PREFIX + name, _text(value)) for name, value in spec.params]
+    defaults = resolve_params(spec.method)
+    changed = [(name, value) for name, value in spec.params if defaults.get(name) != value]
+    pairs += [(PARAM_PREFIX + name, _text(value)) for name, value in changed]
     if prompt:
         pairs.append(("prompt", prompt))
     return "?" + urlencode(pairs)
