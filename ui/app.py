@@ -7,6 +7,7 @@ import gradio as gr
 from spectrum.dashboard import Dashboard
 from ui.chat_tab import build_chat_tab
 from ui.explorer_tab import build_explorer_tab
+from ui.linked import build_share_box, wire
 from ui.sweep_tab import build_sweep_tab
 from ui.weights_tab import build_weights_tab
 
@@ -44,9 +45,10 @@ def build_app(dashboard: Dashboard) -> gr.Blocks:
         gr.Markdown(HEADER)
         with gr.Tabs():
             with gr.Tab("Merge & chat", id="chat"):
-                build_chat_tab(demo, dashboard)
+                chat = build_chat_tab(dashboard)
+                share_box = build_share_box()
             with gr.Tab("Spectrum explorer", id="explorer") as explorer_tab:
-                explorer = build_explorer_tab(dashboard)
+                explorer = build_explorer_tab(dashboard, chat.spec)
             with gr.Tab("Weights", id="weights"):
                 build_weights_tab(dashboard)
             with gr.Tab("Sweep", id="sweep"):
@@ -55,6 +57,8 @@ def build_app(dashboard: Dashboard) -> gr.Blocks:
         explorer_tab.select(
             explorer.refresh, explorer.inputs, explorer.outputs, api_visibility="undocumented"
         )
+        # The chat's merge on every plot, a click on a point into the chat, shared links.
+        wire(demo, dashboard, chat, explorer, share_box)
     return demo
 
 

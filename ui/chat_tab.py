@@ -82,6 +82,31 @@ class MergeControls:
             module_lams=(module_lams or "").strip() or None,
         )
 
+    def show(self, spec: MergeSpec) -> list[Any]:
+        """Updates of ``inputs`` that show ``spec`` (other methods' parameters kept)."""
+        params = dict(spec.params)
+        widgets = [
+            params[name] if owner == spec.method and name in params else gr.skip()
+            for owner, name, _ in self.params
+        ]
+        module_lams = ",".join(f"{kind}={lam!r}" for kind, lam in spec.module_lams or ())
+        modules = list(spec.modules or MODULE_KINDS)
+        return [spec.method, spec.lam, spec.layers or "", modules, spec.seed, *widgets,
+                module_lams]  # fmt: skip
+
+
+@dataclass
+class ChatLink:
+    """What the linked views need of the chat: its controls, the merge it has loaded
+    (``spec``, set by each re-merge), the prompt and turns, and the re-merge itself."""
+
+    controls: MergeControls
+    spec: gr.State
+    prompt: gr.Textbox
+    turns: gr.State
+    remerge: Any
+    remerge_outputs: list[gr.Component]
+
 
 def param_widget(param: Param) -> gr.Component:
     common = dict(label=param.name, info=param.help, value=param.default)
@@ -249,7 +274,7 @@ def build_merge_controls(dashboard: Dashboard) -> MergeControls:
 COLUMN_HEIGHT = "max(300px, calc(100vh - 500px))"
 
 
-def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
+def build_chat_tab(dashboard: Dashboard) -> ChatLink:
     request_state = gr.State(MergeSpec())
     turns_state = gr.State([])
     voted_state = gr.State(None)  # the turn this page last voted on
@@ -560,5 +585,6 @@ def build_chat_tab(demo: gr.Blocks, dashboard: Dashboard) -> None:
         download,
         **hidden,
     )
-    # Each page starts by loading what its controls show.
-    demo.load(remerge, controls.inputs, remerge_outputs, **hidden)
+    # Each page starts by loading what its controls show, once a shared link set them
+    # (ui/linked.py).
+    return ChatLink(controls, request_state, prompt, turns_state, remerge, remerge_outputs)

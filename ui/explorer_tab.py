@@ -8,19 +8,23 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from spectrum.dashboard import REPO, Dashboard
+from spectrum.dashboard import REPO, Dashboard, MergeSpec
 from spectrum.errors import UserError
 from ui.common import friendly
 
 
 @dataclass
 class Explorer:
-    """What other tabs need to refresh the explorer (the sweep tab does, when it ends)."""
+    """What other tabs need to refresh the explorer (the sweep tab does, when it ends) and
+    to mark the chat's merge on its plots (``mark``, with ``mark_inputs``/``mark_outputs``)."""
 
     db: gr.Textbox
     refresh: object
     inputs: list
     outputs: list
+    mark: object
+    mark_inputs: list
+    mark_outputs: list
 
 
 # Readable headers and widths: short flags stay narrow, the response gets the room.
@@ -67,7 +71,8 @@ def samples_frame(dashboard: Dashboard, db: str, bench: str, method: str, lam: f
     return dashboard.samples(db, bench, method, lam).rename(columns=SAMPLE_HEADERS)
 
 
-def build_explorer_tab(dashboard: Dashboard) -> Explorer:
+def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
+    """The tab; ``chat_spec`` is the chat's loaded merge, marked on every plot."""
     with gr.Row(equal_height=True):
         db = gr.Textbox(shown_path(dashboard.db), label="Results database (DuckDB)", scale=3)
         benchmark = gr.Dropdown([], label="Benchmark", scale=1, allow_custom_value=True)
@@ -82,25 +87,31 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         info="Opens on linear and the two best by Pareto area; tick more to compare.",
         elem_id="explorer-methods",
     )
+    # The chat's merge is marked on every plot; a click on a point loads its merge there.
+    chat_line = gr.Markdown(elem_id="explorer-chat")
+    linked = dict(show_label=False, elem_classes=["linked-plot"])
     with gr.Row():
         pareto = gr.Plot(
             label="Accuracy vs tokens (stars: parents, rings: Pareto improvements)",
-            show_label=False,
+            elem_id="plot-pareto",
+            **linked,
         )
-        accuracy = gr.Plot(label="Accuracy vs λ", show_label=False)
+        accuracy = gr.Plot(label="Accuracy vs λ", elem_id="plot-accuracy", **linked)
     with gr.Row():
-        tokens = gr.Plot(label="Token#N vs λ", show_label=False)
-        think = gr.Plot(label="Think#R vs λ", show_label=False)
+        tokens = gr.Plot(label="Token#N vs λ", elem_id="plot-tokens", **linked)
+        think = gr.Plot(label="Think#R vs λ", elem_id="plot-think", **linked)
     gr.Markdown("### Accuracy vs tokens per difficulty level")
     with gr.Row():
         level_method = gr.Dropdown([], label="Method", allow_custom_value=True, scale=1)
-        by_level = gr.Plot(label="Accuracy vs tokens per level", show_label=False, scale=3)
+        by_level = gr.Plot(
+            label="Accuracy vs tokens per level", scale=3, elem_id="plot-levels", **linked
+        )
     with gr.Accordion("What the results show: stages, phase change, improvements, baselines"):
         findings = gr.Markdown(elem_id="findings")
     # Which part of the network carries the thinking (a sweep with λ per module kind).
     with gr.Row(elem_id="heatmaps"):
-        heat_accuracy = gr.Plot(label="Accuracy over (λ_attn, λ_mlp)", show_label=False)
-        heat_tokens = gr.Plot(label="Token#N over (λ_attn, λ_mlp)", show_label=False)
+        heat_accuracy = gr.Plot(label="Accuracy over (λ_attn, λ_mlp)", **linked)
+        heat_tokens = gr.Plot(label="Token#N over (λ_attn, λ_mlp)", **linked)
     gr.Markdown("### Stored responses of one configuration")
     with gr.Row(equal_height=True):
         sample_method = gr.Dropdown([], label="Method", allow_custom_value=True)
@@ -126,6 +137,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         chosen_benchmark: str | None,
         chosen_methods: list[str],
         chosen_decoding: str | None = None,
+        chat: MergeSpec | None = None,
     ):
         everything = dashboard.results(db_text)
         results = everything.only(chosen_decoding)
@@ -134,7 +146,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         available = results.methods(bench)
         picked = [m for m in chosen_methods or [] if m in available]
         picked = picked or results.default_methods(bench)
-        plots = results.figures(bench, picked)
+        plots = results.figures(bench, picked, chat)
         lams = results.lams(bench, picked[0])
         return (
             gr.Dropdown(choices=results.benchmarks, value=bench),
@@ -148,21 +160,45 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             samples_frame(dashboard, db_text, bench, picked[0], lams[-1]),
             votes_frame(dashboard, db_text),
             gr.Dropdown(choices=available, value=picked[0]),
-            level_plot(results, bench, picked[0]),
+            level_plot(results, bench, picked[0], chat),
             results.findings(bench),
-            *results.heatmaps(bench),
+            *results.heatmaps(bench, chat),
             gr.Dropdown(choices=everything.decodings, value=results.decoding),
+            chat_note(chat),
         )
 
-    def level_plot(results, bench: str, method: str):
+    def level_plot(results, bench: str, method: str, chat: MergeSpec | None):
         try:
-            return results.level_figure(bench, method)
+            return results.level_figure(bench, method, chat)
         except UserError:  # a benchmark without levels: nothing to draw, not an error
             return None
 
     @friendly
-    def show_levels(db_text: str, bench: str, method: str, chosen_decoding: str | None):
-        return level_plot(dashboard.results(db_text).only(chosen_decoding), bench, method)
+    def show_levels(
+        db_text: str, bench: str, method: str, chosen_decoding: str | None, chat: MergeSpec
+    ):
+        return level_plot(dashboard.results(db_text).only(chosen_decoding), bench, method, chat)
+
+    def mark(
+        db_text: str,
+        bench: str | None,
+        chosen_methods: list[str],
+        chosen_decoding: str | None,
+        method: str | None,
+        chat: MergeSpec,
+    ):
+        """The plots again with the chat's new merge marked (nothing to do before the
+        explorer has drawn anything)."""
+        if not bench or not chosen_methods:
+            return *[gr.skip()] * len(marked), chat_note(chat)
+        try:
+            results = dashboard.results(db_text).only(chosen_decoding)
+            plots = results.figures(bench, chosen_methods, chat)
+        except UserError:  # the explorer says so when it is next loaded; the chat goes on
+            return *[gr.skip()] * len(marked), chat_note(chat)
+        level = level_plot(results, bench, method, chat) if method else gr.skip()
+        lines = [plots["pareto"], plots["mean"], plots["tokens"], plots["think"], level]
+        return *lines, *results.heatmaps(bench, chat), chat_note(chat)
 
     @friendly
     def show_samples(db_text: str, bench: str, method: str, lam: float | None):
@@ -171,16 +207,28 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
         frame = samples_frame(dashboard, db_text, bench, method, lam) if lam is not None else None
         return gr.Dropdown(choices=lams, value=lam), frame
 
-    inputs = [db, benchmark, methods, decoding]
+    inputs = [db, benchmark, methods, decoding, chat_spec]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
     outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
-    outputs += [findings, heat_accuracy, heat_tokens, decoding]
+    outputs += [findings, heat_accuracy, heat_tokens, decoding, chat_line]
+    marked = [pareto, accuracy, tokens, think, by_level, heat_accuracy, heat_tokens]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):
         trigger(show_samples, [db, benchmark, sample_method, sample_lam], [sample_lam, samples])
-    level_method.input(show_levels, [db, benchmark, level_method, decoding], by_level, **hidden)
+    level_inputs = [db, benchmark, level_method, decoding, chat_spec]
+    level_method.input(show_levels, level_inputs, by_level, **hidden)
     benchmark.input(refresh, inputs, outputs, **hidden)
     methods.input(refresh, inputs, outputs, **hidden)
     decoding.input(refresh, inputs, outputs, **hidden)
-    return Explorer(db, refresh, inputs, outputs)
+    mark_inputs = [db, benchmark, methods, decoding, level_method, chat_spec]
+    return Explorer(db, refresh, inputs, outputs, mark, mark_inputs, [*marked, chat_line])
+
+
+def chat_note(chat: MergeSpec | None) -> str:
+    if chat is None:
+        return ""
+    return (
+        f"**Chat's merge:** {chat.label()} — marked in red on every plot. "
+        "Click any point to load its merge into the chat."
+    )

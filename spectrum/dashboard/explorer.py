@@ -16,11 +16,13 @@ import duckdb
 import pandas as pd
 import plotly.graph_objects as go
 
+from spectrum.dashboard.linked import mark_heatmap, mark_lam_axis, mark_rows, nearest_row
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
 from spectrum.eval.analysis import WeightAnalysis, analyze
 from spectrum.eval.report import HEATMAPS, summary_lines
 from spectrum.eval.results import improvements, phase_changes, rank_methods, summaries
+from spectrum.merge.spec import MergeSpec
 
 EXPLORER_METRICS = ("mean", "tokens", "think")
 DEFAULT_METHODS = 3  # what the explorer opens on: more curves than this are a tangle
@@ -73,12 +75,13 @@ class Results:
         lines = summary_lines(rows, better, phase_changes(rows))
         return "\n".join(f"- {line.strip()}" for line in lines)
 
-    def heatmaps(self, benchmark: str) -> list[go.Figure | None]:
-        """Accuracy and Token#N over (λ_attn, λ_mlp) of the first method swept that way."""
+    def heatmaps(self, benchmark: str, chat: MergeSpec | None = None) -> list[go.Figure | None]:
+        """Accuracy and Token#N over (λ_attn, λ_mlp) of the first method swept that way
+        (a star where the ``chat`` merge sits)."""
         for method in self.methods(benchmark):
             found = [figures.module_heatmap(self.table, benchmark, method, m) for m in HEATMAPS]
             if found[0] is not None:
-                return found
+                return [mark_heatmap(f, chat, ("attn", "mlp")) if chat else f for f in found]
         return [None] * len(HEATMAPS)
 
     def default_methods(self, benchmark: str) -> list[str]:
@@ -92,8 +95,11 @@ class Results:
         rows = self.table[(self.table["benchmark"] == benchmark) & (self.table["method"] == method)]
         return sorted(float(lam) for lam in rows["lam"].unique())
 
-    def figures(self, benchmark: str, methods: Sequence[str]) -> dict[str, go.Figure]:
-        """The Pareto plot and accuracy / Token#N / Think#R vs λ for ``methods``."""
+    def figures(
+        self, benchmark: str, methods: Sequence[str], chat: MergeSpec | None = None
+    ) -> dict[str, go.Figure]:
+        """The Pareto plot and accuracy / Token#N / Think#R vs λ for ``methods``, each
+        marking the ``chat`` merge: a star at its nearest stored point, a line at its λ."""
         if benchmark not in self.benchmarks:
             raise UserError(f"{self.db.name} has no results for benchmark {benchmark!r}")
         chosen = self.table[self.table["method"].isin(methods)]
@@ -105,10 +111,19 @@ class Results:
         plots = {"pareto": figures.accuracy_vs_tokens(chosen, benchmark, better)}
         for metric in EXPLORER_METRICS:
             plots[metric] = figures.metric_vs_lam(chosen, benchmark, metric)
+        if chat is not None:
+            drawn = self.table[self.table["benchmark"] == benchmark]
+            if "module_lams" in drawn:  # the Pareto plot leaves λ-per-module grids out
+                drawn = drawn[drawn["module_lams"].isna()]
+            nearest = nearest_row(drawn, chat)
+            mark_rows(plots["pareto"], [] if nearest is None else [nearest], chat)
+            for metric in EXPLORER_METRICS:
+                mark_lam_axis(plots[metric], chat)
         return plots
 
-    def level_figure(self, benchmark: str, method: str) -> go.Figure:
-        """Accuracy vs Token#N of ``method``, one curve over λ per difficulty level."""
+    def level_figure(self, benchmark: str, method: str, chat: MergeSpec | None = None) -> go.Figure:
+        """Accuracy vs Token#N of ``method``, one curve over λ per difficulty level (a star
+        per level at the ``chat`` merge when it is of this method)."""
         if method not in self.methods(benchmark):
             raise UserError(f"{self.db.name} has no {method} results on {benchmark}")
         levels = _level_summaries(self.db, self.versions, method)
@@ -117,7 +132,11 @@ class Results:
             levels = levels[levels["decoding"] == self.decoding]
         if levels.empty:
             raise UserError(f"{benchmark} has no difficulty levels to plot")
-        return figures.accuracy_vs_tokens_by_level(levels, method)
+        figure = figures.accuracy_vs_tokens_by_level(levels, method)
+        if chat is not None:
+            per_level = [nearest_row(rows, chat) for _, rows in levels.groupby("benchmark")]
+            mark_rows(figure, [row for row in per_level if row is not None], chat)
+        return figure
 
 
 def _connect(db: Path) -> duckdb.DuckDBPyConnection:

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM
 
+from spectrum.dashboard import linked
 from spectrum.dashboard.explorer import Results, analyze_pair, load_results, sample_responses
 from spectrum.dashboard.votes import COLUMNS, Standing, Vote, leaderboard, record_vote
 from spectrum.devices import resolve_device
@@ -405,6 +406,32 @@ class Dashboard:
             return LoadedMerge(spec)  # nothing to re-merge: the spectrum model takes any λ
         return self.merger.set(spec)
 
+    # Linked views: the chat's merge as a link, a command line, a merge file; a plot's point
+    # as a merge (spectrum/dashboard/linked.py).
+    def read_link(self, query: Mapping[str, str]) -> linked.SharedState:
+        """The merge and prompt a shared link names, bad values left at their defaults."""
+        return linked.read_query(query, self.check, self.method_names())
+
+    def share_query(self, spec: MergeSpec, prompt: str = "") -> str:
+        return linked.share_query(self.check(spec), prompt)
+
+    def merge_command(self, spec: MergeSpec, out: str = "merged") -> str:
+        """The ``spectrum merge`` line that writes ``spec`` of this pair (run from the
+        repository root: paths inside it are shown relative to it)."""
+        return linked.merge_command(self.check(spec), self._shown_sources(), out)
+
+    def merge_yaml(self, spec: MergeSpec) -> str:
+        """The ``spectrum merge --config`` file of ``spec`` of this pair."""
+        return linked.merge_yaml(self.check(spec), self._shown_sources())
+
+    def point_merge(self, point: str) -> MergeSpec:
+        """The merge an explorer point carries, checked against this pair."""
+        return self.check(linked.spec_from_point(point, self.method_names()))
+
+    def _shown_sources(self) -> dict[str, str | None]:
+        sources = {**self.sources, "base": self.base}
+        return {role: _from_repo(path) for role, path in sources.items()}
+
     def chat(
         self,
         turns: Sequence[Turn],
@@ -685,6 +712,14 @@ class Dashboard:
             pool=self.pool,
             limits=self.sweep_limits,
         )
+
+
+def _from_repo(path: str | None) -> str | None:
+    """A path inside the repository relative to it (what a command run there names)."""
+    if path is None or not Path(path).exists():
+        return path
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
 
 
 def _whole(value: Any, what: str) -> int:

@@ -74,6 +74,24 @@ def method_style(name: str) -> dict:
     return dict(color=color(name), **line_style(i))
 
 
+def configuration(row: pd.Series) -> str:
+    """The merge a plotted row is, as JSON (method, λ and, where set, parameters, λ per
+    module kind, layers, modules): each point carries it, so a page can load it on click."""
+    data = {"method": row["method"], "lam": float(row["lam"])}
+    for key in ("params", "module_lams"):
+        value = row.get(key)
+        if isinstance(value, str) and json.loads(value):
+            data[key] = json.loads(value)
+    for key in ("layers", "modules"):
+        if isinstance(row.get(key), str):
+            data[key] = row[key]
+    return json.dumps(data, sort_keys=True)
+
+
+def _configurations(rows: pd.DataFrame) -> list[str]:
+    return [configuration(row) for _, row in rows.iterrows()]
+
+
 def _band_color(hex_color: str) -> str:
     red, green, blue = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({red},{green},{blue},0.15)"
@@ -128,6 +146,7 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
                 legendgroup=method,
                 line=dict(color=hue, dash=style["dash"]),
                 marker=dict(symbol=style["symbol"], size=8),
+                customdata=_configurations(group),
             )
         )
     title = f"{benchmark}: {METRIC_TITLES.get(metric, metric)} vs λ"
@@ -183,6 +202,7 @@ def accuracy_vs_tokens_by_level(levels: pd.DataFrame, method: str) -> go.Figure:
                 text=[f"λ={lam:g}" for lam in group["lam"]],
                 line=dict(color=_level_color(i, len(found)), dash=style["dash"], width=1.5),
                 marker=dict(symbol=style["symbol"], size=8),
+                customdata=_configurations(group),
             )
         )
     title = f"{method}: accuracy vs Token#N per level (λ along each curve)"
@@ -213,6 +233,7 @@ def accuracy_vs_tokens(
                 marker=dict(color=hue, symbol=style["symbol"], size=8),
                 line=dict(width=1, dash="dash" if baseline else "dot", color=hue),
                 text=[_point_label(row) for _, row in group.iterrows()],
+                customdata=None if baseline else _configurations(group),
                 error_y=dict(
                     type="data",
                     symmetric=False,
@@ -234,6 +255,7 @@ def accuracy_vs_tokens(
                 # Parents sit at the plot's edges (fewest and most tokens): label inwards.
                 textposition="top left" if role == "thinking" else "top right",
                 name=f"{role} parent",
+                customdata=[configuration(parent)],
             )
         )
     if improvements is not None and not improvements.empty:
@@ -331,11 +353,15 @@ def module_heatmap(
     if grid.empty or not {x_col, y_col} <= set(grid.columns):
         return None
     values = grid.pivot_table(index=y_col, columns=x_col, values=metric, aggfunc="mean")
+    merges = grid.assign(merge=_configurations(grid)).pivot_table(
+        index=y_col, columns=x_col, values="merge", aggfunc="first"
+    )
     figure = go.Figure(
         go.Heatmap(
             x=list(values.columns),
             y=list(values.index),
             z=values.to_numpy(),
+            customdata=merges.reindex_like(values).fillna("").to_numpy().tolist(),
             colorscale="Viridis",
             colorbar=dict(title=METRIC_TITLES.get(metric, metric).split(" (")[0]),
             texttemplate="%{z:.2f}" if metric != "tokens" else "%{z:.0f}",
