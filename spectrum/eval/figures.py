@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
 from spectrum.eval.results import BASELINES, parents, plain_merges
+from spectrum.merge.scope import MODULE_KINDS
 
 METRIC_TITLES = {
     "mean": "accuracy (Mean@k)",
@@ -330,6 +331,7 @@ def module_heatmap(
     x_col, y_col = (f"lam_{kind}" for kind in reversed(kinds))
     if grid.empty or not {x_col, y_col} <= set(grid.columns):
         return None
+    grid, rest = _one_slice(grid, kinds)
     values = grid.pivot_table(index=y_col, columns=x_col, values=metric, aggfunc="mean")
     figure = go.Figure(
         go.Heatmap(
@@ -342,9 +344,34 @@ def module_heatmap(
         )
     )
     figure.update_layout(
-        title=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}",
+        title=dict(
+            text=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}<br><sup>{rest}</sup>",
+            font=dict(size=15),
+        ),
         xaxis_title=f"λ of {kinds[1]}",
         yaxis_title=f"λ of {kinds[0]}",
         template="plotly_white",
     )
     return figure
+
+
+def _one_slice(grid: pd.DataFrame, kinds: tuple[str, str]) -> tuple[pd.DataFrame, str]:
+    """The grid points at one setting of every other kind's λ (the most swept one), and
+    the caption saying what it is: pivoting several settings would average different
+    merges into one cell."""
+    named = [c for c in grid.columns if c.startswith("lam_") and c[4:] not in kinds]
+    settings = grid.groupby(["lam", *named]).size()
+    chosen = settings.idxmax()
+    chosen = chosen if isinstance(chosen, tuple) else (chosen,)
+    keep = pd.Series(True, index=grid.index)
+    for column, value in zip(["lam", *named], chosen, strict=True):
+        keep &= grid[column] == value
+    at = dict(zip(["lam", *named], chosen, strict=True))
+    others = [kind for kind in MODULE_KINDS if kind not in kinds and f"lam_{kind}" not in named]
+    parts = [f"{column[4:]} at λ={value:g}" for column, value in at.items() if column != "lam"]
+    if others:
+        parts.append(f"{', '.join(others)} at λ={at['lam']:g}")
+    caption = f"λ_{kinds[0]} × λ_{kinds[1]}; other kinds: " + "; ".join(parts)
+    if len(settings) > 1:
+        caption += f" (1 of {len(settings)} settings swept)"
+    return grid[keep], caption

@@ -251,8 +251,11 @@ def baseline_statements(versus: pd.DataFrame) -> list[dict]:
         if pd.isna(row["merge"]):  # no merge looks better (None in a frame reads back NaN)
             text = f"{head}: no merge beats it on both accuracy and tokens"
             out.append(
-                _statement("merge_vs_baseline", row["benchmark"], text, numbers, holds=False)
-            )
+                _statement(
+                    "merge_vs_baseline", row["benchmark"], text, numbers,
+                    baseline=row["baseline_label"], holds=False,
+                )
+            )  # fmt: skip
             continue
         verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
         text = (
