@@ -375,3 +375,45 @@ def _one_slice(grid: pd.DataFrame, kinds: tuple[str, str]) -> tuple[pd.DataFrame
     if len(settings) > 1:
         caption += f" (1 of {len(settings)} settings swept)"
     return grid[keep], caption
+
+
+def method_panel(table: pd.DataFrame, benchmark: str, method: str) -> go.Figure | None:
+    """One method on its own, small: accuracy (with its 90 % CI) and Think#R on the left
+    axis, Token#N on the right, against λ (a baseline's against its tokens, since its
+    points differ by budget, not λ). None when the method has no such rows."""
+    rows = table[(table["benchmark"] == benchmark) & (table["method"] == method)]
+    baseline = method in BASELINES
+    rows = rows if baseline else plain_merges(rows)
+    if rows.empty:
+        return None
+    x_col = "tokens" if baseline else "lam"
+    rows = rows.sort_values([x_col, "lam"])
+    x = list(rows[x_col])
+    hue = color(method)
+    figure = go.Figure()
+    figure.add_trace(_band(x, list(rows["mean_low"]), list(rows["mean_high"]), hue, "accuracy"))
+    lines = (
+        ("accuracy", "mean", dict(color=hue), "y"),
+        ("Think#R", "think", dict(color=hue, dash="dot"), "y"),
+        ("Token#N", "tokens", dict(color=_ROLE_COLORS["direct"], dash="dash", width=1), "y2"),
+    )
+    for name, column, line, axis in lines:
+        if baseline and column == "tokens":
+            continue  # the x axis already is Token#N
+        figure.add_trace(
+            go.Scatter(x=x, y=rows[column], name=name, mode="lines+markers", line=line,
+                       marker=dict(size=5), yaxis=axis)
+        )  # fmt: skip
+    title = f"{method}" + (" (baseline)" if baseline else "")
+    _layout(figure, title, "Token#N" if baseline else LAM_AXIS, "accuracy, Think#R")
+    figure.update_layout(
+        height=300, margin=dict(l=50, r=50, t=40, b=40),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right",
+                    font=dict(size=10)),
+    )  # fmt: skip
+    figure.update_layout(yaxis_range=[-0.02, 1.02])
+    if not baseline:
+        figure.update_layout(
+            yaxis2=dict(title="Token#N", overlaying="y", side="right", showgrid=False)
+        )
+    return figure

@@ -124,7 +124,8 @@ def _confirmations(found: list[dict]) -> tuple[str, str]:
 
 def _endpoints(found: list[dict]) -> tuple[str, str]:
     count = sum(s["numbers"]["count"] for s in found)
-    return f"{count} configurations, kept out of merges and parents", ""
+    named = "".join(f"<p>{html.escape(s['text'])}</p>" for s in found)
+    return f"{count} configurations, kept out of merges and parents", named
 
 
 def _row(title: str, gist: str, detail: str) -> str:
