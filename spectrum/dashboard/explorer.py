@@ -222,17 +222,15 @@ def _runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
 
 
 def _run_label(run) -> str:
-    """``2026-12-02 02:31 · page sweep · linear · 10 configurations · 511474d7``."""
-    parts = [] if pd.isna(run.created_at) else [f"{run.created_at:%Y-%m-%d %H:%M}"]
+    """``page sweep · linear · 10 configurations · 2026-12-02 02:31 · 511474d7``: what
+    tells runs apart first (a narrow dropdown shows the start)."""
     command = run.command if isinstance(run.command, str) else ""
-    if command.startswith("spectrum app"):
-        parts.append("page sweep")
-    elif command:
-        parts.append(" ".join(command.split()[:2]))
+    words = command.split()
+    origin = "page sweep" if command.startswith("spectrum app") else " ".join(words[1:2])
     methods = list(run.methods)
-    parts.append(", ".join(methods[:3]) + (f" +{len(methods) - 3}" if len(methods) > 3 else ""))
-    parts.append(f"{run.n_configs} configurations")
-    parts.append(str(run.run_id)[:8])
+    shown = ", ".join(methods[:3]) + (f" +{len(methods) - 3}" if len(methods) > 3 else "")
+    when = "" if pd.isna(run.created_at) else f"{run.created_at:%Y-%m-%d %H:%M}"
+    parts = [origin, shown, f"{run.n_configs} configurations", when, str(run.run_id)[:8]]
     return " · ".join(part for part in parts if part)
 
 
