@@ -112,11 +112,6 @@ def _is_confirmed(confirmed: pd.DataFrame, bench: str, row, role: str) -> bool:
     return any(json.loads(r)[role]["verdict"] == "improvement" for r in same["result"])
 
 
-def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
-    """The statements as lines of text (the report's summary, the explorer's findings)."""
-    return [statement["text"] for statement in statements(table, better, phases)]
-
-
 def _statement(kind: str, benchmark: str, text: str, numbers: dict, **extra) -> dict:
     entry = dict(kind=kind, benchmark=benchmark, text=text, numbers=_plain(numbers))
     entry.setdefault("interval", None)
