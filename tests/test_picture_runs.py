@@ -6,15 +6,19 @@ real Dashboard and real DuckDB files."""
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 import duckdb
+import pandas as pd
 import pytest
 import torch
 
 from spectrum.dashboard import ALL_RUNS, sample_cards, service
+from spectrum.dashboard.explorer import sample_responses
 from spectrum.dashboard.service import DEFAULT_PAIR, SHIPPED_DB, Dashboard, Turn, decoding_for
 from spectrum.dashboard.votes import read_votes
 from spectrum.errors import UserError
+from spectrum.eval import store
 from spectrum.merge import MergeSpec
 
 GREEDY = {column: decoding_for(column, "greedy", 40) for column in ("direct", "merged", "thinking")}
@@ -134,3 +138,22 @@ def test_shipped_results_stay_byte_identical(board, shipped_before):
         board.sweep(shipped, ["linear"], "0.5", "synthetic", limit=1, max_new_tokens=32)
     assert digest(SHIPPED_DB) == shipped_before
     assert not SHIPPED_DB.with_name(SHIPPED_DB.name + ".wal").exists()
+
+
+def test_samples_show_the_question_and_the_answer_as_text_never_as_markup(tmp_path):
+    """Stored text is shown, never run: tags in a prompt or a response are escaped; the
+    thinking is folded and the boxed answer becomes math."""
+    db = tmp_path / "stored.duckdb"
+    row = dict(
+        config_id="c", run_id="r", method="linear", lam=1.0, benchmark="synthetic", level=2,
+        problem_id="L2-x", sample_idx=0, prompt="What is 1+2? <img src=x onerror=alert(1)>",
+        response="<think>a < b, so <b>3</b></think>\\boxed{3}", n_tokens=9, finished=True,
+        thinks=True, extracted="3", gold="3", correct=True, created_at=datetime(2026, 1, 1),
+    )  # fmt: skip
+    with store.opened(db) as con:
+        store.insert_frame(con, "samples", pd.DataFrame([row]))
+    cards = sample_cards(sample_responses(db, "synthetic", "linear", 1.0))
+    assert "&lt;img src=x" in cards and "<img" not in cards and "<b>" not in cards
+    assert "<details><summary>Thinking (5 words)</summary>" in cards and "a &lt; b" in cards
+    assert cards.count("$\\boxed{3}$") == 1 and "<think>" not in cards
+    assert "Level 2 · Question" in cards and "✓ correct (gold 3) · 9 tokens" in cards

@@ -288,8 +288,6 @@ def sample_cards(frame: pd.DataFrame) -> str:
         lines = [f"**{level}Question{grid}**\n\n> {_markdown_text(first['prompt'] or '')}"]
         for _, sample in group.iterrows():
             reasoning, answer = split_reasoning(sample["response"] or "")
-            if not sample["thinks"] and not reasoning:
-                answer = sample["response"] or ""
             if reasoning:
                 lines.append(
                     f"<details><summary>Thinking ({len(reasoning.split())} words)</summary>"
