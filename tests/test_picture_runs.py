@@ -6,6 +6,7 @@ real Dashboard and real DuckDB files."""
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import duckdb
@@ -99,8 +100,12 @@ def test_page_sweeps_are_their_own_runs_and_the_explorer_filters_by_run(board):
     assert len(everything.run_choices("greedy, ≤ 160 tokens")) == 1 + 5
 
     pooled = everything.only(label).table
-    for run in (first, second):
-        alone = board.results(db, run.run_id).only(label).table
+    # Two pages asking for different runs at once each get their own run's points.
+    with ThreadPoolExecutor(4) as pool:
+        tables = list(
+            pool.map(lambda r: board.results(db, r.run_id).only(label).table, [first, second] * 2)
+        )
+    for run, alone in zip([first, second] * 2, tables, strict=True):
         expected = per_run_accuracy(board.db, run.run_id)
         assert sorted(alone["lam"]) == sorted(expected)
         for _, row in alone.iterrows():
