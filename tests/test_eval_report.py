@@ -95,12 +95,12 @@ def test_report_is_self_contained_with_every_method(db, tmp_path):
     assert {"linear", "ties", "direct parent", "thinking parent"} <= names
     assert "Pareto improvement on a parent" in names
     assert "linear λ=0.75 beats the thinking parent" in page
-    assert {"synthetic:L1", "synthetic:L2"} <= names  # Think#R per level
+    assert {"synthetic:L1", "synthetic:L2"} <= names  # accuracy vs tokens per level
     # Both levels start thinking above λ=0.4: half-way between the 0.25 and 0.5 grid points.
     assert "synthetic:L2: linear Think#R crosses half-way at λ≈0.375" in page
     assert "synthetic:L2: ties Think#R crosses half-way at λ≈0.375" in page
     for method in ("linear", "ties"):  # per level, for every method in the DB
-        assert f"<h2>{method} by difficulty level</h2>" in page
+        assert f'<div id="levels-{method}">' in page
         assert f"{method}: accuracy vs Token#N per level" in page
     # CI bands are fills only: no markers at their edges that look like another series.
     bands = [t for fig in traces for t in fig if t.get("fill") == "toself"]

@@ -29,8 +29,9 @@ CSS = """
 #merge-status { align-self: center; }
 #sweep-progress progress { width: 100%; height: 1.1em; accent-color: #6366f1; }
 #sweep-progress .sweep-line, #sweep-progress .sweep-idle { color: var(--body-text-color-subdued); }
-#samples th, #samples th * { word-break: normal; overflow-wrap: normal; }
-#samples td, #samples td * { overflow-wrap: anywhere; white-space: pre-wrap; }
+#samples { overflow-wrap: anywhere; }
+#samples summary { cursor: pointer; color: var(--body-text-color-subdued); }
+#findings summary { cursor: pointer; }
 /* A phone keeps the three answers side by side: one column per screen, swiped through. */
 @media (max-width: 700px) {
   #chat-row { flex-wrap: nowrap !important; overflow-x: auto; scroll-snap-type: x mandatory; }

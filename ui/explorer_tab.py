@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
-from spectrum.dashboard import REPO, Dashboard, MergeSpec
+from spectrum.dashboard import ALL_RUNS, REPO, Dashboard, MergeSpec, sample_cards
 from spectrum.errors import UserError
+from ui.chat_tab import LATEX_DELIMITERS
 from ui.common import friendly
 
 
@@ -25,18 +26,6 @@ class Explorer:
     mark: object
     mark_inputs: list
     mark_outputs: list
-
-
-# Readable headers and widths: short flags stay narrow, the response gets the room.
-SAMPLE_HEADERS = {
-    "problem_id": "problem",
-    "sample_idx": "sample",
-    "correct": "correct",
-    "thinks": "thinks",
-    "n_tokens": "tokens",
-    "response": "response",
-}
-SAMPLE_WIDTHS = ["13%", "7%", "8%", "8%", "8%", "56%"]
 
 
 def shown_path(path) -> str:
@@ -67,8 +56,13 @@ def votes_frame(dashboard: Dashboard, db: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def samples_frame(dashboard: Dashboard, db: str, bench: str, method: str, lam: float):
-    return dashboard.samples(db, bench, method, lam).rename(columns=SAMPLE_HEADERS)
+def samples_view(
+    dashboard: Dashboard, db: str, bench: str, method: str, lam: float, decoding: str, run: str
+) -> str:
+    """The question and rendered answers of one configuration as it is shown (its decoding,
+    its run)."""
+    frame = dashboard.samples(db, bench, method, lam, decoding=decoding, run=run)
+    return sample_cards(frame)
 
 
 def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
@@ -80,6 +74,8 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
         decoding = gr.Dropdown(
             [], label="Decoding", scale=1, allow_custom_value=True, elem_id="explorer-decoding"
         )
+        # One run alone, or every run of the decoding (the same configuration pooled).
+        run = gr.Dropdown([], label="Run", scale=2, allow_custom_value=True, elem_id="explorer-run")
         load = gr.Button("Load", variant="primary", scale=0, min_width=100, elem_id="explore")
     methods = gr.CheckboxGroup(
         [],
@@ -107,7 +103,7 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
             label="Accuracy vs tokens per level", scale=3, elem_id="plot-levels", **linked
         )
     with gr.Accordion("What the results show: stages, phase change, improvements, baselines"):
-        findings = gr.Markdown(elem_id="findings")
+        findings = gr.HTML(elem_id="findings")
     # Which part of the network carries the thinking (a sweep with λ per module kind).
     with gr.Row(elem_id="heatmaps"):
         heat_accuracy = gr.Plot(label="Accuracy over (λ_attn, λ_mlp)", **linked)
@@ -116,12 +112,8 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
     with gr.Row(equal_height=True):
         sample_method = gr.Dropdown([], label="Method", allow_custom_value=True)
         sample_lam = gr.Dropdown([], label="λ", allow_custom_value=True)
-    samples = gr.Dataframe(
-        wrap=True,
-        max_height=420,
-        column_widths=SAMPLE_WIDTHS,
-        label="Samples",
-        elem_id="samples",
+    samples = gr.Markdown(
+        latex_delimiters=LATEX_DELIMITERS, max_height=520, container=True, elem_id="samples"
     )
     with gr.Accordion("Human-preference leaderboard (votes from the chat tab)", open=False):
         gr.Markdown(
@@ -137,10 +129,14 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
         chosen_benchmark: str | None,
         chosen_methods: list[str],
         chosen_decoding: str | None = None,
+        chosen_run: str | None = None,
         chat: MergeSpec | None = None,
     ):
         everything = dashboard.results(db_text)
-        results = everything.only(chosen_decoding)
+        decoding = everything.only(chosen_decoding).decoding
+        runs = everything.run_choices(decoding)
+        shown_run = chosen_run if chosen_run in [value for _, value in runs] else ALL_RUNS
+        results = dashboard.results(db_text, shown_run).only(decoding)
         bench = chosen_benchmark if chosen_benchmark in results.benchmarks else None
         bench = bench or results.benchmarks[0]
         available = results.methods(bench)
@@ -157,13 +153,14 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
             plots["think"],
             gr.Dropdown(choices=picked, value=picked[0]),
             gr.Dropdown(choices=lams, value=lams[-1]),
-            samples_frame(dashboard, db_text, bench, picked[0], lams[-1]),
+            samples_view(dashboard, db_text, bench, picked[0], lams[-1], decoding, shown_run),
             votes_frame(dashboard, db_text),
             gr.Dropdown(choices=available, value=picked[0]),
             level_plot(results, bench, picked[0], chat),
             results.findings(bench),
             *results.heatmaps(bench, chat),
             gr.Dropdown(choices=everything.decodings, value=results.decoding),
+            gr.Dropdown(choices=runs, value=shown_run),
             chat_note(chat),
         )
 
@@ -175,15 +172,22 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
 
     @friendly
     def show_levels(
-        db_text: str, bench: str, method: str, chosen_decoding: str | None, chat: MergeSpec
+        db_text: str,
+        bench: str,
+        method: str,
+        chosen_decoding: str | None,
+        run: str,
+        chat: MergeSpec,
     ):
-        return level_plot(dashboard.results(db_text).only(chosen_decoding), bench, method, chat)
+        results = dashboard.results(db_text, run).only(chosen_decoding)
+        return level_plot(results, bench, method, chat)
 
     def mark(
         db_text: str,
         bench: str | None,
         chosen_methods: list[str],
         chosen_decoding: str | None,
+        run: str | None,
         method: str | None,
         chat: MergeSpec,
     ):
@@ -192,7 +196,7 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
         if not bench or not chosen_methods:
             return *[gr.skip()] * len(marked), chat_note(chat)
         try:
-            results = dashboard.results(db_text).only(chosen_decoding)
+            results = dashboard.results(db_text, run or ALL_RUNS).only(chosen_decoding)
             plots = results.figures(bench, chosen_methods, chat)
         except UserError:  # the explorer says so when it is next loaded; the chat goes on
             return *[gr.skip()] * len(marked), chat_note(chat)
@@ -201,27 +205,36 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
         return *lines, *results.heatmaps(bench, chat), chat_note(chat)
 
     @friendly
-    def show_samples(db_text: str, bench: str, method: str, lam: float | None):
-        lams = dashboard.results(db_text).lams(bench, method)
+    def show_samples(
+        db_text: str, bench: str, method: str, lam: float | None, chosen_decoding: str, run: str
+    ):
+        lams = dashboard.results(db_text, run).only(chosen_decoding).lams(bench, method)
         lam = lam if lam in lams else (lams[-1] if lams else None)
-        frame = samples_frame(dashboard, db_text, bench, method, lam) if lam is not None else None
-        return gr.Dropdown(choices=lams, value=lam), frame
+        if lam is None:
+            return gr.Dropdown(choices=lams, value=lam), ""
+        view = samples_view(dashboard, db_text, bench, method, lam, chosen_decoding, run)
+        return gr.Dropdown(choices=lams, value=lam), view
 
-    inputs = [db, benchmark, methods, decoding, chat_spec]
+    inputs = [db, benchmark, methods, decoding, run, chat_spec]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
     outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
-    outputs += [findings, heat_accuracy, heat_tokens, decoding, chat_line]
+    outputs += [findings, heat_accuracy, heat_tokens, decoding, run, chat_line]
     marked = [pareto, accuracy, tokens, think, by_level, heat_accuracy, heat_tokens]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):
-        trigger(show_samples, [db, benchmark, sample_method, sample_lam], [sample_lam, samples])
-    level_inputs = [db, benchmark, level_method, decoding, chat_spec]
+        trigger(
+            show_samples,
+            [db, benchmark, sample_method, sample_lam, decoding, run],
+            [sample_lam, samples],
+        )
+    level_inputs = [db, benchmark, level_method, decoding, run, chat_spec]
     level_method.input(show_levels, level_inputs, by_level, **hidden)
     benchmark.input(refresh, inputs, outputs, **hidden)
     methods.input(refresh, inputs, outputs, **hidden)
     decoding.input(refresh, inputs, outputs, **hidden)
-    mark_inputs = [db, benchmark, methods, decoding, level_method, chat_spec]
+    run.input(refresh, inputs, outputs, **hidden)
+    mark_inputs = [db, benchmark, methods, decoding, run, level_method, chat_spec]
     return Explorer(db, refresh, inputs, outputs, mark, mark_inputs, [*marked, chat_line])
 
 

@@ -1,6 +1,7 @@
 """The dashboard service: everything the page does, without Gradio. ``ui/`` imports this
 package (and ``spectrum.errors``) and nothing else of the library."""
 
+from spectrum.dashboard.explorer import ALL_RUNS, sample_cards
 from spectrum.dashboard.service import (
     DEFAULT_DB,
     DEFAULT_PAIR,
@@ -26,6 +27,7 @@ from spectrum.merge.spec import MergeSpec
 from spectrum.methods import Param
 
 __all__ = [
+    "ALL_RUNS",
     "COLUMNS",
     "DEFAULT_DB",
     "DEFAULT_PAIR",
@@ -49,4 +51,5 @@ __all__ = [
     "math_markdown",
     "pair_sources",
     "return_freed_memory_to_os",
+    "sample_cards",
 ]

@@ -364,14 +364,32 @@ class Dashboard:
     def benchmark_names() -> list[str]:
         return list(BENCHMARKS)
 
-    def results(self, db: str) -> Results:
-        """The sweep results stored in the DB file the page names."""
-        return load_results(self.folders.resolve(db, "results database"))
+    def results(self, db: str, run: str | None = None) -> Results:
+        """The sweep results stored in the DB file the page names (of one run, if given)."""
+        return load_results(self.folders.resolve(db, "results database"), run)
 
-    def samples(self, db: str, benchmark: str, method: str, lam: float) -> pd.DataFrame:
-        """The stored responses of one configuration."""
+    def samples(
+        self,
+        db: str,
+        benchmark: str,
+        method: str,
+        lam: float,
+        *,
+        decoding: str | None = None,
+        run: str | None = None,
+    ) -> pd.DataFrame:
+        """The stored responses of one configuration; with ``decoding`` (or ``run``) only
+        those of the configurations the explorer shows for it."""
         path = self.folders.resolve(db, "results database")
-        return sample_responses(path, benchmark, method, lam)
+        if decoding is None and run is None:
+            return sample_responses(path, benchmark, method, lam)
+        table = self.results(db, run).only(decoding).table
+        shown = table[
+            (table["benchmark"] == benchmark) & (table["method"] == method) & (table["lam"] == lam)
+        ]
+        return sample_responses(
+            path, benchmark, method, lam, config_ids=list(shown["config_id"]), run=run
+        )
 
     def leaderboard(self, db: str) -> list[Standing]:
         """Win rate and Elo of every model that answered a vote stored in the DB file."""

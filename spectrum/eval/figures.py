@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
 from spectrum.eval.results import BASELINES, parents, plain_merges
+from spectrum.merge.scope import MODULE_KINDS
 
 METRIC_TITLES = {
     "mean": "accuracy (Mean@k)",
@@ -352,6 +353,7 @@ def module_heatmap(
     x_col, y_col = (f"lam_{kind}" for kind in reversed(kinds))
     if grid.empty or not {x_col, y_col} <= set(grid.columns):
         return None
+    grid, rest = _one_slice(grid, kinds)
     values = grid.pivot_table(index=y_col, columns=x_col, values=metric, aggfunc="mean")
     merges = grid.assign(merge=_configurations(grid)).pivot_table(
         index=y_col, columns=x_col, values="merge", aggfunc="first"
@@ -368,9 +370,76 @@ def module_heatmap(
         )
     )
     figure.update_layout(
-        title=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}",
+        title=dict(
+            text=f"{benchmark}, {method}: {METRIC_TITLES.get(metric, metric)}<br><sup>{rest}</sup>",
+            font=dict(size=15),
+        ),
         xaxis_title=f"λ of {kinds[1]}",
         yaxis_title=f"λ of {kinds[0]}",
         template="plotly_white",
     )
+    return figure
+
+
+def _one_slice(grid: pd.DataFrame, kinds: tuple[str, str]) -> tuple[pd.DataFrame, str]:
+    """The grid points at one setting of every other kind's λ (the most swept one), and
+    the caption saying what it is: pivoting several settings would average different
+    merges into one cell."""
+    named = [c for c in grid.columns if c.startswith("lam_") and c[4:] not in kinds]
+    settings = grid.groupby(["lam", *named]).size()
+    chosen = settings.idxmax()
+    chosen = chosen if isinstance(chosen, tuple) else (chosen,)
+    keep = pd.Series(True, index=grid.index)
+    for column, value in zip(["lam", *named], chosen, strict=True):
+        keep &= grid[column] == value
+    at = dict(zip(["lam", *named], chosen, strict=True))
+    others = [kind for kind in MODULE_KINDS if kind not in kinds and f"lam_{kind}" not in named]
+    parts = [f"{column[4:]} at λ={value:g}" for column, value in at.items() if column != "lam"]
+    if others:
+        parts.append(f"{', '.join(others)} at λ={at['lam']:g}")
+    caption = f"λ_{kinds[0]} × λ_{kinds[1]}; other kinds: " + "; ".join(parts)
+    if len(settings) > 1:
+        caption += f" (1 of {len(settings)} settings swept)"
+    return grid[keep], caption
+
+
+def method_panel(table: pd.DataFrame, benchmark: str, method: str) -> go.Figure | None:
+    """One method on its own, small: accuracy (with its 90 % CI) and Think#R on the left
+    axis, Token#N on the right, against λ (a baseline's against its tokens, since its
+    points differ by budget, not λ). None when the method has no such rows."""
+    rows = table[(table["benchmark"] == benchmark) & (table["method"] == method)]
+    baseline = method in BASELINES
+    rows = rows if baseline else plain_merges(rows)
+    if rows.empty:
+        return None
+    x_col = "tokens" if baseline else "lam"
+    rows = rows.sort_values([x_col, "lam"])
+    x = list(rows[x_col])
+    hue = color(method)
+    figure = go.Figure()
+    figure.add_trace(_band(x, list(rows["mean_low"]), list(rows["mean_high"]), hue, "accuracy"))
+    lines = (
+        ("accuracy", "mean", dict(color=hue), "y"),
+        ("Think#R", "think", dict(color=hue, dash="dot"), "y"),
+        ("Token#N", "tokens", dict(color=_ROLE_COLORS["direct"], dash="dash", width=1), "y2"),
+    )
+    for name, column, line, axis in lines:
+        if baseline and column == "tokens":
+            continue  # the x axis already is Token#N
+        figure.add_trace(
+            go.Scatter(x=x, y=rows[column], name=name, mode="lines+markers", line=line,
+                       marker=dict(size=5), yaxis=axis)
+        )  # fmt: skip
+    title = f"{method}" + (" (baseline)" if baseline else "")
+    _layout(figure, title, "Token#N" if baseline else LAM_AXIS, "accuracy, Think#R")
+    figure.update_layout(
+        height=300, margin=dict(l=50, r=50, t=40, b=40),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right",
+                    font=dict(size=10)),
+    )  # fmt: skip
+    figure.update_layout(yaxis_range=[-0.02, 1.02])
+    if not baseline:
+        figure.update_layout(
+            yaxis2=dict(title="Token#N", overlaying="y", side="right", showgrid=False)
+        )
     return figure

@@ -18,8 +18,11 @@ import plotly.io as pio
 
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
+from spectrum.eval.findings import CSS as FINDINGS_CSS
+from spectrum.eval.findings import findings_html
 from spectrum.eval.metrics import check_interval
 from spectrum.eval.results import (
+    BASELINES,
     DIFFERENCE_COLUMNS,
     NO_THINKING,
     THINKING,
@@ -29,6 +32,7 @@ from spectrum.eval.results import (
     parents,
     phase_changes,
     plain_merges,
+    rank_methods,
     stages,
     summaries,
 )
@@ -106,11 +110,6 @@ def _is_confirmed(confirmed: pd.DataFrame, bench: str, row, role: str) -> bool:
         & (confirmed["lam"] == row["lam"])
     ]
     return any(json.loads(r)[role]["verdict"] == "improvement" for r in same["result"])
-
-
-def summary_lines(table: pd.DataFrame, better: pd.DataFrame, phases: pd.DataFrame) -> list[str]:
-    """The statements as lines of text (the report's summary, the explorer's findings)."""
-    return [statement["text"] for statement in statements(table, better, phases)]
 
 
 def _statement(kind: str, benchmark: str, text: str, numbers: dict, **extra) -> dict:
@@ -251,8 +250,11 @@ def baseline_statements(versus: pd.DataFrame) -> list[dict]:
         if pd.isna(row["merge"]):  # no merge looks better (None in a frame reads back NaN)
             text = f"{head}: no merge beats it on both accuracy and tokens"
             out.append(
-                _statement("merge_vs_baseline", row["benchmark"], text, numbers, holds=False)
-            )
+                _statement(
+                    "merge_vs_baseline", row["benchmark"], text, numbers,
+                    baseline=row["baseline_label"], holds=False,
+                )
+            )  # fmt: skip
             continue
         verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
         text = (
@@ -302,25 +304,145 @@ def _weight_figures(con) -> list:
     ]
 
 
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: its anchor, heading, and what it holds (HTML made from
+    figures and tables), with sub-parts listed in the table of contents."""
+
+    anchor: str
+    heading: str
+    blocks: list  # figures (drawn full width), or (anchor, figure) pairs drawn as a grid
+    parts: tuple[tuple[str, str], ...] = ()  # (anchor, name) listed under it
+
+
+def anchor(*names: str) -> str:
+    """An HTML id from names: letters, digits, underscores and dashes only."""
+    return "-".join(re.sub(r"[^A-Za-z0-9_]+", "-", name).strip("-").lower() for name in names)
+
+
+def _overview_methods(table: pd.DataFrame, bench: str) -> list[str]:
+    """The overview's methods: linear and the two best by Pareto area (the explorer's
+    first view), then every baseline; the rest have their own small plots."""
+    ranked = rank_methods(table, bench)
+    first = ["linear"] if "linear" in ranked else []
+    chosen = first + [m for m in ranked if m not in first][: 3 - len(first)]
+    present = set(table.loc[table["benchmark"] == bench, "method"])
+    return chosen + sorted(present & set(BASELINES))
+
+
 def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFrame) -> list:
-    """(heading, figures) of the report: every method together per benchmark, then each
-    method by difficulty level, then the weights."""
+    """The report's plot sections: per benchmark an overview (accuracy vs tokens of a few
+    methods), one small plot per method and the λ-per-module heatmaps; then one small plot
+    per method by difficulty level; then the weights."""
     sections = []
     for bench in sorted(table["benchmark"].unique()):
-        figs = [figures.metric_vs_lam(table, bench, m) for m in ("mean", "tokens", "think")]
-        figs.append(figures.accuracy_vs_tokens(table, bench, better))
-        for method in sorted(set(table["method"])):
-            heatmaps = [figures.module_heatmap(table, bench, method, m) for m in HEATMAPS]
-            figs += [figure for figure in heatmaps if figure is not None]
-        sections.append((bench, figs))
-    for method in sorted(plain_merges(levels)["method"].unique()):
-        figs = [figures.metric_by_level(levels, method, m) for m in ("think", "mean")]
-        figs.append(figures.accuracy_vs_tokens_by_level(levels, method))
-        sections.append((f"{method} by difficulty level", figs))
+        shown = table[table["method"].isin(_overview_methods(table, bench))]
+        blocks: list = [figures.accuracy_vs_tokens(shown, bench, better)]
+        methods = sorted(set(table.loc[table["benchmark"] == bench, "method"]))
+        panels = [
+            (anchor(bench, "method", method), figures.method_panel(table, bench, method))
+            for method in methods
+        ]
+        panels = [(name, method, fig) for (name, fig), method in zip(panels, methods, strict=True)]
+        blocks.append([(name, fig) for name, _, fig in panels if fig is not None])
+        heatmaps = [
+            (
+                anchor(bench, "heatmap", method, metric),
+                figures.module_heatmap(table, bench, method, metric),
+            )
+            for method in methods
+            for metric in HEATMAPS
+        ]
+        blocks.append([(name, fig) for name, fig in heatmaps if fig is not None])
+        parts = tuple((name, method) for name, method, fig in panels if fig is not None)
+        sections.append(Section(anchor("bench", bench), bench, blocks, parts))
+    by_level = [
+        (anchor("levels", method), figures.accuracy_vs_tokens_by_level(levels, method))
+        for method in sorted(plain_merges(levels)["method"].unique())
+    ]
+    if by_level:
+        heading = "accuracy vs tokens by difficulty level, per method"
+        sections.append(Section("levels", heading, [by_level]))
     weights = _weight_figures(con)
     if weights:
-        sections.append(("weights: Δ = θ_thinking − θ_direct", weights))
+        heading = "weights: Δ = θ_thinking − θ_direct"
+        panels = [(anchor("weights", str(i)), fig) for i, fig in enumerate(weights)]
+        sections.append(Section("weights", heading, [panels]))
     return sections
+
+
+BEST_COLUMNS = [
+    "benchmark", "decoding", "method", "configuration", "Mean@k (90 % CI)", "Token#N",
+    "Think#R", "problems × k",
+]  # fmt: skip
+
+
+def best_configurations(table: pd.DataFrame) -> pd.DataFrame:
+    """Per benchmark, decoding and method, the configuration with the highest Mean@k
+    (ties: fewer Token#N, then the smaller λ), with its numbers."""
+    ordered = table.sort_values(
+        ["benchmark", "decoding", "method", "mean", "tokens", "lam"],
+        ascending=[True, True, True, False, True, True],
+    )
+    best = ordered.groupby(["benchmark", "decoding", "method"], sort=True).head(1)
+    return pd.DataFrame(
+        {
+            "benchmark": best["benchmark"],
+            "decoding": best["decoding"],
+            "method": best["method"],
+            "configuration": best["label"],
+            "Mean@k (90 % CI)": [
+                f"{r.mean:.3f} [{r.mean_low:.3f}, {r.mean_high:.3f}]" for r in best.itertuples()
+            ],
+            "Token#N": [f"{value:.1f}" for value in best["tokens"]],
+            "Think#R": [f"{value:.2f}" for value in best["think"]],
+            "problems × k": [f"{r.n_problems} × {r.k}" for r in best.itertuples()],
+        },
+        columns=BEST_COLUMNS,
+    )
+
+
+def _html_table(frame: pd.DataFrame, css_class: str) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f'<table class="{css_class}"><tr>{head}</tr>{body}</table>'
+
+
+REPORT_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 0 auto; padding: 0 16px;
+  color: #1f2328; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+nav#toc { background: #f6f8fa; border: 1px solid #ddd; border-radius: 6px; padding: 4px 16px; }
+nav#toc ol { margin: 4px 0; } nav#toc li { margin: 2px 0; }
+table.best { border-collapse: collapse; font-size: 0.92em; }
+table.best th, table.best td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; }
+.panels { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 8px; }
+.meta { color: #59636e; }
+"""
+
+
+def _figure_html(figure, div_id: str | None, first: bool, height: str) -> str:
+    return pio.to_html(
+        figure, full_html=False, include_plotlyjs=first, div_id=div_id,
+        default_width="100%", default_height=height,
+    )  # fmt: skip
+
+
+def _toc(sections: list[Section]) -> str:
+    items = ['<li><a href="#best">Best configurations</a></li>']
+    items.append('<li><a href="#findings">Findings</a></li>')
+    for section in sections:
+        parts = "".join(
+            f'<li><a href="#{name}">{html.escape(label)}</a></li>' for name, label in section.parts
+        )
+        inner = f"<ol>{parts}</ol>" if parts else ""
+        items.append(
+            f'<li><a href="#{section.anchor}">{html.escape(section.heading)}</a>{inner}</li>'
+        )
+    return f'<nav id="toc"><h2>Contents</h2><ol>{"".join(items)}</ol></nav>'
 
 
 REPORT_START = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
@@ -468,20 +590,37 @@ def build_report(
         sections = _sections(con, loaded.table, loaded.better, loaded.levels)
     finally:
         con.close()
-    lines = [statement["text"] for statement in loaded.statements()]
     body = [
         f"<h1>Thinking Spectrum results: {html.escape(db.name)}</h1>",
-        "<h2>Summary</h2><pre>",
-        html.escape("\n".join(lines)),
-        "</pre>",
+        f'<p class="meta">{len(loaded.table)} configurations on '
+        f"{', '.join(sorted(loaded.table['benchmark'].unique()))}; decoded "
+        f"{'; '.join(sorted(loaded.table['decoding'].unique()))}.</p>",
+        _toc(sections),
+        '<section id="best"><h2>Best configurations</h2>',
+        "<p>Per method, its most accurate configuration (ties: fewer tokens), picked on the "
+        "sweep's own problems: a confirmation on fresh ones says whether it holds.</p>",
+        _html_table(best_configurations(loaded.table), "best"),
+        '</section><section id="findings"><h2>Findings</h2>',
+        findings_html(loaded.statements()),
+        "</section>",
     ]
     first = True  # the first figure carries plotly.js inline, so the file opens offline
-    for heading, figs in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
-        for fig in figs:
-            body.append(pio.to_html(fig, full_html=False, include_plotlyjs=first))
-            first = False
-    page = REPORT_START + "</title></head><body>" + "\n".join(body) + "</body></html>"
+    for section in sections:
+        body.append(f'<section id="{section.anchor}"><h2>{html.escape(section.heading)}</h2>')
+        for block in section.blocks:
+            if isinstance(block, list) and block:  # small plots side by side
+                body.append('<div class="panels">')
+                for name, fig in block:
+                    drawn = _figure_html(fig, f"plot-{name}", first, "300px")
+                    body.append(f'<div id="{name}">{drawn}</div>')
+                    first = False
+                body.append("</div>")
+            elif not isinstance(block, list):
+                body.append(_figure_html(block, None, first, "440px"))
+                first = False
+        body.append("</section>")
+    head = f"</title><style>{REPORT_CSS}{FINDINGS_CSS}</style></head><body>"
+    page = REPORT_START + head + "\n".join(body) + "</body></html>"
     _write_readable(out, page)
     return out
 

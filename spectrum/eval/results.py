@@ -73,6 +73,7 @@ def summaries(
     seed: int = 0,
     interval: str = "auto",
     config_ids: Sequence[str] | None = None,
+    run_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """One row per (benchmark, configuration): every metric with its 90 % interval.
 
@@ -82,6 +83,8 @@ def summaries(
     ``interval``: ``auto`` or ``t_runs`` (``spectrum.eval.metrics``).
     ``config_ids``: only these configurations; without it, every configuration but those
     of confirmations (``spectrum.eval.confirm``).
+    ``run_ids``: only the samples these runs generated (``runs.run_id``): one run's own
+    points, never pooled with another's.
 
     Columns: benchmark, config_id, method, lam, params, module_lams (JSON or None),
     layers, modules, template (the chat template's parent, None before schema 3), kind
@@ -96,6 +99,9 @@ def summaries(
     if methods is not None:
         where.append("list_contains(?, method)")
         values.append(list(methods))
+    if run_ids is not None:
+        where.append("list_contains(?, run_id)")
+        values.append(list(run_ids))
     if config_ids is not None:
         where.append("list_contains(?, config_id)")
         values.append(list(config_ids))
