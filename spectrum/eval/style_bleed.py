@@ -1,0 +1,59 @@
+"""Style bleed: the thinking model's format showing where it does not belong.
+
+ThinkingSpectrum saw merged models lose Creative Writing points to "formatting
+inconsistencies": stray reasoning tags and a mix of thinking and direct styles. Each
+response is checked for four signs (docs/METHODS.md, "Style bleed"); its score is how
+many it shows (0–4), stored per row in ``samples.style_bleed``.
+
+The thinking block is the text up to the first ``</think>`` (the opening ``<think>`` may
+be there or in the prompt); the answer is everything after it, or the whole response
+when there is no ``</think>``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from spectrum.generate.tags import THINK_END, THINK_START
+
+SIGNS = ("stray_tag", "unbalanced_tags", "reasoning_in_answer", "multiple_boxed")
+# Phrases that open a line of a thinking trace (Qwen3 / R1 style), not of an answer.
+_REASONING_LINE = re.compile(
+    r"^\s*(?:okay,? so\b|okay,? let me\b|hmm+\b|wait,|but wait\b|let me (?:think|check|see)\b"
+    r"|alternatively,|actually,? (?:wait|no)\b)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def split_block(text: str) -> tuple[str | None, str]:
+    """(thinking block or None, answer)."""
+    if THINK_END not in text:
+        return None, text
+    block, _, answer = text.partition(THINK_END)
+    return block, answer
+
+
+def signs(text: str) -> tuple[str, ...]:
+    """The style-bleed signs ``text`` shows, in ``SIGNS`` order."""
+    found = []
+    # Allowed: one <think> opening the response and the first </think>; any other is stray.
+    rest = text.lstrip()
+    rest = rest[len(THINK_START) :] if rest.startswith(THINK_START) else rest
+    rest = rest.replace(THINK_END, "", 1)
+    if THINK_START in rest or THINK_END in rest:
+        found.append("stray_tag")
+    opens, closes = text.count(THINK_START), text.count(THINK_END)
+    # A template may open the block in the prompt, so one close more than opens is fine.
+    if opens > closes or closes > opens + 1:
+        found.append("unbalanced_tags")
+    answer = split_block(text)[1]
+    if _REASONING_LINE.search(answer):
+        found.append("reasoning_in_answer")
+    if answer.count("\\boxed{") > 1:
+        found.append("multiple_boxed")
+    return tuple(found)
+
+
+def style_bleed(text: str | None) -> int:
+    """How many style-bleed signs ``text`` shows (0 = clean)."""
+    return len(signs(text if isinstance(text, str) else ""))
