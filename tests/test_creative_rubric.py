@@ -12,8 +12,8 @@ from spectrum.errors import UserError
 from spectrum.eval.benchmarks import load_problems
 from spectrum.eval.creative import (
     CRITERIA,
-    NEGATIVE,
     ITERATIONS,
+    NEGATIVE,
     Judge,
     judge_reply,
     parse_scores,
