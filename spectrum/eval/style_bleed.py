@@ -42,9 +42,7 @@ def signs(text: str) -> tuple[str, ...]:
     rest = rest.replace(THINK_END, "", 1)
     if THINK_START in rest or THINK_END in rest:
         found.append("stray_tag")
-    opens, closes = text.count(THINK_START), text.count(THINK_END)
-    # A template may open the block in the prompt, so one close more than opens is fine.
-    if opens > closes or closes > opens + 1:
+    if not _balanced(text):
         found.append("unbalanced_tags")
     answer = split_block(text)[1]
     if _REASONING_LINE.search(answer):
@@ -52,6 +50,24 @@ def signs(text: str) -> tuple[str, ...]:
     if answer.count("\\boxed{") > 1:
         found.append("multiple_boxed")
     return tuple(found)
+
+
+_TAG = re.compile(f"{re.escape(THINK_START)}|{re.escape(THINK_END)}")
+
+
+def _balanced(text: str) -> bool:
+    """Every ``<think>`` closed and every ``</think>`` closing an open one, except a first
+    ``</think>`` with none open (the chat template opened that block in the prompt)."""
+    depth, first = 0, True
+    for tag in _TAG.findall(text):
+        if tag == THINK_START:
+            depth += 1
+        elif depth:
+            depth -= 1
+        elif not first:
+            return False
+        first = False
+    return depth == 0
 
 
 def style_bleed(text: str | None) -> int:
