@@ -91,6 +91,8 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     with gr.Row():
         tokens = gr.Plot(label="Token#N vs λ", show_label=False)
         think = gr.Plot(label="Think#R vs λ", show_label=False)
+    with gr.Row():
+        bleed = gr.Plot(label="Style bleed vs λ", show_label=False, elem_id="style-bleed")
     gr.Markdown("### Accuracy vs tokens per difficulty level")
     with gr.Row():
         level_method = gr.Dropdown([], label="Method", allow_custom_value=True, scale=1)
@@ -152,6 +154,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
             results.findings(bench),
             *results.heatmaps(bench),
             gr.Dropdown(choices=everything.decodings, value=results.decoding),
+            plots["bleed"],
         )
 
     def level_plot(results, bench: str, method: str):
@@ -174,7 +177,7 @@ def build_explorer_tab(dashboard: Dashboard) -> Explorer:
     inputs = [db, benchmark, methods, decoding]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
     outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
-    outputs += [findings, heat_accuracy, heat_tokens, decoding]
+    outputs += [findings, heat_accuracy, heat_tokens, decoding, bleed]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):

@@ -21,6 +21,7 @@ from spectrum.eval import figures, store
 from spectrum.eval.analysis import WeightAnalysis, analyze
 from spectrum.eval.report import HEATMAPS, summary_lines
 from spectrum.eval.results import improvements, phase_changes, rank_methods, summaries
+from spectrum.eval.results_rows import bleed_summaries
 
 EXPLORER_METRICS = ("mean", "tokens", "think")
 DEFAULT_METHODS = 3  # what the explorer opens on: more curves than this are a tangle
@@ -93,7 +94,8 @@ class Results:
         return sorted(float(lam) for lam in rows["lam"].unique())
 
     def figures(self, benchmark: str, methods: Sequence[str]) -> dict[str, go.Figure]:
-        """The Pareto plot and accuracy / Token#N / Think#R vs λ for ``methods``."""
+        """The Pareto plot and accuracy / Token#N / Think#R / style bleed vs λ for
+        ``methods``."""
         if benchmark not in self.benchmarks:
             raise UserError(f"{self.db.name} has no results for benchmark {benchmark!r}")
         chosen = self.table[self.table["method"].isin(methods)]
@@ -105,6 +107,8 @@ class Results:
         plots = {"pareto": figures.accuracy_vs_tokens(chosen, benchmark, better)}
         for metric in EXPLORER_METRICS:
             plots[metric] = figures.metric_vs_lam(chosen, benchmark, metric)
+        bleed = _bleed_summaries(self.db, self.versions)
+        plots["bleed"] = figures.style_bleed_vs_lam(bleed[bleed["method"].isin(methods)], benchmark)
         return plots
 
     def level_figure(self, benchmark: str, method: str) -> go.Figure:
@@ -148,6 +152,16 @@ def _level_summaries(db: Path, versions: tuple, method: str) -> pd.DataFrame:
     con = _connect(db)
     try:
         return summaries(con, by_level=True, methods=[method])
+    finally:
+        con.close()
+
+
+@lru_cache(maxsize=8)
+def _bleed_summaries(db: Path, versions: tuple) -> pd.DataFrame:
+    """The style-bleed rate per configuration (``results_rows.bleed_summaries``)."""
+    con = _connect(db)
+    try:
+        return bleed_summaries(con)
     finally:
         con.close()
 
