@@ -147,3 +147,14 @@ def test_style_bleed_vs_lam_figure(tmp_path):
         assert list(trace.x) == pytest.approx(list(expected["lam"]))
         assert list(trace.y) == pytest.approx(list(expected["rate"]))
     assert "style bleed" in figure.layout.yaxis.title.text
+
+
+def test_explorer_draws_style_bleed_for_the_methods_shown(tmp_path):
+    from spectrum.dashboard.explorer import load_results
+
+    db = _old_copy(tmp_path)
+    results = load_results(db)
+    methods = results.default_methods("synthetic")
+    plots = results.figures("synthetic", methods)
+    drawn = {trace.name for trace in plots["bleed"].data if trace.mode == "lines+markers"}
+    assert drawn == set(methods)
