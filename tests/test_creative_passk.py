@@ -106,3 +106,15 @@ def test_report_json_and_html_carry_pass_at_every_k(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     page = out.read_text()
     assert "Pass@k for every k ≤ n" in page and "synthetic: style bleed" in page
+
+
+def test_one_sample_per_problem_states_no_curve(tmp_path):
+    from spectrum.eval.report import row_statements
+
+    db, _ = _db(tmp_path)
+    with store.opened(db, read_only=True) as con:
+        table = summaries(con)
+    curves = pass_curves(table)
+    assert len(row_statements(curves, pd.DataFrame(), pd.DataFrame())) == 2
+    only_first = curves[curves["k"] == 1]
+    assert row_statements(only_first, pd.DataFrame(), pd.DataFrame()) == []

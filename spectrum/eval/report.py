@@ -328,7 +328,8 @@ def row_sections(loaded: Loaded) -> list:
     """(heading, figures): Pass@k vs k per benchmark; the judge's score and the style-bleed
     rate vs λ."""
     sections = []
-    for bench in sorted(loaded.curves["benchmark"].unique()):
+    several = loaded.curves[loaded.curves["k"] >= 2]  # a curve needs two samples or more
+    for bench in sorted(several["benchmark"].unique()):
         figs = [figures.pass_at_k_vs_k(loaded.curves, bench)]
         sections.append((f"{bench}: Pass@k for every k ≤ n", figs))
     for bench in sorted(loaded.bleed["benchmark"].unique()):
@@ -450,6 +451,8 @@ def row_statements(curves: pd.DataFrame, judged: pd.DataFrame, bleed: pd.DataFra
     """Per configuration: Pass@k for every k ≤ n, the judge's score, the style-bleed rate."""
     found = []
     for (bench, _), rows in curves.groupby(["benchmark", "config_id"], sort=True):
+        if len(rows) < 2:  # one sample per problem: Pass@1 is Mean@k, stated already
+            continue
         values = {f"pass@{k}": v for k, v in zip(rows["k"], rows["pass"], strict=True)}
         text = ", ".join(f"{key} {value:.3f}" for key, value in values.items())
         found.append(_statement("pass_at_k", bench, f"{bench}: {rows['label'].iloc[0]}: {text}",
