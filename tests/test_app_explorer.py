@@ -34,7 +34,7 @@ def test_figures_plot_what_the_samples_say(results_db):
     assert results.benchmarks == ["synthetic"]
     assert results.lams("synthetic", "linear") == [0.0, 0.5, 1.0]
     plots = results.figures("synthetic", ["linear"])
-    assert set(plots) == {"pareto", "mean", "tokens", "think"}
+    assert set(plots) == {"pareto", "mean", "tokens", "think", "bleed"}
     line = next(t for t in plots["tokens"].data if t.mode == "lines+markers")
     with duckdb.connect(str(results_db), read_only=True) as con:
         # Token#N: per problem first, then over problems (every problem weighs the same).

@@ -222,12 +222,13 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         # parents and a few methods, so every legend fits.
         page.get_by_role("tab", name="Spectrum explorer").click()
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=120_000)
-        # Five plots with legends, then the (λ_attn, λ_mlp) heatmaps of the shipped sweep.
-        expect(page.locator(".js-plotly-plot")).to_have_count(7, timeout=60_000)
+        # Six plots with legends (style bleed among them), then the (λ_attn, λ_mlp)
+        # heatmaps of the shipped sweep.
+        expect(page.locator(".js-plotly-plot")).to_have_count(8, timeout=60_000)
         expect(page.locator("#heatmaps .js-plotly-plot")).to_have_count(2)
         ticked = page.locator("#explorer-methods input[type=checkbox]:checked")
         assert 1 <= ticked.count() <= 3
-        for plot in page.locator(".js-plotly-plot").all()[:5]:
+        for plot in page.locator(".js-plotly-plot").all()[:6]:
             assert 0 < legend_entries(plot) <= MAX_LEGEND_ENTRIES
             assert not legend_scrolls(plot)
         expect(page.locator("#findings")).to_contain_text("stage 3")

@@ -96,6 +96,8 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
     with gr.Row():
         tokens = gr.Plot(label="Token#N vs λ", elem_id="plot-tokens", **linked)
         think = gr.Plot(label="Think#R vs λ", elem_id="plot-think", **linked)
+    with gr.Row():
+        bleed = gr.Plot(label="Style bleed vs λ", elem_id="style-bleed", **linked)
     gr.Markdown("### Accuracy vs tokens per difficulty level")
     with gr.Row():
         level_method = gr.Dropdown([], label="Method", allow_custom_value=True, scale=1)
@@ -162,6 +164,7 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
             gr.Dropdown(choices=everything.decodings, value=results.decoding),
             gr.Dropdown(choices=runs, value=shown_run),
             chat_note(chat),
+            plots["bleed"],
         )
 
     def level_plot(results, bench: str, method: str, chat: MergeSpec | None):
@@ -202,7 +205,7 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
             return *[gr.skip()] * len(marked), chat_note(chat)
         level = level_plot(results, bench, method, chat) if method else gr.skip()
         lines = [plots["pareto"], plots["mean"], plots["tokens"], plots["think"], level]
-        return *lines, *results.heatmaps(bench, chat), chat_note(chat)
+        return *lines, *results.heatmaps(bench, chat), plots["bleed"], chat_note(chat)
 
     @friendly
     def show_samples(
@@ -218,8 +221,8 @@ def build_explorer_tab(dashboard: Dashboard, chat_spec: gr.State) -> Explorer:
     inputs = [db, benchmark, methods, decoding, run, chat_spec]
     outputs = [benchmark, methods, pareto, accuracy, tokens, think]
     outputs += [sample_method, sample_lam, samples, votes, level_method, by_level]
-    outputs += [findings, heat_accuracy, heat_tokens, decoding, run, chat_line]
-    marked = [pareto, accuracy, tokens, think, by_level, heat_accuracy, heat_tokens]
+    outputs += [findings, heat_accuracy, heat_tokens, decoding, run, chat_line, bleed]
+    marked = [pareto, accuracy, tokens, think, by_level, heat_accuracy, heat_tokens, bleed]
     load.click(refresh, inputs, outputs, api_name="explore")
     hidden = dict(api_visibility="undocumented")
     for trigger in (sample_method.input, sample_lam.input):

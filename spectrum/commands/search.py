@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spectrum.eval.benchmarks import get_benchmark
     from spectrum.eval.sweep import check_spec, default_provider
 
     if args.target == "budget" and args.max_tokens is None:
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
             cli_hint="raise it with --limits grid=N",
         )
     spec = spec_from_args(args, (args.method,), (lo,))
+    judged = [b for b in spec.benchmarks if get_benchmark(b).grader == "judge"]
+    if judged:  # the search follows accuracy, which a judged benchmark does not have
+        raise UserError(f"search needs an accuracy; {', '.join(judged)} is scored by a judge")
     check_spec(spec, limits)
     provider = {}
 

@@ -53,7 +53,20 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="BENCH=PATH",
-        help="local JSONL/Parquet file for a benchmark (docs/SCHEMA.md); repeatable",
+        help="local file for a benchmark: JSONL/Parquet, or creative_writing's prompts "
+        "JSON in EQ-Bench Creative Writing v3's layout (docs/SCHEMA.md); repeatable",
+    )
+    parser.add_argument(
+        "--judge",
+        metavar="URL,MODEL",
+        help="judge for creative_writing: an OpenAI-compatible endpoint (a vLLM server, "
+        "`spectrum serve`) and its model name; key from $SPECTRUM_JUDGE_API_KEY",
+    )
+    parser.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=1000,
+        help="most tokens of a judge reply (default 1000)",
     )
     parser.add_argument(
         "--param",
@@ -208,6 +221,8 @@ def spec_from_args(
         allow_pickle=args.allow_pickle,
         module_lams=module_lams or {},
         template=args.template,
+        judge=args.judge,
+        judge_max_tokens=args.judge_max_tokens,
         **(baseline_args(args) if hasattr(args, "budgets") else {}),
     )
 

@@ -31,6 +31,7 @@ from spectrum.eval.results import (
     rank_methods,
     summaries,
 )
+from spectrum.eval.results_rows import bleed_summaries
 from spectrum.generate.chat import math_markdown, split_reasoning
 from spectrum.merge.spec import MergeSpec
 
@@ -124,7 +125,7 @@ class Results:
     def figures(
         self, benchmark: str, methods: Sequence[str], chat: MergeSpec | None = None
     ) -> dict[str, go.Figure]:
-        """The Pareto plot and accuracy / Token#N / Think#R vs λ for ``methods``, each
+        """The Pareto plot and accuracy / Token#N / Think#R / style bleed vs λ for ``methods``, each
         marking the ``chat`` merge: a star at its nearest stored point, a line at its λ."""
         if benchmark not in self.benchmarks:
             raise UserError(f"{self.db.name} has no results for benchmark {benchmark!r}")
@@ -145,6 +146,10 @@ class Results:
             mark_rows(plots["pareto"], [] if nearest is None else [nearest], chat)
             for metric in EXPLORER_METRICS:
                 mark_lam_axis(plots[metric], chat)
+        bleed = _bleed_summaries(self.db, self.versions)
+        plots["bleed"] = figures.style_bleed_vs_lam(bleed[bleed["method"].isin(methods)], benchmark)
+        if chat is not None:
+            mark_lam_axis(plots["bleed"], chat)
         return plots
 
     def level_figure(self, benchmark: str, method: str, chat: MergeSpec | None = None) -> go.Figure:
@@ -195,6 +200,16 @@ def _level_summaries(db: Path, versions: tuple, method: str, run: str | None) ->
     try:
         runs = None if run is None else [run]
         return summaries(con, by_level=True, methods=[method], run_ids=runs)
+    finally:
+        con.close()
+
+
+@lru_cache(maxsize=8)
+def _bleed_summaries(db: Path, versions: tuple) -> pd.DataFrame:
+    """The style-bleed rate per configuration (``results_rows.bleed_summaries``)."""
+    con = _connect(db)
+    try:
+        return bleed_summaries(con)
     finally:
         con.close()
 

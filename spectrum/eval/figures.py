@@ -23,6 +23,8 @@ METRIC_TITLES = {
     "vote": "Vote@k",
     "pass": "Pass@k",
     "truncated": "truncation rate",
+    "judge": "judge score (0–20, negative criteria inverted)",
+    "bleed": "style bleed (share of responses with a sign)",
 }
 LAM_AXIS = "λ (0 = direct, 1 = thinking)"
 
@@ -152,6 +154,28 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
         )
     title = f"{benchmark}: {METRIC_TITLES.get(metric, metric)} vs λ"
     return _layout(figure, title, LAM_AXIS, METRIC_TITLES.get(metric, metric))
+
+
+def style_bleed_vs_lam(bleed: pd.DataFrame, benchmark: str) -> go.Figure:
+    """The style-bleed rate against λ per method (``results_rows.bleed_summaries``)."""
+    return metric_vs_lam(bleed, benchmark, "bleed")
+
+
+def pass_at_k_vs_k(curves: pd.DataFrame, benchmark: str) -> go.Figure:
+    """Pass@k against k = 1 … n, one line per configuration (``results_rows.pass_curves``),
+    coloured by method."""
+    figure = go.Figure()
+    rows = curves[curves["benchmark"] == benchmark]
+    for (method, _, name), group in rows.groupby(["method", "lam", "label"], sort=True):
+        style = method_style(method)
+        figure.add_trace(
+            go.Scatter(
+                x=group["k"], y=group["pass"], mode="lines+markers", name=name,
+                legendgroup=method, line=dict(color=style["color"], dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=6),
+            )
+        )  # fmt: skip
+    return _layout(figure, f"{benchmark}: Pass@k vs k", "k (samples drawn)", "Pass@k")
 
 
 def _levels_of(levels: pd.DataFrame, method: str):

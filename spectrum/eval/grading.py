@@ -1,8 +1,10 @@
 """Grading responses: strip the reasoning, extract the final answer, compare with the gold.
 
-Three graders, chosen by benchmark: ``exact`` (the synthetic task: the last ``\\boxed{}``
+Graders, chosen by benchmark: ``exact`` (the synthetic task: the last ``\\boxed{}``
 must equal the gold string), ``math`` (HF math-verify, for AIME/HMMT) and ``choice``
-(GPQA: an answer letter). Every grader sees only the text after the last ``</think>``.
+(GPQA: an answer letter); ``judge`` benchmarks have no gold and are scored by a judge
+model instead (``spectrum.eval.creative``). Every grader sees only the text after the
+last ``</think>``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from spectrum.generate.tags import THINK_END
 
-GRADERS = ("exact", "math", "choice")
+GRADERS = ("exact", "math", "choice", "judge")
 MATH_TIMEOUT_S = 10.0
 LETTERS = string.ascii_uppercase
 
@@ -23,7 +25,7 @@ LETTERS = string.ascii_uppercase
 @dataclass(frozen=True)
 class Grade:
     extracted: str | None
-    correct: bool
+    correct: bool | None  # None: no gold to compare with (a judge scores the row)
 
 
 def strip_thinking(text: str) -> str:
@@ -118,4 +120,6 @@ def grade(kind: str, response: str, gold: str) -> Grade:
         return grade_math(response, gold)
     if kind == "choice":
         return grade_choice(response, gold)
+    if kind == "judge":  # scored by a judge model when the sweep stores the row
+        return Grade(None, None)
     raise ValueError(f"unknown grader {kind!r}; known: {', '.join(GRADERS)}")

@@ -48,6 +48,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+def pass_at_k_curve(counts: Sequence[tuple[int, int]], most: int) -> list[float]:
+    """Pass@1 … Pass@``most``, each averaged over problems; ``counts``: (n, c) per problem,
+    every n at least ``most``."""
+    return [float(np.mean([pass_at_k(n, c, k) for n, c in counts])) for k in range(1, most + 1)]
+
+
 def vote_score(answers: Sequence[str | None], correct: Sequence[bool]) -> float:
     """Vote@k of one problem (see the module docstring for the tie rule)."""
     counts = Counter(a for a in answers if a is not None)

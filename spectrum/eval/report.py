@@ -36,6 +36,7 @@ from spectrum.eval.results import (
     stages,
     summaries,
 )
+from spectrum.eval.results_rows import bleed_summaries, judge_summaries, pass_curves
 from spectrum.weights.output import SHIPPED_ASSETS
 
 HEATMAPS = ("mean", "tokens")  # accuracy and Token#N over (λ_attn, λ_mlp)
@@ -445,6 +446,26 @@ def _toc(sections: list[Section]) -> str:
     return f'<nav id="toc"><h2>Contents</h2><ol>{"".join(items)}</ol></nav>'
 
 
+def row_sections(loaded: Loaded) -> list[Section]:
+    """Pass@k vs k per benchmark; the judge's score and the style-bleed rate vs λ."""
+    sections = []
+    several = loaded.curves[loaded.curves["k"] >= 2]  # a curve needs two samples or more
+    for bench in sorted(several["benchmark"].unique()):
+        heading = f"{bench}: Pass@k for every k ≤ n"
+        sections.append(
+            Section(anchor(bench, "pass"), heading, [figures.pass_at_k_vs_k(loaded.curves, bench)])
+        )
+    for bench in sorted(loaded.bleed["benchmark"].unique()):
+        figs = [figures.style_bleed_vs_lam(loaded.bleed, bench)]
+        if bench in set(loaded.judged["benchmark"]):
+            figs.insert(0, figures.metric_vs_lam(loaded.judged, bench, "judge"))
+        heading = f"{bench}: style bleed" + (" and judge score" if len(figs) > 1 else "")
+        sections.append(Section(anchor(bench, "bleed"), heading, figs))
+    return sections
+
+
+
+
 REPORT_START = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
 _WEIGHTS = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5|gguf|duckdb|wal)$")
 
@@ -536,12 +557,49 @@ class Loaded:
     interval: str
     confirmed: pd.DataFrame
 
+    curves: pd.DataFrame  # Pass@1 … Pass@n per configuration
+    judged: pd.DataFrame  # judged benchmarks' scores per configuration
+    bleed: pd.DataFrame  # style-bleed rate per configuration
+
     def statements(self) -> list[dict]:
-        found = statements(
-            self.table, self.better, self.phases, margin=self.margin, interval=self.interval,
-            confirmed=self.confirmed,
-        )  # fmt: skip
-        return found + stage_statements(stages(self.levels))
+        found = []
+        if not self.table.empty:
+            found = statements(
+                self.table, self.better, self.phases, margin=self.margin,
+                interval=self.interval, confirmed=self.confirmed,
+            )  # fmt: skip
+            found += stage_statements(stages(self.levels))
+        return found + row_statements(self.curves, self.judged, self.bleed)
+
+
+def row_statements(curves: pd.DataFrame, judged: pd.DataFrame, bleed: pd.DataFrame) -> list:
+    """Per configuration: Pass@k for every k ≤ n, the judge's score, the style-bleed rate."""
+    found = []
+    for (bench, _), rows in curves.groupby(["benchmark", "config_id"], sort=True):
+        if len(rows) < 2:  # one sample per problem: Pass@1 is Mean@k, stated already
+            continue
+        values = {f"pass@{k}": v for k, v in zip(rows["k"], rows["pass"], strict=True)}
+        text = ", ".join(f"{key} {value:.3f}" for key, value in values.items())
+        found.append(_statement("pass_at_k", bench, f"{bench}: {rows['label'].iloc[0]}: {text}",
+                                values))  # fmt: skip
+    for row in judged.itertuples():
+        text = (
+            f"{row.benchmark}: {row.label}: judge score {row.judge:.2f} "
+            f"(90% CI {row.judge_low:.2f}–{row.judge_high:.2f}) over {row.n_scored} scored "
+            f"pieces; {row.n_failed} not scored"
+        )
+        numbers = dict(score=row.judge, low=row.judge_low, high=row.judge_high,
+                       scored=row.n_scored, failed=row.n_failed)  # fmt: skip
+        found.append(_statement("judge_score", row.benchmark, text, numbers, interval="bootstrap"))
+    for row in bleed.itertuples():
+        text = (
+            f"{row.benchmark}: {row.label}: style bleed in {row.bleed:.1%} of "
+            f"{row.n_samples} responses (90% CI {row.bleed_low:.1%}–{row.bleed_high:.1%})"
+        )
+        numbers = dict(rate=row.bleed, low=row.bleed_low, high=row.bleed_high,
+                       mean_signs=row.bleed_mean, responses=row.n_samples)  # fmt: skip
+        found.append(_statement("style_bleed", row.benchmark, text, numbers, interval="wilson"))
+    return found
 
 
 def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loaded:
@@ -549,13 +607,19 @@ def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loade
         raise UserError(f"--margin must be at least 0, not {margin:g}")
     check_interval(interval)
     table = summaries(con, interval=interval)
-    if table.empty:
+    judged, bleed = judge_summaries(con), bleed_summaries(con)
+    if table.empty and judged.empty:
         raise UserError(f"{db} has no samples; run `spectrum sweep` first")
-    better = improvements(table, margin=margin, interval=interval)
     levels = summaries(con, by_level=True, interval=interval)
     levels = levels[levels["benchmark"].str.contains(":L")]
-    phases = pd.concat([phase_changes(table), phase_changes(levels)])
-    return Loaded(table, levels, better, phases, margin, interval, confirmations(con))
+    if table.empty:  # judged benchmarks only: no accuracy to compare
+        better = phases = pd.DataFrame()
+    else:
+        better = improvements(table, margin=margin, interval=interval)
+        phases = pd.concat([phase_changes(table), phase_changes(levels)])
+    curves = pass_curves(table)
+    return Loaded(table, levels, better, phases, margin, interval, confirmations(con), curves,
+                  judged, bleed)  # fmt: skip
 
 
 def report_statements(db: str | Path, *, margin: float = 0.0, interval: str = "auto") -> list[dict]:
@@ -588,6 +652,7 @@ def build_report(
         check_report_target(out, db, force, _recorded_parents(con))
         loaded = load(con, db, margin=margin, interval=interval)
         sections = _sections(con, loaded.table, loaded.better, loaded.levels)
+        sections += row_sections(loaded)
     finally:
         con.close()
     body = [

@@ -95,7 +95,8 @@ def summaries(
     """
     present = {row[0] for row in con.execute("DESCRIBE samples").fetchall()}
     optional = ", ".join(name if name in present else old for name, old in _OPTIONAL.items())
-    where, values = ["TRUE"], []
+    # Rows without a gold (judged benchmarks) have no accuracy: results_rows reads them.
+    where, values = ["correct IS NOT NULL"], []
     if methods is not None:
         where.append("list_contains(?, method)")
         values.append(list(methods))

@@ -27,6 +27,7 @@ import duckdb
 import pandas as pd
 
 from spectrum.errors import UserError
+from spectrum.eval.style_bleed import style_bleed
 
 SCHEMA_VERSION = 3
 LOCK_WAIT_S = 60.0  # how long to wait for another process's transaction before giving up
@@ -57,6 +58,14 @@ ALTER TABLE samples ADD COLUMN IF NOT EXISTS module_lams JSON;
 -- (budget forcing), which n_tokens includes. Older rows read NULL and 0.
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS template VARCHAR;
 ALTER TABLE samples ADD COLUMN IF NOT EXISTS n_inserted INTEGER DEFAULT 0;
+-- Added without a schema bump (additive; readers of older files check the columns): the
+-- style-bleed score (spectrum.eval.style_bleed; filled for older rows on write-open by
+-- fill_style_bleed) and a judge's verdict on judged benchmarks (creative_writing).
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS style_bleed INTEGER;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS judge_score DOUBLE;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS judge_scores JSON;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS judge_text VARCHAR;
+ALTER TABLE samples ADD COLUMN IF NOT EXISTS judge_error VARCHAR;
 -- Added in schema 3: configurations re-evaluated on fresh problems (spectrum confirm).
 CREATE TABLE IF NOT EXISTS confirmations (
     confirmation_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, benchmark VARCHAR,
@@ -147,6 +156,7 @@ def connect(
         if not read_only:
             con.execute(_TABLES)
             con.execute(_VIEWS)
+            fill_style_bleed(con)
             con.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
@@ -156,6 +166,30 @@ def connect(
             raise unreadable(path, error) from None
         raise
     return con
+
+
+def fill_style_bleed(con: duckdb.DuckDBPyConnection) -> int:
+    """Score the rows that have no style-bleed score yet (rows written before the column
+    existed, or by an older tool) from their stored response; return how many. Keyed on
+    the NULLs, not on a version: running it again finds none."""
+    missing = con.execute(
+        "SELECT config_id, benchmark, problem_id, sample_idx, response FROM samples "
+        "WHERE style_bleed IS NULL"
+    ).df()
+    if missing.empty:
+        return 0
+    missing["style_bleed"] = [style_bleed(text) for text in missing.pop("response")]
+    con.register("_bleed", missing)
+    try:
+        with transaction(con):
+            con.execute(
+                "UPDATE samples SET style_bleed = b.style_bleed FROM _bleed b "
+                "WHERE samples.config_id = b.config_id AND samples.benchmark = b.benchmark "
+                "AND samples.problem_id = b.problem_id AND samples.sample_idx = b.sample_idx"
+            )
+    finally:
+        con.unregister("_bleed")
+    return len(missing)
 
 
 def unreadable(path: Path, error: duckdb.Error) -> UserError:

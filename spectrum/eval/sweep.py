@@ -40,8 +40,10 @@ from tqdm.auto import tqdm
 from spectrum.errors import UserError
 from spectrum.eval import results, store
 from spectrum.eval.benchmarks import Problem, get_benchmark, load_problems
-from spectrum.eval.grading import grade
+from spectrum.eval.creative import JUDGE_MAX_TOKENS, Judge, judged_columns
+from spectrum.eval.grading import grade, strip_thinking
 from spectrum.eval.search import Point
+from spectrum.eval.style_bleed import style_bleed
 from spectrum.generate.batch import (
     ANSWER_CUE,
     INT_COLUMN_MAX,
@@ -92,6 +94,11 @@ class SweepSpec:
     # exported merge carries it (``copy_from``), or the direct parent's. λ = 0 is the
     # direct parent and always runs with its own.
     template: str = "thinking"
+    # Judged benchmarks (creative_writing): "URL,MODEL" of an OpenAI-compatible endpoint
+    # and the most tokens its reply may take. Not part of a configuration's id: the judge
+    # scores rows, it does not change what the model wrote.
+    judge: str | None = None
+    judge_max_tokens: int = JUDGE_MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,20 @@ def check_spec(spec: SweepSpec, limits: SweepLimits) -> None:
         if not 0 <= value <= INT_COLUMN_MAX:
             raise UserError(f"{name} must be between 0 and {INT_COLUMN_MAX}, not {value}")
     DecodingSettings.for_lam(0.5, **spec.decoding)  # temperature, top-p, top-k in range
+    judge_of(spec)
+
+
+def judge_of(spec: SweepSpec) -> Judge | None:
+    """The judge the spec names (checked), where a benchmark needs one."""
+    judged = [b for b in spec.benchmarks if get_benchmark(b).grader == "judge"]
+    if not judged:
+        return None
+    if not spec.judge:
+        raise UserError(
+            f"{', '.join(judged)} is scored by a judge model",
+            cli_hint="name one with --judge URL,MODEL (an OpenAI-compatible endpoint)",
+        )
+    return Judge.parse(spec.judge, max_tokens=spec.judge_max_tokens)
 
 
 def check_work(spec: SweepSpec, limits: SweepLimits, problems: dict[str, list]) -> None:
@@ -430,6 +451,7 @@ def _rows(
                 extracted=graded.extracted,
                 gold=problem.gold,
                 correct=graded.correct,
+                style_bleed=style_bleed(gen.text),
                 latency_s=gen.latency_s,
                 created_at=now,
             )
@@ -594,6 +616,9 @@ class Sweeper:
             for b in spec.benchmarks
         }
         check_work(spec, limits, self.problems)
+        self.judge = judge_of(spec)
+        if self.judge is not None:
+            self.judge.check()  # an endpoint that does not answer is refused before any work
         self._held = ExitStack()
         # First of all: a second sweep into the same DB is refused before doing any work.
         self._held.enter_context(store.sweep_lock(self.db))
@@ -718,9 +743,21 @@ class Sweeper:
             rows = run_cell(self._provider, generator, self.spec, cell, self.run_id)
             self._commit(bar, cell, rows)
 
-    def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
+    def store_rows(self, rows: pd.DataFrame) -> None:
+        """Judge the rows of a judged benchmark (before the DB is opened: a judge is slow),
+        then insert them in one transaction."""
+        if self.judge is not None and get_benchmark(rows["benchmark"].iloc[0]).grader == "judge":
+            pairs = [
+                (p, strip_thinking(r))
+                for p, r in zip(rows["prompt"], rows["response"], strict=True)
+            ]
+            judged = [judged_columns(j) for j in self.judge.judge_all(pairs)]
+            rows = pd.concat([rows, pd.DataFrame(judged, index=rows.index)], axis=1)
         with store.opened(self.db) as con:  # held for this one transaction only
             store.insert_frame(con, "samples", rows)
+
+    def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
+        self.store_rows(rows)
         bar.update(cell, rows)
         self._done += len(cell.units)
         self._report(cell.config, cell.benchmark)

@@ -86,8 +86,7 @@ class LamBatches:
             generator.batch_size = len(rows)  # the whole λ grid of these units in one batch
             gens = generator.generate_rows(*self._inputs(rows, bench, generator))
             frame = pd.concat(self._frames(rows, gens, bench), ignore_index=True)
-            with store.opened(self.sweeper.db) as con:  # held for this transaction only
-                store.insert_frame(con, "samples", frame)
+            self.sweeper.store_rows(frame)  # judged first where the benchmark needs it
             bar.update(len(rows))
 
     def _inputs(self, rows, bench: str, generator: SpectrumGenerator) -> tuple[list, ...]:

@@ -40,6 +40,9 @@ class Benchmark:
     hub: tuple[tuple[str, str | None, str], ...]  # (dataset id, config, split), tried in order
     row_to_problem: Callable[[dict, int, int], Problem] | None  # (row, index, seed)
     summary: str
+    # A reader of the benchmark's own local file layout, (path, seed) → problems; None:
+    # the JSONL/Parquet rows go through ``row_to_problem``.
+    read_file: Callable[[Path, int], list[Problem]] | None = None
 
 
 def _first(row: dict, *keys: str):
@@ -73,6 +76,14 @@ def gpqa_problem(row: dict, index: int, seed: int) -> Problem:
     lines = [f"({LETTERS[i]}) {choice}" for i, choice in enumerate(choices)]
     question = str(_first(row, "Question", "question")).strip()
     return Problem(problem_id, "\n".join([question, *lines]) + CHOICE_SUFFIX, letter)
+
+
+def creative_problems(path: Path, seed: int) -> list[Problem]:
+    """EQ-Bench Creative Writing v3's prompts file (``spectrum.eval.creative``): no gold,
+    a judge scores each piece."""
+    from spectrum.eval.creative import read_prompts
+
+    return [Problem(p.id, p.prompt, "") for p in read_prompts(path)]
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -109,6 +120,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             (("Idavidrein/gpqa", "gpqa_diamond", "train"),),
             gpqa_problem,
             "GPQA Diamond (choices shuffled with a seeded RNG)",
+        ),
+        Benchmark(
+            "creative_writing",
+            "judge",
+            (),
+            None,
+            "EQ-Bench Creative Writing v3 layout from a local file, scored by a judge",
+            read_file=creative_problems,
         ),
     )
 }
@@ -161,6 +180,16 @@ def load_problems(
 ) -> list[Problem]:
     """The benchmark's problems (first ``limit`` of them; per level for ``synthetic``)."""
     bench = get_benchmark(name)
+    if bench.read_file is not None:
+        if not path:
+            raise UserError(
+                f"benchmark {name!r} reads a local file ({bench.summary})",
+                cli_hint=f"pass it with --data {name}=PATH",
+            )
+        if not Path(path).is_file():
+            raise UserError(f"benchmark file not found: {path}")
+        problems = bench.read_file(Path(path), seed)
+        return problems[:limit] if limit else problems
     if bench.row_to_problem is None:
         return synthetic_problems(limit=limit, seed=seed, levels=levels)
     rows = _read_local(Path(path)) if path else _read_hub(bench)
