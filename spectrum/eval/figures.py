@@ -306,6 +306,31 @@ def delta_energy(energy: pd.DataFrame) -> go.Figure:
     return _layout(figure, title, "fraction of positions", "share of Σ Δ²")
 
 
+def loss_path(frame: pd.DataFrame) -> go.Figure:
+    """Mean per-token NLL against λ, a line per source (``spectrum.eval.loss_path``): a
+    high-loss ridge would rise above both ends."""
+    from spectrum.eval.loss_path import SOURCE_TITLES, SOURCES
+
+    figure = go.Figure()
+    hues = {"text": color("delta"), "direct_answers": color("direct")}
+    hues["thinking_answers"] = color("thinking")
+    for i, source in enumerate(s for s in SOURCES if s in set(frame["source"])):
+        rows = frame[frame["source"] == source].sort_values("lam")
+        style = line_style(i)
+        figure.add_trace(
+            go.Scatter(
+                x=rows["lam"],
+                y=rows["nll"],
+                mode="lines+markers",
+                name=f"{SOURCE_TITLES[source]} ({int(rows['n_tokens'].iloc[0])} tokens)",
+                line=dict(color=hues[source], dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=8),
+            )
+        )
+    title = "loss along θ(λ) = (1−λ)·θ_direct + λ·θ_thinking"
+    return _layout(figure, title, LAM_AXIS, "mean NLL per token (nats)")
+
+
 def module_lam_grid(table: pd.DataFrame, benchmark: str, method: str) -> pd.DataFrame:
     """Rows of ``method`` swept over λ per module kind, with a column per kind (λ_attn,
     λ_mlp, ...); empty when the DB holds no such sweep."""

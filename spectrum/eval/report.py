@@ -18,6 +18,7 @@ import plotly.io as pio
 
 from spectrum.errors import UserError
 from spectrum.eval import figures, store
+from spectrum.eval.loss_path import read_loss_path
 from spectrum.eval.metrics import check_interval
 from spectrum.eval.results import (
     DIFFERENCE_COLUMNS,
@@ -302,6 +303,26 @@ def _weight_figures(con) -> list:
     ]
 
 
+def loss_statements(loss: pd.DataFrame) -> list[dict]:
+    """The ridge of each source of the stored loss path (``spectrum analyze --loss-path``)."""
+    from spectrum.eval.loss_path import ridge_sentence, ridges
+
+    if loss.empty:
+        return []
+    out = []
+    for _, row in ridges(loss).iterrows():
+        numbers = {key: row[key] for key in ("nll_direct", "nll_thinking", "interior_max")}
+        numbers.update(lam_at_max=row["lam_at_max"], ridge=row["ridge"])
+        out.append(
+            _statement(
+                "loss_ridge", "loss_path", ridge_sentence(row), numbers, source=row["source"],
+                holds=None if pd.isna(row["ridge"]) else bool(row["ridge"] <= 0),
+                interval="none: one fixed text and fixed answers, no sampling",
+            )
+        )  # fmt: skip
+    return out
+
+
 def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFrame) -> list:
     """(heading, figures) of the report: every method together per benchmark, then each
     method by difficulty level, then the weights."""
@@ -320,6 +341,9 @@ def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFra
     weights = _weight_figures(con)
     if weights:
         sections.append(("weights: Δ = θ_thinking − θ_direct", weights))
+    loss = read_loss_path(con)
+    if not loss.empty:
+        sections.append(("loss along the path (mode connectivity)", [figures.loss_path(loss)]))
     return sections
 
 
@@ -413,13 +437,14 @@ class Loaded:
     margin: float
     interval: str
     confirmed: pd.DataFrame
+    loss: pd.DataFrame  # the latest loss path (empty: none stored)
 
     def statements(self) -> list[dict]:
         found = statements(
             self.table, self.better, self.phases, margin=self.margin, interval=self.interval,
             confirmed=self.confirmed,
         )  # fmt: skip
-        return found + stage_statements(stages(self.levels))
+        return found + stage_statements(stages(self.levels)) + loss_statements(self.loss)
 
 
 def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loaded:
@@ -433,7 +458,8 @@ def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loade
     levels = summaries(con, by_level=True, interval=interval)
     levels = levels[levels["benchmark"].str.contains(":L")]
     phases = pd.concat([phase_changes(table), phase_changes(levels)])
-    return Loaded(table, levels, better, phases, margin, interval, confirmations(con))
+    loss = read_loss_path(con)
+    return Loaded(table, levels, better, phases, margin, interval, confirmations(con), loss)
 
 
 def report_statements(db: str | Path, *, margin: float = 0.0, interval: str = "auto") -> list[dict]:
