@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
 def run_loss_path(args: argparse.Namespace) -> int:
     if args.text is None:
-        raise UserError("--loss-path needs --text FILE (held-out text, documents separated by blank lines)")
+        raise UserError("--loss-path needs --text FILE (documents separated by blank lines)")
     from spectrum.eval import store
     from spectrum.eval.loss_path import (
         SOURCES,
+        check_inputs,
         loss_path,
-        read_documents,
         ridge_sentence,
         ridges,
         store_loss_path,
@@ -86,7 +86,10 @@ def run_loss_path(args: argparse.Namespace) -> int:
     from spectrum.eval.sweep import parse_lams
 
     lams = parse_lams(args.lam)
-    read_documents(args.text)  # a bad file is refused before the model loads
+    check_inputs(  # bad input is refused before the model loads or the DB is touched
+        args.direct, args.text, lams, problems_per_level=args.problems,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    )  # fmt: skip
     if args.db:
         store.connect(args.db).close()  # likewise a DB that cannot be written
     result = loss_path(

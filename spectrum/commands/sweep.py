@@ -209,7 +209,18 @@ def spec_from_args(
         module_lams=module_lams or {},
         template=args.template,
         **(baseline_args(args) if hasattr(args, "budgets") else {}),
+        checkpoints=checkpoint_args(args.checkpoint) if hasattr(args, "checkpoint") else {},
     )
+
+
+def checkpoint_args(items: list[str]) -> dict[str, str]:
+    """``--checkpoint NAME=PATH`` items as {name: path}; a name given twice is refused."""
+    found: dict[str, str] = {}
+    for name, path in _key_values(items, "--checkpoint"):
+        if name in found:
+            raise UserError(f"--checkpoint names {name!r} twice; give each checkpoint one name")
+        found[name] = path
+    return found
 
 
 def baseline_args(args: argparse.Namespace) -> dict:
@@ -264,6 +275,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_eval_args(parser)
     add_baseline_args(parser)
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another model on the same test as the merges, e.g. an intermediate checkpoint "
+        "of the thinking model's training: run as itself (its own chat template, the thinking "
+        "model's decoding defaults), stored as method checkpoint under NAME; repeatable",
+    )
     parser.add_argument(
         "--batch-lams",
         action=argparse.BooleanOptionalAction,

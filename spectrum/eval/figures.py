@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from spectrum.eval.results import BASELINES, parents, plain_merges
+from spectrum.eval.results import BASELINES, CHECKPOINT, checkpoint_name, parents, plain_merges
 
 METRIC_TITLES = {
     "mean": "accuracy (Mean@k)",
@@ -130,8 +130,20 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
                 marker=dict(symbol=style["symbol"], size=8),
             )
         )
+    _checkpoint_lines(figure, table[table["benchmark"] == benchmark], metric)
     title = f"{benchmark}: {METRIC_TITLES.get(metric, metric)} vs λ"
     return _layout(figure, title, LAM_AXIS, METRIC_TITLES.get(metric, metric))
+
+
+def _checkpoint_lines(figure: go.Figure, rows: pd.DataFrame, metric: str) -> None:
+    """Each checkpoint's value as a dotted level across λ: where a merge's curve crosses
+    it, that merge matches the checkpoint on ``metric``."""
+    for _, row in rows[rows["method"] == CHECKPOINT].iterrows():
+        name = checkpoint_name(row)
+        figure.add_hline(
+            y=row[metric], line_dash="dot", line_color=color(name),
+            annotation_text=f"checkpoint {name}", annotation_position="top left",
+        )  # fmt: skip
 
 
 def _levels_of(levels: pd.DataFrame, method: str):
@@ -198,6 +210,24 @@ def accuracy_vs_tokens(
     rows = table[table["benchmark"] == benchmark]
     if "module_lams" in rows:
         rows = rows[rows["module_lams"].isna()]  # λ-per-module grids have their heatmap
+    for _, row in rows[rows["method"] == CHECKPOINT].iterrows():
+        name = checkpoint_name(row)
+        figure.add_trace(
+            go.Scatter(
+                x=[row["tokens"]],
+                y=[row["mean"]],
+                mode="markers+text",
+                marker=dict(symbol="hexagon", size=14, color=color(name)),
+                text=[f"checkpoint {name}"],
+                textposition="bottom center",
+                name=f"checkpoint {name}",
+                error_y=dict(
+                    type="data", symmetric=False, array=[row["mean_high"] - row["mean"]],
+                    arrayminus=[row["mean"] - row["mean_low"]], thickness=1, width=0,
+                ),
+            )
+        )  # fmt: skip
+    rows = rows[rows["method"] != CHECKPOINT]
     for method, group in rows.groupby("method", sort=True):
         # A baseline's points differ by budget, not λ: its curve runs along the tokens.
         baseline = method in BASELINES

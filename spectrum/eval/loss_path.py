@@ -201,6 +201,26 @@ def per_source(nll: pd.DataFrame) -> pd.DataFrame:
     return grouped.drop(columns="nll_sum").reset_index()
 
 
+def check_inputs(
+    direct: str, text: str | Path, lams: tuple[float, ...], *, problems_per_level: int,
+    max_new_tokens: int, batch_size: int,
+) -> None:  # fmt: skip
+    """Everything about a loss path's input that can be wrong, before any model or DB: the
+    numbers, the grid, the text and its documents under the direct parent's tokenizer."""
+    from transformers import AutoConfig
+
+    from spectrum.generate.template import load_tokenizer
+
+    if not lams:
+        raise UserError("the λ grid is empty")
+    if problems_per_level < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise UserError("--problems, --max-new-tokens and --batch-size must be at least 1")
+    documents = read_documents(text)
+    config = AutoConfig.from_pretrained(direct)
+    positions = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
+    document_sequences(load_tokenizer(direct), documents, positions, text)
+
+
 def loss_path(
     direct: str,
     thinking: str,
@@ -220,10 +240,10 @@ def loss_path(
     from spectrum.live.spectrum_model import SpectrumModel
     from spectrum.weights.checkpoint import open_checkpoint
 
-    if not lams:
-        raise UserError("the λ grid is empty")
-    if problems_per_level < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise UserError("--problems, --max-new-tokens and --batch-size must be at least 1")
+    check_inputs(
+        direct, text, lams, problems_per_level=problems_per_level,
+        max_new_tokens=max_new_tokens, batch_size=batch_size,
+    )  # fmt: skip
     documents = read_documents(text)
     problems = load_problems("synthetic", limit=problems_per_level, seed=data_seed)
     spectrum = SpectrumModel.load(direct, thinking, method="linear", device=device)

@@ -27,6 +27,7 @@ from spectrum.eval.results import (
     confirmations,
     improvements,
     merges_vs_baselines,
+    merges_vs_checkpoints,
     parents,
     phase_changes,
     plain_merges,
@@ -63,6 +64,10 @@ def statements(
         bench_better = better[better["benchmark"] == bench] if not better.empty else better
         found += _improvement_statements(bench, bench_better, confirmed)
         found += baseline_statements(merges_vs_baselines(rows, margin=margin, interval=interval))
+        found += checkpoint_statements(rows)
+        found += checkpoint_versus_statements(
+            merges_vs_checkpoints(rows, margin=margin, interval=interval)
+        )
         found += _endpoint_statements(rows)
     return found + confirmation_statements(confirmed)
 
@@ -267,6 +272,63 @@ def baseline_statements(versus: pd.DataFrame) -> list[dict]:
                 "merge_vs_baseline", row["benchmark"], text, numbers, merge=row["merge"],
                 baseline=row["baseline_label"], interval=row["diff_interval"],
                 holds=row["verdict"] == "improvement", selected_in_sample=True,
+            )
+        )  # fmt: skip
+    return out
+
+
+def checkpoint_statements(rows: pd.DataFrame) -> list[dict]:
+    """Each checkpoint row (another model on the same problems) with its interval."""
+    out = []
+    for _, row in rows[rows["kind"] == "checkpoint"].iterrows():
+        text = (
+            f"{row['benchmark']}: {row['label']} accuracy {row['mean']:.3f} "
+            f"[{row['mean_low']:.3f}, {row['mean_high']:.3f}] ({row['interval']}, "
+            f"{row['n_problems']} problems, k={row['k']}), {row['tokens']:.1f} tokens, "
+            f"Think#R {row['think']:.2f}"
+        )
+        numbers = {key: row[key] for key in ("mean", "mean_low", "mean_high", "tokens", "think")}
+        numbers.update(n_problems=row["n_problems"], k=row["k"])
+        out.append(
+            _statement(
+                "checkpoint", row["benchmark"], text, numbers, configuration=row["label"],
+                interval=row["interval"],
+            )
+        )  # fmt: skip
+    return out
+
+
+def checkpoint_versus_statements(versus: pd.DataFrame) -> list[dict]:
+    """Does a merge beat each checkpoint on accuracy and tokens, by the paired test?"""
+    out = []
+    for _, row in versus.iterrows():
+        head = (
+            f"{row['benchmark']}: {row['checkpoint_label']} ({row['checkpoint_mean']:.3f}, "
+            f"{row['checkpoint_tokens']:.1f} tok)"
+        )
+        numbers = dict(checkpoint_mean=row["checkpoint_mean"])
+        numbers.update(checkpoint_tokens=row["checkpoint_tokens"])
+        extra = dict(checkpoint=row["checkpoint"])
+        if pd.isna(row["merge"]):  # no merge looks better
+            text = f"{head}: no merge beats it on both accuracy and tokens"
+            out.append(
+                _statement(
+                    "merge_vs_checkpoint", row["benchmark"], text, numbers, holds=False, **extra
+                )
+            )
+            continue
+        verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
+        text = (
+            f"{head}: {verdict} {row['merge']} ({row['merge_mean']:.3f}, "
+            f"{row['merge_tokens']:.1f} tok); {_difference_text(row)}"
+        )
+        numbers.update(merge_mean=row["merge_mean"], merge_tokens=row["merge_tokens"])
+        numbers.update(_difference_numbers(row))
+        out.append(
+            _statement(
+                "merge_vs_checkpoint", row["benchmark"], text, numbers, merge=row["merge"],
+                interval=row["diff_interval"], holds=row["verdict"] == "improvement",
+                selected_in_sample=True, **extra,
             )
         )  # fmt: skip
     return out

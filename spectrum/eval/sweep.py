@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import platform
+import re
 import subprocess
 import threading
 import time
@@ -92,6 +93,10 @@ class SweepSpec:
     # exported merge carries it (``copy_from``), or the direct parent's. λ = 0 is the
     # direct parent and always runs with its own.
     template: str = "thinking"
+    # Other models on the same test as the merges (docs/SCHEMA.md, checkpoint rows): name →
+    # folder, e.g. an intermediate checkpoint of the thinking parent's training. Each runs
+    # as itself, with its own chat template and the thinking parent's decoding defaults.
+    checkpoints: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -201,14 +206,18 @@ def configuration_count(spec: SweepSpec) -> int:
     """How many configurations ``spec`` runs (what ``_configurations`` would make)."""
     module_grids = math.prod(len(grid) for grid in spec.module_lams.values())
     baselines = len(spec.budgets) + int(spec.no_thinking)
-    return len(spec.methods) * len(spec.lams) * module_grids + len(spec.baseline_lams) * baselines
+    merges = len(spec.methods) * len(spec.lams) * module_grids
+    return merges + len(spec.baseline_lams) * baselines + len(spec.checkpoints)
 
 
 def check_spec(spec: SweepSpec, limits: SweepLimits) -> None:
     """Everything about ``spec``'s size and integers that needs no file: refused at once."""
     limits.check(
-        "the grid (methods × λs × module λs + baselines)", configuration_count(spec), "grid"
+        "the grid (methods × λs × module λs + baselines + checkpoints)",
+        configuration_count(spec),
+        "grid",
     )
+    check_checkpoint_names(spec)
     limits.check("samples per problem (k)", spec.k, "k")
     if spec.limit is not None:
         limits.check("problems per benchmark", spec.limit, "problems")
@@ -232,6 +241,22 @@ def check_work(spec: SweepSpec, limits: SweepLimits, problems: dict[str, list]) 
 
 def _max_new_tokens(spec: SweepSpec) -> int:
     return int(spec.decoding.get("max_new_tokens", DecodingSettings.max_new_tokens))
+
+
+CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_checkpoint_names(spec: SweepSpec) -> None:
+    """Checkpoint rows: plain names, a path each, and a backend that runs them here."""
+    for name, path in spec.checkpoints.items():
+        if not CHECKPOINT_NAME.fullmatch(name):
+            raise UserError(
+                f"checkpoint name {name!r}: use letters, digits, '_', '.', '-' (64 at most)"
+            )
+        if not path:
+            raise UserError(f"checkpoint {name}: give its folder as NAME=PATH")
+    if spec.checkpoints and spec.backend != "transformers":
+        raise UserError("checkpoint rows run on the transformers backend; drop --backend vllm")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -269,6 +294,13 @@ def parent_hashes(spec: SweepSpec) -> dict[str, str | None]:
             ("base", spec.base),
         )
     }
+
+
+def checkpoint_hash(spec: SweepSpec, name: str) -> str:
+    """The content hash of checkpoint ``name`` (remembered per file, so cheap again)."""
+    from spectrum.weights.checkpoint import open_checkpoint
+
+    return open_checkpoint(spec.checkpoints[name], allow_pickle=spec.allow_pickle).content_hash()
 
 
 def merge_spec(spec: SweepSpec, config: dict[str, Any]) -> MergeSpec:
@@ -382,6 +414,17 @@ def _configurations(spec: SweepSpec, hashes: dict) -> list[dict[str, Any]]:
             _with_template(spec, config)
             settings = DecodingSettings.for_lam(lam, **spec.decoding, **decoding)
             configs.append(dict(config, decoding=settings.as_dict()))
+    for name in sorted(spec.checkpoints):
+        # λ = 1: it runs as the thinking side does (decoding defaults); not a point on the
+        # path. Its weights are named by their hash, so other weights get another id.
+        settings = DecodingSettings.for_lam(1.0, **spec.decoding)
+        configs.append(
+            dict(
+                common, method=results.CHECKPOINT, lam=1.0, params={"name": name},
+                checkpoint=checkpoint_hash(spec, name), template=results.CHECKPOINT,
+                decoding=settings.as_dict(),
+            )
+        )  # fmt: skip
     return configs
 
 
@@ -538,7 +581,10 @@ class Progress:
         self.tokens += int(rows["n_tokens"].sum())
         rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
         c = cell.config
-        self.bar.set_postfix_str(f"{c['method']} λ={c['lam']:g} {cell.benchmark} {rate:.0f} tok/s")
+        what = f"{c['method']} λ={c['lam']:g}"
+        if c["method"] == results.CHECKPOINT:
+            what = f"checkpoint {c['params']['name']}"
+        self.bar.set_postfix_str(f"{what} {cell.benchmark} {rate:.0f} tok/s")
         self.bar.update(len(cell.units))
 
     def close(self) -> None:
@@ -587,6 +633,8 @@ class Sweeper:
         # Sizes and integers, then the problems and the total work: before the lock or any
         # file is touched.
         check_spec(spec, limits)
+        if pool is not None and spec.checkpoints:
+            raise UserError("checkpoint rows run in this process, not on a Ray pool: drop --ray")
         self.problems = {
             b: load_problems(
                 b, path=spec.data.get(b), limit=spec.limit, seed=spec.data_seed, levels=spec.levels
@@ -667,7 +715,10 @@ class Sweeper:
                 todo = [] if self._stopped() else todo
             if todo:
                 self._lam_batches = None  # its spectrum model goes before a live merger loads
-            self._run_cells(cells_of(todo, self.spec), bar)
+            own = [entry for entry in todo if entry[0]["method"] == results.CHECKPOINT]
+            todo = [entry for entry in todo if entry[0]["method"] != results.CHECKPOINT]
+            self._run_checkpoints(own, bar)
+            self._run_cells(cells_of(todo, self.spec) if not self._stopped() else [], bar)
         finally:
             bar.close()
         return self._done
@@ -718,6 +769,23 @@ class Sweeper:
             rows = run_cell(self._provider, generator, self.spec, cell, self.run_id)
             self._commit(bar, cell, rows)
 
+    def _run_checkpoints(self, todo: list[Entry], bar: Progress) -> None:
+        """Checkpoint rows: each checkpoint loaded as itself (one at a time, dropped after
+        its cells), its cells generated and committed as any other."""
+        for config, bench, missing in todo:
+            name = config["params"]["name"]
+            generator = checkpoint_generator(self.spec, name)
+            grader = get_benchmark(bench).grader
+            for cell in cells_of([(config, bench, missing)], self.spec):
+                if self._stopped():
+                    return
+                conversations = [problem.conversation() for problem, _ in cell.units]
+                settings = DecodingSettings(**config["decoding"])
+                gens = generator.generate(conversations, settings, seed=cell.seed)
+                rows = _rows(config, cell.config_id, self.run_id, bench, grader, cell.units, gens)
+                self._commit(bar, cell, rows)
+            del generator
+
     def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
         with store.opened(self.db) as con:  # held for this one transaction only
             store.insert_frame(con, "samples", rows)
@@ -735,6 +803,19 @@ class Sweeper:
 
     def _stopped(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+
+def checkpoint_generator(spec: SweepSpec, name: str):
+    """A transformers generator of checkpoint ``name`` with its own tokenizer (and so its
+    own chat template)."""
+    from spectrum.devices import resolve_device
+    from spectrum.generate.batch import TransformersGenerator
+    from spectrum.generate.template import load_tokenizer
+    from spectrum.live.loading import load_model
+
+    path = spec.checkpoints[name]
+    model = load_model(path, resolve_device("auto"), allow_pickle=spec.allow_pickle)
+    return TransformersGenerator(model, load_tokenizer(path), batch_size=spec.batch_size)
 
 
 def run_sweep(spec: SweepSpec, db: str | Path, **kwargs) -> SweepResult:
