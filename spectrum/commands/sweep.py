@@ -296,13 +296,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.eval.sweep import check_spec, parse_lams, run_sweep
+    from spectrum.eval.sweep import check_pool, check_spec, parse_lams, run_sweep
 
     limits = limits_from_args(args)
     plain, module_lams = split_lam_grid(args.lam, limits.grid)
     lams = parse_lams(plain, limits.grid)
     spec = spec_from_args(args, tuple(args.methods.split(",")), lams, module_lams)
     check_spec(spec, limits)  # before a Ray pool starts
+    check_pool(spec, args.ray is not None)
     command = shlex.join(["spectrum", *sys.argv[1:]])
     pool = pool_from_args(args)
     try:
