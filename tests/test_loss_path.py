@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from spectrum.cli import main
-from spectrum.commands.toy import heldout_text
 from spectrum.eval.benchmarks import load_problems
 from spectrum.eval.loss_path import (
     Scored,
@@ -48,8 +47,17 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def text(tmp_path_factory) -> Path:
+    """Held-out reference solutions after their prompts (JSON lines)."""
+    path = tmp_path_factory.mktemp("text") / "heldout.jsonl"
+    assert main(["toy", "text", "--out", str(path), "--n", "1", "--seed", "3"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Path:
+    """The same transcripts as plain text: every token after the first scored."""
     path = tmp_path_factory.mktemp("text") / "heldout.txt"
-    path.write_text("\n\n".join(heldout_text(1, 3, PAIR / "direct")) + "\n", encoding="utf-8")
+    assert main(["toy", "text", "--out", str(path), "--n", "1", "--seed", "3"]) == 0
     return path
 
 
@@ -59,8 +67,12 @@ def spectrum():
 
 
 @pytest.fixture(scope="module")
-def sequences(spectrum, text) -> list[Scored]:
+def sequences(spectrum, text, plain) -> list[Scored]:
     docs = document_sequences(spectrum.tokenizer, read_documents(text), 256)
+    # Only the solutions count after their prompts; in the plain file, every token but one.
+    assert all(s.start > 1 for s in docs)
+    docs += document_sequences(spectrum.tokenizer, read_documents(plain)[:2], 256)
+    assert [s.start for s in docs[-2:]] == [1, 1]
     problems = load_problems("synthetic", limit=1, seed=0, levels=(1, 3))
     templates = {"direct": chat_template_of(DIRECT), "thinking": chat_template_of(THINKING)}
     answers = parent_answers(spectrum, [p.conversation() for p in problems], templates, 64)
@@ -149,13 +161,17 @@ def test_ridge_is_the_highest_interior_minus_the_worse_end():
 def test_documents_are_separated_by_blank_lines(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("a b\nc\n\n\n  \nd\n\ne", encoding="utf-8")
-    assert read_documents(path) == ["a b\nc", "d", "e"]
+    assert [d.text for d in read_documents(path)] == ["a b\nc", "d", "e"]
+    assert {d.prompt for d in read_documents(path)} == {""}
+    lines = tmp_path / "t.jsonl"
+    lines.write_text('{"prompt": "p", "text": "t"}\n\n{"text": "u"}\n', encoding="utf-8")
+    assert [(d.prompt, d.text) for d in read_documents(lines)] == [("p", "t"), ("", "u")]
 
 
 def test_toy_text_is_held_out_and_reproducible(tmp_path):
     from spectrum.eval.benchmarks.synthetic import split_of
 
-    out = tmp_path / "t.txt"
+    out = tmp_path / "t.jsonl"
     assert main(["toy", "text", "--out", str(out), "--n", "2", "--seed", "5"]) == 0
     first = out.read_text(encoding="utf-8")
     assert main(["toy", "text", "--out", str(out), "--n", "2", "--seed", "5"]) == 0
@@ -163,9 +179,13 @@ def test_toy_text_is_held_out_and_reproducible(tmp_path):
     documents = read_documents(out)
     assert len(documents) == 10
     for document in documents:
-        question = document.split("<|im_start|>user\n")[1].split("\n")[0]
+        question = document.prompt.split("<|im_start|>user\n")[1].split("\n")[0]
         assert split_of(question) == "test"
-        assert document.endswith("<|im_end|>")
+        assert document.prompt.endswith("<|im_start|>assistant\n")
+        assert document.text.endswith("<|im_end|>") and "\\boxed{" in document.text
+    plain = tmp_path / "t.txt"
+    assert main(["toy", "text", "--out", str(plain), "--n", "2", "--seed", "5"]) == 0
+    assert [d.text for d in read_documents(plain)] == [d.prompt + d.text for d in documents]
     assert main(["toy", "text", "--out", str(tmp_path), "--n", "2"]) == 2
 
 
@@ -259,9 +279,13 @@ def test_two_processes_store_the_same_path_at_once(text, tmp_path, spectrum, seq
         ("", [], "holds no document"),
         ("12 + 3 é\n", [], "does not know: 'é'"),
         ("1" * 300 + "\n", [], "over the model's 256 positions"),
-        ("7\n", [], "under two tokens"),
+        ("7\n", [], "no token to score"),
         ("12 + 3\n", ["--lam", "0:2:0.5"], "λ"),
         ("12 + 3\n", ["--problems", "0"], "at least 1"),
+        ("{not json\n", ["--jsonl"], "line 1 is not JSON"),
+        ('{"prompt": "12"}\n', ["--jsonl"], 'needs a string "text"'),
+        ('{"prompt": 3, "text": "4"}\n', ["--jsonl"], '"prompt" must be a string'),
+        ('{"prompt": "12 + 3", "text": ""}\n', ["--jsonl"], "no token to score"),
         (b"\xff\xfe", [], "is not UTF-8"),
     ],
 )
@@ -269,7 +293,8 @@ def test_bad_input_is_one_line_before_any_write(tmp_path, capsys, content, extra
     db = tmp_path / "never.duckdb"
     args = ["analyze", "--direct", DIRECT, "--thinking", THINKING, "--loss-path", "--db", str(db)]
     if extra != ["--no-text"]:
-        text = tmp_path / "t.txt"
+        text = tmp_path / ("t.jsonl" if extra == ["--jsonl"] else "t.txt")
+        extra = [] if extra == ["--jsonl"] else extra
         if isinstance(content, bytes):
             text.write_bytes(content)
         else:

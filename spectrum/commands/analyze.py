@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parent's own answers at every λ of --lam (all λ in one batch)",
     )
     parser.add_argument(
-        "--text", help="held-out text for --loss-path: UTF-8, documents separated by blank lines"
+        "--text",
+        help="held-out text for --loss-path: UTF-8, documents separated by blank lines; or "
+        '.jsonl: {"prompt": ..., "text": ...} per line, only the text scored',
     )
     parser.add_argument("--lam", default="0:1:0.1", help="λ grid of --loss-path (default 0:1:0.1)")
     parser.add_argument(

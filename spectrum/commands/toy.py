@@ -53,7 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     text = actions.add_parser(
         "text", help="held-out text of the synthetic task (for `spectrum analyze --loss-path`)"
     )
-    text.add_argument("--out", type=Path, required=True, help="text file to write")
+    text.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write: .jsonl, prompt and reference solution apart (only the solution "
+        "is scored); else whole transcripts separated by blank lines",
+    )
     text.add_argument(
         "--model",
         type=Path,
@@ -129,11 +135,11 @@ def run_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def heldout_text(n: int, seed: int, model: Path) -> list[str]:
-    """Documents of held-out problems as the chat transcripts the pair learns from: the
-    prompt through ``model``'s chat template, then a reference solution in the task's
-    own styles (a direct answer and a concise worked trace, by turns) and the end of
-    turn. Neither parent has seen these problems (the task's test split)."""
+def heldout_text(n: int, seed: int, model: Path) -> list[dict[str, str]]:
+    """Held-out problems as the chat transcripts the pair learns from: ``prompt``, the
+    question through ``model``'s chat template; ``text``, a reference solution in the
+    task's own styles (a direct answer and a concise worked trace, by turns) and the end
+    of turn. Neither parent has seen these problems (the task's test split)."""
     from spectrum.generate.template import load_tokenizer
 
     tokenizer = load_tokenizer(model)
@@ -144,11 +150,12 @@ def heldout_text(n: int, seed: int, model: Path) -> list[str]:
                 problem.messages, tokenize=False, add_generation_prompt=True
             )
             answer = task.thinking_response(problem) if i % 2 else task.direct_response(problem)
-            documents.append(prompt + answer + tokenizer.eos_token)
+            documents.append(dict(prompt=prompt, text=answer + tokenizer.eos_token))
     return documents
 
 
 def run_text(args: argparse.Namespace) -> int:
+    import json
     import os
 
     if args.n < 1:
@@ -160,8 +167,14 @@ def run_text(args: argparse.Namespace) -> int:
     if not (args.model / "config.json").is_file():
         raise UserError(f"no model at {args.model} (config.json missing)")
     documents = heldout_text(args.n, args.seed, args.model)
+    if args.out.suffix == ".jsonl":
+        body = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
+        how = "JSON lines, the solution scored after its prompt"
+    else:
+        body = "\n\n".join(d["prompt"] + d["text"] for d in documents) + "\n"
+        how = "whole transcripts, blank-line separated"
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, args.out)  # a reader sees the old file or the whole new one
-    print(f"{args.out}: {len(documents)} held-out documents (blank-line separated)")
+    print(f"{args.out}: {len(documents)} held-out documents ({how})")
     return 0

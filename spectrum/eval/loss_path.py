@@ -5,8 +5,11 @@ Mode connectivity (ThinkingSpectrum paper, Sections 2 and 5) says merging works 
 language about as well as the parents do. This measures it. For every λ of a grid, the
 mean per-token negative log-likelihood (nats) of
 
-* ``text``: held-out documents (a text file, documents separated by blank lines), every
-  token after the first predicted from the ones before it;
+* ``text``: held-out documents, every token after the first predicted from the ones
+  before it: a text file with documents separated by blank lines; or a ``.jsonl`` file of
+  ``{"prompt": ..., "text": ...}`` objects, where only ``text``'s tokens are scored, each
+  given the prompt and the text before it (for models trained on responses only, whose
+  prompt positions were never fitted: the embedded pair);
 * ``direct_answers`` / ``thinking_answers``: each parent's own greedy answers to a few
   held-out synthetic problems (generated first by that parent with its chat template);
   only the answer tokens are scored, given the prompt as the parent saw it.
@@ -20,6 +23,7 @@ worse than the worse parent (no ridge).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,15 +58,24 @@ class Scored:
     start: int  # ≥ 1: position 0 has nothing before it to predict it from
 
 
+@dataclass(frozen=True)
+class Document:
+    """Held-out text to score, after a prompt that is context only ("": none)."""
+
+    text: str
+    prompt: str = ""
+
+
 @dataclass
 class LossPath:
     path_id: str
     frame: pd.DataFrame  # COLUMNS: one row per (source, λ)
 
 
-def read_documents(path: str | Path) -> list[str]:
+def read_documents(path: str | Path) -> list[Document]:
     """The documents of a text file: separated by blank lines (a document may span lines;
-    its line breaks are kept, the blank lines between documents are not)."""
+    its line breaks are kept, the blank lines between documents are not); of a ``.jsonl``
+    file: one ``{"prompt": ..., "text": ...}`` object per non-empty line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no text file at {path}")
@@ -70,41 +83,66 @@ def read_documents(path: str | Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    if path.suffix == ".jsonl":
+        return _json_documents(path, lines)
     documents, current = [], []
     for line in [*lines, ""]:
         if line.strip():
             current.append(line)
         elif current:
-            documents.append("\n".join(current))
+            documents.append(Document("\n".join(current)))
             current = []
     if not documents:
         raise UserError(f"{path} holds no document (documents are separated by blank lines)")
     return documents
 
 
+def _json_documents(path: Path, lines: list[str]) -> list[Document]:
+    documents = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: line {number} is not JSON") from None
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise UserError(f'{path}: line {number} needs a string "text"')
+        prompt = item.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise UserError(f'{path}: line {number}: "prompt" must be a string')
+        documents.append(Document(item["text"], prompt))
+    if not documents:
+        raise UserError(f"{path} holds no document (one JSON object per line)")
+    return documents
+
+
 def document_sequences(
-    tokenizer: Any, documents: list[str], max_positions: int, source: Path | str = "text"
+    tokenizer: Any, documents: list[Document], max_positions: int, source: Path | str = "text"
 ) -> list[Scored]:
-    """Each document tokenized (no special tokens), checked: at least two tokens, no more
-    than the model's positions, nothing the tokenizer maps to its unknown token."""
+    """Each document tokenized (no special tokens; prompt and text apart, as a generation
+    would see them), checked: a token to score, no more than the model's positions,
+    nothing the tokenizer maps to its unknown token."""
     found = []
     for number, document in enumerate(documents, 1):
-        ids = tokenizer(document, add_special_tokens=False)["input_ids"]
-        if len(ids) < 2:
-            raise UserError(f"{source}: document {number} has under two tokens; nothing to score")
+        prompt = _ids(tokenizer, document.prompt) if document.prompt else []
+        ids = prompt + _ids(tokenizer, document.text)
+        start = len(prompt) or 1
+        if len(ids) <= start:
+            raise UserError(f"{source}: document {number} has no token to score")
         if len(ids) > max_positions:
             raise UserError(
                 f"{source}: document {number} is {len(ids)} tokens, over the model's "
                 f"{max_positions} positions; split it"
             )
-        unknown = tokenizer.unk_token_id
-        if unknown is not None and unknown in ids and tokenizer.unk_token not in document:
-            bad = [ch for ch in document if unknown in _ids(tokenizer, ch)][:1]
+        unknown, whole = tokenizer.unk_token_id, document.prompt + document.text
+        if unknown is not None and unknown in ids and tokenizer.unk_token not in whole:
+            bad = [ch for ch in whole if unknown in _ids(tokenizer, ch)][:1]
             raise UserError(
                 f"{source}: document {number} has text the tokenizer does not know"
                 + (f": {bad[0]!r}" if bad else "")
             )
-        found.append(Scored("text", tuple(ids), 1))
+        found.append(Scored("text", tuple(ids), start))
     return found
 
 
