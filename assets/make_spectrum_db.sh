@@ -51,6 +51,6 @@ for config in $CONFIRM; do
 done
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 0,1 \
   --checkpoint thinking_concise="$PAIR/thinking_concise"
-"$PY" -m spectrum toy text --model "$PAIR/direct" --out "$TEXT"
+"$PY" -m spectrum toy text --model "$PAIR/direct" --out "$TEXT" --force
 "$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" \
   --loss-path --text "$TEXT" --lam 0:1:0.1 --db "$DB"

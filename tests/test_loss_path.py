@@ -174,7 +174,8 @@ def test_toy_text_is_held_out_and_reproducible(tmp_path):
     out = tmp_path / "t.jsonl"
     assert main(["toy", "text", "--out", str(out), "--n", "2", "--seed", "5"]) == 0
     first = out.read_text(encoding="utf-8")
-    assert main(["toy", "text", "--out", str(out), "--n", "2", "--seed", "5"]) == 0
+    assert main(["toy", "text", "--out", str(out), "--n", "2", "--seed", "5"]) == 2
+    assert main(["toy", "text", "--out", str(out), "--n", "2", "--seed", "5", "--force"]) == 0
     assert out.read_text(encoding="utf-8") == first
     documents = read_documents(out)
     assert len(documents) == 10

@@ -68,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     text.add_argument("--n", type=int, default=4, help="held-out problems per level")
     text.add_argument("--seed", type=int, default=1)
+    text.add_argument("--force", action="store_true", help="overwrite an existing file")
     text.set_defaults(func=run_text)
 
 
@@ -164,6 +165,8 @@ def run_text(args: argparse.Namespace) -> int:
         raise UserError(f"--out {args.out} is a folder; name a text file")
     if not args.out.parent.is_dir():
         raise UserError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    if args.out.exists() and not args.force:
+        raise UserError(f"{args.out} already exists; pass --force to overwrite it")
     if not (args.model / "config.json").is_file():
         raise UserError(f"no model at {args.model} (config.json missing)")
     documents = heldout_text(args.n, args.seed, args.model)

@@ -777,9 +777,12 @@ class Sweeper:
     def _run_checkpoints(self, todo: list[Entry], bar: Progress) -> None:
         """Checkpoint rows: each checkpoint loaded as itself (one at a time, dropped after
         its cells), its cells generated and committed as any other."""
-        for config, bench, missing in todo:
+        loaded, generator = None, None
+        for config, bench, missing in todo:  # a checkpoint's benchmarks come together
             name = config["params"]["name"]
-            generator = checkpoint_generator(self.spec, name)
+            if name != loaded:
+                generator = None  # the previous checkpoint goes before the next loads
+                generator, loaded = checkpoint_generator(self.spec, name), name
             grader = get_benchmark(bench).grader
             for cell in cells_of([(config, bench, missing)], self.spec):
                 if self._stopped():
@@ -789,7 +792,6 @@ class Sweeper:
                 gens = generator.generate(conversations, settings, seed=cell.seed)
                 rows = _rows(config, cell.config_id, self.run_id, bench, grader, cell.units, gens)
                 self._commit(bar, cell, rows)
-            del generator
 
     def _commit(self, bar: Progress, cell: Cell, rows: pd.DataFrame) -> None:
         with store.opened(self.db) as con:  # held for this one transaction only
