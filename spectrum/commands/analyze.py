@@ -36,7 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-new-tokens", type=int, default=160, help="--loss-path: longest parent answer"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="--loss-path: sequences per batch (× every λ)"
+        "--batch-size",
+        type=int,
+        default=64,
+        help="--loss-path: sequences per forward, each at every λ (rows = sequences × λs, "
+        "each with its logits: lower it for a large model)",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
