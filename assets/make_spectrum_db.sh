@@ -9,7 +9,11 @@
 #   5. the weight analysis of the pair;
 #   6. confirmations of the configurations picked from step 2 (CONFIRM) on CONFIRM_PER_LEVEL
 #      fresh problems per level with the parents on the same problems: greedy, and
-#      sampled with k = 4.
+#      sampled with k = 4;
+#   7. the thinking parent's intermediate checkpoint (thinking_concise) as a checkpoint row on
+#      the same problems, so the report tests merges against it;
+#   8. the loss along the linear path: NLL of held-out task text (TEXT, written by the toy's
+#      task generator) and of each parent's own answers at every λ of 0, 0.1, …, 1.
 # Greedy decoding (k = 1), PER_LEVEL held-out problems per level (5 levels), at most
 # MAX_NEW new tokens. Every step is resumable: killed, it picks up where it stopped.
 # Usage: assets/make_spectrum_db.sh [DB]   (default assets/spectrum.duckdb; an existing DB
@@ -26,6 +30,7 @@ FINE_HI=0.60
 BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
 CONFIRM="${CONFIRM:-linear@0.85 linear@0.9}"
 CONFIRM_PER_LEVEL="${CONFIRM_PER_LEVEL:-200}"
+TEXT="${TEXT:-assets/heldout_text.jsonl}"
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
@@ -44,3 +49,8 @@ for config in $CONFIRM; do
   "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$CONFIRM_PER_LEVEL" \
     --k 4 --sample --data-seed 2
 done
+"$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 0,1 \
+  --checkpoint thinking_concise="$PAIR/thinking_concise"
+"$PY" -m spectrum toy text --model "$PAIR/direct" --out "$TEXT" --force
+"$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" \
+  --loss-path --text "$TEXT" --lam 0:1:0.1 --db "$DB"

@@ -224,7 +224,18 @@ def spec_from_args(
         judge=args.judge,
         judge_max_tokens=args.judge_max_tokens,
         **(baseline_args(args) if hasattr(args, "budgets") else {}),
+        checkpoints=checkpoint_args(args.checkpoint) if hasattr(args, "checkpoint") else {},
     )
+
+
+def checkpoint_args(items: list[str]) -> dict[str, str]:
+    """``--checkpoint NAME=PATH`` items as {name: path}; a name given twice is refused."""
+    found: dict[str, str] = {}
+    for name, path in _key_values(items, "--checkpoint"):
+        if name in found:
+            raise UserError(f"--checkpoint names {name!r} twice; give each checkpoint one name")
+        found[name] = path
+    return found
 
 
 def baseline_args(args: argparse.Namespace) -> dict:
@@ -280,6 +291,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_eval_args(parser)
     add_baseline_args(parser)
     parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another model on the same test as the merges, e.g. an intermediate checkpoint "
+        "of the thinking model's training: run as itself (its own chat template, the thinking "
+        "model's decoding defaults), stored as method checkpoint under NAME; repeatable",
+    )
+    parser.add_argument(
         "--batch-lams",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -291,13 +311,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectrum.eval.sweep import check_spec, parse_lams, run_sweep
+    from spectrum.eval.sweep import check_pool, check_spec, parse_lams, run_sweep
 
     limits = limits_from_args(args)
     plain, module_lams = split_lam_grid(args.lam, limits.grid)
     lams = parse_lams(plain, limits.grid)
     spec = spec_from_args(args, tuple(args.methods.split(",")), lams, module_lams)
     check_spec(spec, limits)  # before a Ray pool starts
+    check_pool(spec, args.ray is not None)
     command = shlex.join(["spectrum", *sys.argv[1:]])
     pool = pool_from_args(args)
     try:

@@ -1,4 +1,5 @@
-"""`spectrum toy train|measure`: train the embedded pair; measure its λ spectrum."""
+"""`spectrum toy train|measure|text`: train the embedded pair; measure its λ spectrum; write
+held-out text of its task."""
 
 from __future__ import annotations
 
@@ -48,6 +49,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--json", type=Path, help="also write the rows as JSON here")
     sweep.add_argument("--write-cards", action="store_true", help="put the table in the cards")
     sweep.set_defaults(func=run_measure)
+
+    text = actions.add_parser(
+        "text", help="held-out text of the synthetic task (for `spectrum analyze --loss-path`)"
+    )
+    text.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="file to write: .jsonl, prompt and reference solution apart (only the solution "
+        "is scored); else whole transcripts separated by blank lines",
+    )
+    text.add_argument(
+        "--model",
+        type=Path,
+        default=Path("assets/pair/direct"),
+        help="model folder whose chat template frames each document (default the pair's direct)",
+    )
+    text.add_argument("--n", type=int, default=4, help="held-out problems per level")
+    text.add_argument("--seed", type=int, default=1)
+    text.add_argument("--force", action="store_true", help="overwrite an existing file")
+    text.set_defaults(func=run_text)
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -111,4 +133,51 @@ def run_measure(args: argparse.Namespace) -> int:
         for name in PAIR_MODELS:
             if (args.pair / name).is_dir():
                 cards.insert_table(args.pair / name / "README.md", table, command, args.thinking)
+    return 0
+
+
+def heldout_text(n: int, seed: int, model: Path) -> list[dict[str, str]]:
+    """Held-out problems as the chat transcripts the pair learns from: ``prompt``, the
+    question through ``model``'s chat template; ``text``, a reference solution in the
+    task's own styles (a direct answer and a concise worked trace, by turns) and the end
+    of turn. Neither parent has seen these problems (the task's test split)."""
+    from spectrum.generate.template import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    documents = []
+    for level in task.LEVELS:
+        for i, problem in enumerate(task.make_problems(level, n, seed=seed)):
+            prompt = tokenizer.apply_chat_template(
+                problem.messages, tokenize=False, add_generation_prompt=True
+            )
+            answer = task.thinking_response(problem) if i % 2 else task.direct_response(problem)
+            documents.append(dict(prompt=prompt, text=answer + tokenizer.eos_token))
+    return documents
+
+
+def run_text(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, not {args.n}")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder; name a text file")
+    if not args.out.parent.is_dir():
+        raise UserError(f"cannot write {args.out}: folder {args.out.parent} does not exist")
+    if args.out.exists() and not args.force:
+        raise UserError(f"{args.out} already exists; pass --force to overwrite it")
+    if not (args.model / "config.json").is_file():
+        raise UserError(f"no model at {args.model} (config.json missing)")
+    documents = heldout_text(args.n, args.seed, args.model)
+    if args.out.suffix == ".jsonl":
+        body = "".join(json.dumps(document, ensure_ascii=False) + "\n" for document in documents)
+        how = "JSON lines, the solution scored after its prompt"
+    else:
+        body = "\n\n".join(d["prompt"] + d["text"] for d in documents) + "\n"
+        how = "whole transcripts, blank-line separated"
+    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, args.out)  # a reader sees the old file or the whole new one
+    print(f"{args.out}: {len(documents)} held-out documents ({how})")
     return 0

@@ -106,6 +106,7 @@ def confirm(
     fresh = replace(
         spec, methods=(method,), lams=(lam,), data_seed=seed, limit=limit or spec.limit,
         k=k or spec.k, budgets=(), no_thinking=False, module_lams={}, decoding=decoding,
+        checkpoints={},
     )  # fmt: skip
     sweeper = Sweeper(fresh, db, provider_factory=provider_factory, progress=progress,
                       command=command)  # fmt: skip

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
-from spectrum.eval.results import BASELINES, parents, plain_merges
+from spectrum.eval.results import BASELINES, CHECKPOINT, checkpoint_name, parents, plain_merges
 from spectrum.merge.scope import MODULE_KINDS
 
 METRIC_TITLES = {
@@ -152,6 +152,7 @@ def metric_vs_lam(table: pd.DataFrame, benchmark: str, metric: str = "mean") -> 
                 customdata=_configurations(group),
             )
         )
+    _checkpoint_lines(figure, table[table["benchmark"] == benchmark], metric)
     title = f"{benchmark}: {METRIC_TITLES.get(metric, metric)} vs λ"
     return _layout(figure, title, LAM_AXIS, METRIC_TITLES.get(metric, metric))
 
@@ -176,6 +177,17 @@ def pass_at_k_vs_k(curves: pd.DataFrame, benchmark: str) -> go.Figure:
             )
         )  # fmt: skip
     return _layout(figure, f"{benchmark}: Pass@k vs k", "k (samples drawn)", "Pass@k")
+
+
+def _checkpoint_lines(figure: go.Figure, rows: pd.DataFrame, metric: str) -> None:
+    """Each checkpoint's value as a dotted level across λ: where a merge's curve crosses
+    it, that merge matches the checkpoint on ``metric``."""
+    for _, row in rows[rows["method"] == CHECKPOINT].iterrows():
+        name = checkpoint_name(row)
+        figure.add_hline(
+            y=row[metric], line_dash="dot", line_color=color(name),
+            annotation_text=f"checkpoint {name}", annotation_position="top left",
+        )  # fmt: skip
 
 
 def _levels_of(levels: pd.DataFrame, method: str):
@@ -243,6 +255,24 @@ def accuracy_vs_tokens(
     rows = table[table["benchmark"] == benchmark]
     if "module_lams" in rows:
         rows = rows[rows["module_lams"].isna()]  # λ-per-module grids have their heatmap
+    for _, row in rows[rows["method"] == CHECKPOINT].iterrows():
+        name = checkpoint_name(row)
+        figure.add_trace(
+            go.Scatter(
+                x=[row["tokens"]],
+                y=[row["mean"]],
+                mode="markers+text",
+                marker=dict(symbol="hexagon", size=14, color=color(name)),
+                text=[f"checkpoint {name}"],
+                textposition="bottom center",
+                name=f"checkpoint {name}",
+                error_y=dict(
+                    type="data", symmetric=False, array=[row["mean_high"] - row["mean"]],
+                    arrayminus=[row["mean"] - row["mean_low"]], thickness=1, width=0,
+                ),
+            )
+        )  # fmt: skip
+    rows = rows[rows["method"] != CHECKPOINT]
     for method, group in rows.groupby("method", sort=True):
         # A baseline's points differ by budget, not λ: its curve runs along the tokens.
         baseline = method in BASELINES
@@ -351,6 +381,31 @@ def delta_energy(energy: pd.DataFrame) -> go.Figure:
     )
     title = "cumulative share of Σ Δ² (positions sorted by |Δ|, largest first)"
     return _layout(figure, title, "fraction of positions", "share of Σ Δ²")
+
+
+def loss_path(frame: pd.DataFrame) -> go.Figure:
+    """Mean per-token NLL against λ, a line per source (``spectrum.eval.loss_path``): a
+    high-loss ridge would rise above both ends."""
+    from spectrum.eval.loss_path import SOURCE_TITLES, SOURCES
+
+    figure = go.Figure()
+    hues = {"text": color("delta"), "direct_answers": color("direct")}
+    hues["thinking_answers"] = color("thinking")
+    for i, source in enumerate(s for s in SOURCES if s in set(frame["source"])):
+        rows = frame[frame["source"] == source].sort_values("lam")
+        style = line_style(i)
+        figure.add_trace(
+            go.Scatter(
+                x=rows["lam"],
+                y=rows["nll"],
+                mode="lines+markers",
+                name=f"{SOURCE_TITLES[source]} ({int(rows['n_tokens'].iloc[0])} tokens)",
+                line=dict(color=hues[source], dash=style["dash"]),
+                marker=dict(symbol=style["symbol"], size=8),
+            )
+        )
+    title = "loss along θ(λ) = (1−λ)·θ_direct + λ·θ_thinking"
+    return _layout(figure, title, LAM_AXIS, "mean NLL per token (nats)")
 
 
 def module_lam_grid(table: pd.DataFrame, benchmark: str, method: str) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from spectrum.errors import UserError
 from spectrum.eval import figures, store
 from spectrum.eval.findings import CSS as FINDINGS_CSS
 from spectrum.eval.findings import findings_html
+from spectrum.eval.loss_path import read_loss_path
 from spectrum.eval.metrics import check_interval
 from spectrum.eval.results import (
     BASELINES,
@@ -29,6 +30,7 @@ from spectrum.eval.results import (
     confirmations,
     improvements,
     merges_vs_baselines,
+    merges_vs_checkpoints,
     parents,
     phase_changes,
     plain_merges,
@@ -67,6 +69,10 @@ def statements(
         bench_better = better[better["benchmark"] == bench] if not better.empty else better
         found += _improvement_statements(bench, bench_better, confirmed)
         found += baseline_statements(merges_vs_baselines(rows, margin=margin, interval=interval))
+        found += checkpoint_statements(rows)
+        found += checkpoint_versus_statements(
+            merges_vs_checkpoints(rows, margin=margin, interval=interval)
+        )
         found += _endpoint_statements(rows)
     return found + confirmation_statements(confirmed)
 
@@ -274,6 +280,63 @@ def baseline_statements(versus: pd.DataFrame) -> list[dict]:
     return out
 
 
+def checkpoint_statements(rows: pd.DataFrame) -> list[dict]:
+    """Each checkpoint row (another model on the same problems) with its interval."""
+    out = []
+    for _, row in rows[rows["kind"] == "checkpoint"].iterrows():
+        text = (
+            f"{row['benchmark']}: {row['label']} accuracy {row['mean']:.3f} "
+            f"[{row['mean_low']:.3f}, {row['mean_high']:.3f}] ({row['interval']}, "
+            f"{row['n_problems']} problems, k={row['k']}), {row['tokens']:.1f} tokens, "
+            f"Think#R {row['think']:.2f}"
+        )
+        numbers = {key: row[key] for key in ("mean", "mean_low", "mean_high", "tokens", "think")}
+        numbers.update(n_problems=row["n_problems"], k=row["k"])
+        out.append(
+            _statement(
+                "checkpoint", row["benchmark"], text, numbers, configuration=row["label"],
+                interval=row["interval"],
+            )
+        )  # fmt: skip
+    return out
+
+
+def checkpoint_versus_statements(versus: pd.DataFrame) -> list[dict]:
+    """Does a merge beat each checkpoint on accuracy and tokens, by the paired test?"""
+    out = []
+    for _, row in versus.iterrows():
+        head = (
+            f"{row['benchmark']}: {row['checkpoint_label']} ({row['checkpoint_mean']:.3f}, "
+            f"{row['checkpoint_tokens']:.1f} tok)"
+        )
+        numbers = dict(checkpoint_mean=row["checkpoint_mean"])
+        numbers.update(checkpoint_tokens=row["checkpoint_tokens"])
+        extra = dict(checkpoint=row["checkpoint"])
+        if pd.isna(row["merge"]):  # no merge looks better
+            text = f"{head}: no merge beats it on both accuracy and tokens"
+            out.append(
+                _statement(
+                    "merge_vs_checkpoint", row["benchmark"], text, numbers, holds=False, **extra
+                )
+            )
+            continue
+        verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
+        text = (
+            f"{head}: {verdict} {row['merge']} ({row['merge_mean']:.3f}, "
+            f"{row['merge_tokens']:.1f} tok); {_difference_text(row)}"
+        )
+        numbers.update(merge_mean=row["merge_mean"], merge_tokens=row["merge_tokens"])
+        numbers.update(_difference_numbers(row))
+        out.append(
+            _statement(
+                "merge_vs_checkpoint", row["benchmark"], text, numbers, merge=row["merge"],
+                interval=row["diff_interval"], holds=row["verdict"] == "improvement",
+                selected_in_sample=True, **extra,
+            )
+        )  # fmt: skip
+    return out
+
+
 def _endpoint_statements(rows: pd.DataFrame) -> list[dict]:
     """Rows at λ = 0 / 1 that are not the parents' weights: said once, kept out of merges."""
     endpoints = rows[rows["kind"] == "endpoint"]
@@ -331,6 +394,26 @@ def _overview_methods(table: pd.DataFrame, bench: str) -> list[str]:
     return chosen + sorted(present & set(BASELINES))
 
 
+def loss_statements(loss: pd.DataFrame) -> list[dict]:
+    """The ridge of each source of the stored loss path (``spectrum analyze --loss-path``)."""
+    from spectrum.eval.loss_path import ridge_sentence, ridges
+
+    if loss.empty:
+        return []
+    out = []
+    for _, row in ridges(loss).iterrows():
+        numbers = {key: row[key] for key in ("nll_direct", "nll_thinking", "interior_max")}
+        numbers.update(lam_at_max=row["lam_at_max"], ridge=row["ridge"])
+        out.append(
+            _statement(
+                "loss_ridge", "loss_path", ridge_sentence(row), numbers, source=row["source"],
+                holds=None if pd.isna(row["ridge"]) else bool(row["ridge"] <= 0),
+                interval="none: one fixed text and fixed answers, no sampling",
+            )
+        )  # fmt: skip
+    return out
+
+
 def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFrame) -> list:
     """The report's plot sections: per benchmark an overview (accuracy vs tokens of a few
     methods), one small plot per method and the λ-per-module heatmaps; then one small plot
@@ -369,6 +452,10 @@ def _sections(con, table: pd.DataFrame, better: pd.DataFrame, levels: pd.DataFra
         heading = "weights: Δ = θ_thinking − θ_direct"
         panels = [(anchor("weights", str(i)), fig) for i, fig in enumerate(weights)]
         sections.append(Section("weights", heading, [panels]))
+    loss = read_loss_path(con)
+    if not loss.empty:
+        heading = "loss along the path (mode connectivity)"
+        sections.append(Section("loss-path", heading, [figures.loss_path(loss)]))
     return sections
 
 
@@ -464,8 +551,6 @@ def row_sections(loaded: Loaded) -> list[Section]:
     return sections
 
 
-
-
 REPORT_START = "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Thinking Spectrum report"
 _WEIGHTS = re.compile(r".*\.(safetensors|bin|pt|pth|msgpack|h5|gguf|duckdb|wal)$")
 
@@ -556,6 +641,7 @@ class Loaded:
     margin: float
     interval: str
     confirmed: pd.DataFrame
+    loss: pd.DataFrame  # the latest loss path (empty: none stored)
 
     curves: pd.DataFrame  # Pass@1 … Pass@n per configuration
     judged: pd.DataFrame  # judged benchmarks' scores per configuration
@@ -569,6 +655,7 @@ class Loaded:
                 interval=self.interval, confirmed=self.confirmed,
             )  # fmt: skip
             found += stage_statements(stages(self.levels))
+        found += loss_statements(self.loss)
         return found + row_statements(self.curves, self.judged, self.bleed)
 
 
@@ -618,8 +705,9 @@ def load(con, db: Path, *, margin: float = 0.0, interval: str = "auto") -> Loade
         better = improvements(table, margin=margin, interval=interval)
         phases = pd.concat([phase_changes(table), phase_changes(levels)])
     curves = pass_curves(table)
-    return Loaded(table, levels, better, phases, margin, interval, confirmations(con), curves,
-                  judged, bleed)  # fmt: skip
+    loss = read_loss_path(con)
+    return Loaded(table, levels, better, phases, margin, interval, confirmations(con), loss,
+                  curves, judged, bleed)  # fmt: skip
 
 
 def report_statements(db: str | Path, *, margin: float = 0.0, interval: str = "auto") -> list[dict]:

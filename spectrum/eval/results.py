@@ -23,12 +23,15 @@ from spectrum.methods import REGISTRY
 METRICS = ("mean", "pass", "vote", "tokens", "think", "truncated")
 # Rows that are not merges but cheaper ways to run a model (docs/SCHEMA.md).
 BASELINES = ("budget_forcing", "no_thinking")
+# Rows of another model run as itself (an intermediate checkpoint...): method ``checkpoint``,
+# its name in ``params`` (docs/SCHEMA.md).
+CHECKPOINT = "checkpoint"
 _SAMPLE_COLUMNS = "correct, extracted, n_tokens, thinks, finished"
 # What a row is (column ``kind``): a parent (λ = 0 / 1 of a method that reproduces the
 # parents there), an interpolation (0 < λ < 1), a λ-per-module grid point, an endpoint
 # (λ = 0 / 1 of a method that does not reproduce the parents, or of a scoped merge:
-# neither a parent nor an interpolation), or a baseline.
-KINDS = ("parent", "interpolation", "module_grid", "endpoint", "baseline")
+# neither a parent nor an interpolation), a baseline, or a checkpoint (another model).
+KINDS = ("parent", "interpolation", "module_grid", "endpoint", "baseline", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ def kind(row) -> str:
     """What a configuration is (``KINDS``), from its method, λ, module λs and scope."""
     if row["method"] in BASELINES:
         return "baseline"
+    if row["method"] == CHECKPOINT:
+        return "checkpoint"
     if row.get("module_lams") is not None:
         return "module_grid"
     if 0.0 < row["lam"] < 1.0:
@@ -207,7 +212,9 @@ def kind(row) -> str:
 
 def label(row) -> str:
     """How a configuration is named in every statement: method, λ, module λs, scope, and
-    what the baselines' parameters were."""
+    what the baselines' parameters were; a checkpoint by its name."""
+    if row["method"] == CHECKPOINT:
+        return f"checkpoint {checkpoint_name(row)}"
     text = f"{row['method']} λ={row['lam']:g}"
     if row.get("module_lams") is not None:
         lams = json.loads(row["module_lams"])
@@ -228,6 +235,11 @@ def label(row) -> str:
     return text
 
 
+def checkpoint_name(row) -> str:
+    """The name a checkpoint row was swept under (``--checkpoint NAME=PATH``)."""
+    return str(json.loads(row["params"] or "{}").get("name", "?"))
+
+
 def parents(table: pd.DataFrame, benchmark: str) -> dict[str, pd.Series]:
     """The parents' rows on a benchmark: λ=0 is the direct model, λ=1 the thinking model
     (taken from ``linear`` when present: every interpolating method gives the same model;
@@ -236,7 +248,7 @@ def parents(table: pd.DataFrame, benchmark: str) -> dict[str, pd.Series]:
     if "kind" in rows:  # only rows that are the parents' own weights
         rows = rows[rows["kind"] == "parent"]
     else:
-        rows = rows[~rows["method"].isin(BASELINES)]
+        rows = rows[~rows["method"].isin((*BASELINES, CHECKPOINT))]
     rows = pd.concat([rows[rows["method"] == "linear"], rows[rows["method"] != "linear"]])
     found = {}
     for role, lam in (("direct", 0.0), ("thinking", 1.0)):
@@ -247,9 +259,9 @@ def parents(table: pd.DataFrame, benchmark: str) -> dict[str, pd.Series]:
 
 
 def plain_merges(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows that are one merge per (method, λ): no baselines, no λ-per-module grids (those
-    are drawn as their own curves and heatmaps)."""
-    plain = ~table["method"].isin(BASELINES)
+    """Rows that are one merge per (method, λ): no baselines, no checkpoints, no λ-per-module
+    grids (those are drawn as their own curves and heatmaps)."""
+    plain = ~table["method"].isin((*BASELINES, CHECKPOINT))
     if "module_lams" in table:
         plain &= table["module_lams"].isna()
     return table[plain]
@@ -327,17 +339,7 @@ def merges_vs_baselines(
     most accurate), with the interval of each difference and the verdict; ``merge`` is
     None when no merge even looks better."""
     found = []
-    candidates = merges(table)
-    for _, baseline in table[table["method"].isin(BASELINES)].iterrows():
-        rivals = candidates[candidates["benchmark"] == baseline["benchmark"]]
-        tested = [
-            (row, paired_difference(row, baseline, margin=margin, interval=interval, seed=seed))
-            for _, row in rivals.iterrows()
-            if _looks_better(row, baseline, margin)
-        ]
-        best = max(
-            tested, key=lambda t: (t[1].improves, t[0]["mean"], -t[0]["tokens"]), default=None
-        )
+    for baseline, best in _best_merges(table, BASELINES, margin, interval, seed):
         entry = dict(
             benchmark=baseline["benchmark"],
             baseline=baseline["method"],
@@ -345,14 +347,66 @@ def merges_vs_baselines(
             baseline_label=baseline["label"],
             baseline_mean=baseline["mean"],
             baseline_tokens=baseline["tokens"],
-            merge=None if best is None else best[0]["label"],
-            merge_mean=None if best is None else best[0]["mean"],
-            merge_tokens=None if best is None else best[0]["tokens"],
+            **_best_columns(best),
         )
-        if best is not None:
-            entry.update(difference_columns(best[1]))
         found.append(entry)
     return pd.DataFrame(found, columns=VERSUS_COLUMNS)
+
+
+CHECKPOINT_VERSUS_COLUMNS = [
+    "benchmark", "checkpoint", "checkpoint_label", "checkpoint_mean", "checkpoint_tokens",
+    "merge", "merge_mean", "merge_tokens", *DIFFERENCE_COLUMNS,
+]  # fmt: skip
+
+
+def merges_vs_checkpoints(
+    table: pd.DataFrame, *, margin: float = 0.0, interval: str = "auto", seed: int = 0
+) -> pd.DataFrame:
+    """For every checkpoint row: does a merge beat it? The same test as
+    ``merges_vs_baselines``: among the merges whose paired point estimates look better
+    (fewer tokens, no accuracy lost beyond ``margin``), the one the paired test confirms,
+    else the most accurate; ``merge`` is None when no merge even looks better."""
+    found = []
+    for checkpoint, best in _best_merges(table, (CHECKPOINT,), margin, interval, seed):
+        entry = dict(
+            benchmark=checkpoint["benchmark"],
+            checkpoint=checkpoint_name(checkpoint),
+            checkpoint_label=checkpoint["label"],
+            checkpoint_mean=checkpoint["mean"],
+            checkpoint_tokens=checkpoint["tokens"],
+            **_best_columns(best),
+        )
+        found.append(entry)
+    return pd.DataFrame(found, columns=CHECKPOINT_VERSUS_COLUMNS)
+
+
+def _best_merges(
+    table: pd.DataFrame, methods: tuple[str, ...], margin: float, interval: str, seed: int
+):
+    """(reference row, (merge row, Difference) or None) for every row of ``methods``: the
+    merge that beats it by the paired test, else the most accurate that looks better."""
+    candidates = merges(table)
+    for _, reference in table[table["method"].isin(methods)].iterrows():
+        rivals = candidates[candidates["benchmark"] == reference["benchmark"]]
+        tested = [
+            (row, paired_difference(row, reference, margin=margin, interval=interval, seed=seed))
+            for _, row in rivals.iterrows()
+            if _looks_better(row, reference, margin)
+        ]
+        best = max(
+            tested, key=lambda t: (t[1].improves, t[0]["mean"], -t[0]["tokens"]), default=None
+        )
+        yield reference, best
+
+
+def _best_columns(best) -> dict:
+    if best is None:
+        return dict(merge=None, merge_mean=None, merge_tokens=None)
+    row, diff = best
+    return dict(
+        merge=row["label"], merge_mean=row["mean"], merge_tokens=row["tokens"],
+        **difference_columns(diff),
+    )  # fmt: skip
 
 
 def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
@@ -398,8 +452,8 @@ def decoding_label(do_sample: Any, max_new_tokens: Any) -> str:
 def improvements(
     table: pd.DataFrame, *, margin: float = 0.0, interval: str = "auto", seed: int = 0
 ) -> pd.DataFrame:
-    """Merged configurations (interpolations, λ-per-module grid points) and baselines
-    whose paired point estimates beat a parent (fewer tokens, no accuracy lost beyond
+    """Merged configurations (interpolations, λ-per-module grid points), baselines and
+    checkpoints whose paired point estimates beat a parent (fewer tokens, no accuracy lost beyond
     ``margin``), each with the paired intervals and its verdict: ``improves`` is True only
     for those the paired test confirms (``spectrum.eval.metrics.compare``)."""
     if "decoding" in table and table["decoding"].nunique() > 1:
@@ -412,7 +466,7 @@ def improvements(
     found = []
     for bench in table["benchmark"].unique():
         rows = table[table["benchmark"] == bench]
-        rivals = rows[rows["kind"].isin(("interpolation", "module_grid", "baseline"))]
+        rivals = rows[rows["kind"].isin(("interpolation", "module_grid", "baseline", "checkpoint"))]
         for role, parent in parents(table, bench).items():
             for _, row in rivals.iterrows():
                 if not _looks_better(row, parent, margin):

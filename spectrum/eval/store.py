@@ -83,6 +83,13 @@ CREATE TABLE IF NOT EXISTS weight_hist (
 CREATE TABLE IF NOT EXISTS weight_energy (
     analysis_id VARCHAR, fraction DOUBLE, share DOUBLE, reference DOUBLE
 );
+-- Added with schema 3 (additive): NLL along the linear path (spectrum analyze --loss-path).
+CREATE TABLE IF NOT EXISTS loss_path (
+    path_id VARCHAR, created_at TIMESTAMP, direct VARCHAR, thinking VARCHAR,
+    direct_hash VARCHAR, thinking_hash VARCHAR, text_file VARCHAR, text_sha256 VARCHAR,
+    problems_per_level INTEGER, data_seed INTEGER, max_new_tokens INTEGER,
+    source VARCHAR, lam DOUBLE, n_sequences INTEGER, n_tokens BIGINT, nll DOUBLE
+);
 """
 
 # Per problem first, then per configuration: every problem weighs the same.
