@@ -23,7 +23,7 @@ _CONFIG = {
 }  # fmt: skip
 JUDGE_COLUMNS = ["judge", "judge_low", "judge_high", "n_samples", "n_scored", "n_failed"]
 BLEED_COLUMNS = ["bleed", "bleed_low", "bleed_high", "bleed_mean", "n_samples"]
-_NAMING = ["benchmark", "config_id", "method", "lam", "module_lams", "label", "kind"]
+_NAMING = ["benchmark", "config_id", "method", "lam", "params", "module_lams", "label", "kind"]
 
 
 def pass_curves(table: pd.DataFrame) -> pd.DataFrame:
