@@ -252,8 +252,8 @@ class PreparedMerge:
     def stats(self, strengths: dict[str, float | None]) -> Any:
         """The method's whole-model statistic over the in-scope tensors, kept between sets.
 
-        Stats objects answer strengths they were not prefetched for (Top-K's threshold
-        refines its cached histogram for a new k; EMR's rescalers do not depend on λ), so a
+        Stats objects answer strengths they were not prefetched for (Top-K's threshold,
+        indexed here, looks a new k up; EMR's rescalers do not depend on λ), so a
         λ change reuses them; a change of scope (which tensors count) recomputes them, as
         the offline merge computes them over the in-scope tensors only.
         """
@@ -268,6 +268,8 @@ class PreparedMerge:
 
             self._stats = self.method.global_stats(stream, lams, self.params)
             self._stats_scope = in_scope
+            if hasattr(self._stats, "index"):  # the slider's next strengths: not in lams
+                self._stats.index()
         return self._stats
 
     def merged(self, strength_for: Callable[[str], float | None]) -> Iterator[tuple[str, Tensor]]:

@@ -15,7 +15,10 @@ threshold) also define ``global_stats``. It receives a factory that yields
 ``(name, prepared)`` for every merged tensor; it may call the factory more than once
 (one pass per call, never holding the model) and returns an opaque ``stats`` object
 that ``apply`` receives. ``lams`` is every strength ``apply`` will be called with, so a
-threshold that depends on k = λ can be computed exactly for each.
+threshold that depends on k = λ can be computed exactly for each. A stats object may
+also define ``index()``: memory and one pass spent once, so that strengths outside
+``lams`` need no pass of their own; the live merger, whose slider asks for such
+strengths, calls it.
 
 Methods that are *elementwise* (each output element depends on the same element of the
 parents only, plus per-tensor sums) declare it, and the engine then runs ``prepare`` and

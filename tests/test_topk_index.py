@@ -1,0 +1,93 @@
+"""A new Top-K k without a pass: ``MagnitudeThreshold.index()`` and the live merger using it.
+
+Checked against an independent rule (numpy's sort of every magnitude: the count-th largest,
+count = round half up of k·N) and against the offline merge, byte for byte.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spectrum.live import LiveMerger
+from spectrum.merge import MergeSpec, merge_tensors
+from spectrum.methods.common.magnitude import MagnitudeThreshold
+from tests.test_live import assert_bytes_equal, model_in_checkpoint_names, read_folder
+
+torch.set_num_threads(1)
+
+
+def expected_threshold(values: np.ndarray, k: float) -> float | None:
+    count = int(np.floor(k * values.size + 0.5))
+    return None if count == 0 else float(np.sort(values)[::-1][count - 1])
+
+
+def awkward_magnitudes() -> list[torch.Tensor]:
+    """Several tensors: ties across them, zeros, subnormals, values sharing a coarse bucket
+    (high 16 bits) in different tensors, an infinity (|Δ| of two huge finite parents)."""
+    generator = torch.Generator().manual_seed(5)
+    one_bucket = 1.0 + torch.arange(300, dtype=torch.float32) * 2**-20  # all bits 0x3F80....
+    return [
+        torch.randn(5000, generator=generator).abs(),
+        torch.tensor([0.0, 0.0, 1e-44, 3e-39, 1.0, 1.0, 2.5, float("inf")]),
+        one_bucket[torch.randperm(300, generator=generator)],
+        torch.randn(3, 7, generator=generator).abs(),
+        one_bucket[::7].clone(),
+        torch.zeros(0),
+    ]
+
+
+def test_indexed_thresholds_equal_the_sorted_rule_and_the_refined_ones():
+    tensors = awkward_magnitudes()
+    values = np.concatenate([t.reshape(-1).numpy() for t in tensors])
+    passes = []
+
+    def stream():
+        passes.append(1)
+        return iter(tensors)
+
+    indexed, refined = MagnitudeThreshold(stream), MagnitudeThreshold(lambda: iter(tensors))
+    indexed.index()
+    assert len(passes) == 2  # the coarse counts, then the sort
+    fractions = [*np.linspace(0, 1, 101), 1 / values.size, 0.5 / values.size, 0.0511]
+    for k in fractions:
+        expected = expected_threshold(values, float(k))
+        assert indexed.threshold(float(k)) == expected == refined.threshold(float(k)), k
+    assert len(passes) == 2  # no k needed another pass
+
+
+def test_index_holds_the_bucket_that_several_tensors_share():
+    tensors = awkward_magnitudes()
+    values = np.concatenate([t.reshape(-1).numpy() for t in tensors])
+    threshold = MagnitudeThreshold(lambda: iter(tensors))
+    threshold.index()
+    # Every rank from just above the shared 1.0… bucket down past its lowest value, one by
+    # one: the 300 + 43 values of two tensors, the second tensor's 1.0s, random ones.
+    above = int((values >= 1.0 + 300 * 2**-20).sum())
+    for count in range(max(above - 5, 1), int((values >= 1.0).sum()) + 5):
+        k = (count - 0.25) / values.size  # round half up gives exactly count
+        assert threshold.threshold(k) == float(np.sort(values)[::-1][count - 1]), count
+
+
+@pytest.fixture(scope="module")
+def parents(tiny_pair):
+    return {role: read_folder(path) for role, path in tiny_pair.items()}
+
+
+@pytest.mark.parametrize("method", ["topk_replace", "avg_topk_override"])
+def test_live_new_k_equals_the_offline_merge_without_a_pass(tiny_pair, parents, method):
+    merger = LiveMerger.load(
+        tiny_pair["direct"], tiny_pair["thinking"], tiny_pair["base"], device="cpu"
+    )
+    merger.set(MergeSpec(method, 0.5))
+    stats = merger._prepared._stats
+    assert isinstance(stats, MagnitudeThreshold) and stats._sorted is not None
+    refined = set(stats._fine)  # the warm-up k's bucket, refined by global_stats
+    for k in (0.05, 0.3, 0.31, 0.77, 1.0, 0.0):
+        merger.set(MergeSpec(method, k))
+        expected = merge_tensors(
+            parents["direct"], parents["thinking"], parents["base"], method=method, lam=k
+        )
+        assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
+    assert set(stats._fine) == refined  # every new k was looked up, none refined by a pass
