@@ -91,3 +91,55 @@ def test_live_new_k_equals_the_offline_merge_without_a_pass(tiny_pair, parents, 
         )
         assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
     assert set(stats._fine) == refined  # every new k was looked up, none refined by a pass
+
+
+# ---------------------------------------------------------------- TIES: a new density
+
+
+def test_ties_trim_from_the_index_equals_the_counted_trim_and_the_sorted_rule():
+    from spectrum.methods import Parents, ties
+
+    generator = torch.Generator().manual_seed(9)
+    n = (1 << 18) + 777  # more than one block
+    base = torch.randn(n, generator=generator)
+    parent = base + torch.randn(n, generator=generator)
+    parent[:300] = base[:300] + 0.5  # ties at many thresholds
+    parent[300:400] = base[300:400]  # τ = 0
+    parent[400:420] = -0.0
+    base[400:410] = 0.0  # τ = −0 − 0 = −0
+    parent[420:440] = base[420:440] + 1e-44 * (base[420:440] == 0)  # subnormal-sized steps
+    kept = ties.index(Parents("w", parent, parent, base))["direct"]
+    tau = (parent - base).numpy()
+    magnitudes = np.sort(np.abs(tau))[::-1]
+    for density in (0.0, 1e-6, 0.1, 0.25, 0.5, 0.8, 0.999, 1.0):
+        from_index = ties.trimmed(parent, base, density, kept)
+        counted = ties.trimmed(parent, base, density)
+        assert torch.equal(from_index.view(torch.int32), counted.view(torch.int32)), density
+        count = int(np.floor(density * n + 0.5))
+        keep = np.abs(tau) >= magnitudes[count - 1] if count else np.zeros(n, dtype=bool)
+        np.testing.assert_array_equal(from_index.numpy(), np.where(keep, tau, 0.0).astype("f4"))
+
+
+def test_live_ties_new_density_equals_the_offline_merge_and_reuses_the_index(tiny_pair, parents):
+    merger = LiveMerger.load(
+        tiny_pair["direct"], tiny_pair["thinking"], tiny_pair["base"], device="cpu"
+    )
+    merger.set(MergeSpec("ties", 0.5))
+    made = dict(merger._indexes["ties"])  # held: the same objects later means not made again
+    assert len(made) == len(merger.names)
+    for lam, density, tie_break in ((0.5, 0.3, "zero"), (0.2, 0.55, "plus"), (0.9, 1.0, "zero")):
+        params = {"density": density, "tie_break": tie_break}
+        merger.set(MergeSpec("ties", lam, params=params))
+        expected = merge_tensors(
+            parents["direct"],
+            parents["thinking"],
+            parents["base"],
+            method="ties",
+            lam=lam,
+            params=params,
+        )
+        assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
+        kept = merger._indexes["ties"]
+        assert kept.keys() == made.keys() and all(kept[n] is made[n] for n in made)
+    merger.set(MergeSpec("linear", 0.5))  # another method: the index goes (host memory)
+    assert "ties" not in merger._indexes

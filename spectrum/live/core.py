@@ -24,6 +24,7 @@ from spectrum.live.memory import DEFAULT_CHUNK_BYTES, MemoryPlan, check_policy
 from spectrum.live.prepared import LinearWriter, ParentTensors, PreparedMerge
 from spectrum.merge.scope import MergeScope
 from spectrum.merge.spec import MergeSpec
+from spectrum.methods.common.base import Prepared
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,9 @@ class LiveBackend:
         self.policy = policy
         self.chunk_bytes = chunk_bytes
         self._prepared: PreparedMerge | None = None
+        # Per method, its per-tensor indexes (``MergeMethod.index``): kept across its
+        # preparations, so a new parameter value (TIES's density) needs no histogram.
+        self._indexes: dict[str, dict[str, Prepared]] = {}
         self._lock = _SharedLock()
         # disk policy: prepared bytes kept on the device (None: what its headroom allows).
         self.disk_resident_bytes: int | None = None
@@ -251,8 +255,15 @@ class LiveBackend:
             self.chunk_bytes,
             linear_writer=self._linear_writer(),
             disk_resident_bytes=self.disk_resident_bytes,
+            indexes=self._indexes_for(spec.method),
         )
         return self._prepared
+
+    def _indexes_for(self, method: str) -> dict[str, Prepared]:
+        """``method``'s kept indexes; another method's are dropped (host memory)."""
+        kept = self._indexes.get(method, {})
+        self._indexes = {method: kept}
+        return kept
 
     def _write(self, prepared: PreparedMerge, strength_for: Callable[[str], float | None]) -> None:
         """Write the merge into the running model (called with the lock held)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from spectrum.live.memory import (
     plan_memory,
 )
 from spectrum.methods import Parents, get_method, resolve_params
+from spectrum.methods.common.base import Prepared
 from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
 from spectrum.weights.validate import check_finite, check_merged_finite, validate_parents
 
@@ -105,6 +106,7 @@ class PreparedMerge:
         progress: bool = True,
         linear_writer: LinearWriter | None = None,
         disk_resident_bytes: int | None = None,
+        indexes: dict[str, Prepared] | None = None,
     ):
         self.method = get_method(method_name)
         if self.method.needs_base and parents.base is None:
@@ -112,6 +114,10 @@ class PreparedMerge:
         self.params = resolve_params(self.method, params)
         self.seed = seed
         self.parents = parents
+        # The method's per-tensor ``index``es by name, made on first use; the caller keeps
+        # them across preparations of the same method (a new parameter value reuses them).
+        self.indexes = {} if indexes is None else indexes
+        self._indexing = self.method.index is not None
         self.names = parents.merged_names()
         # linear needs no preparation: with a backend that writes it into its parameters,
         # keep the parents in their own dtype (half the bytes of float32) and skip apply.
@@ -121,6 +127,9 @@ class PreparedMerge:
         largest = max(self.names, key=self.parents.numel)
         sample = self._prepare(largest, device)
         self.plan = self._plan(largest, sample, device, policy, chunk_bytes)
+        if self.plan.policy == "disk":  # the host cannot spare what indexes would take
+            self.indexes.clear()
+            self._indexing = False
         streamed = self.plan.policy == "streamed"
         self.prepared: dict[str, dict[str, Tensor]] = {}
         # disk: keep prepared tensors on the device up to a budget; the rest are re-read.
@@ -159,7 +168,15 @@ class PreparedMerge:
             return None if tensor is None else tensor.to(device, torch.float32)
 
         parents = Parents(name, *(on_device(tensor) for tensor in tensors))
+        if self._indexing:
+            if name not in self.indexes:
+                self.indexes[name] = self.method.index(parents)
+            parents = replace(parents, index=self.indexes[name])
         return self.method.prepare(parents, self.params, self.seed)
+
+    def index_bytes(self) -> int:
+        """Host bytes of the method's per-tensor indexes (kept beside, never read per set)."""
+        return sum(t.numel() * t.element_size() for i in self.indexes.values() for t in i.values())
 
     def _linear_parents(self, name: str, device: torch.device) -> dict[str, Tensor]:
         return {

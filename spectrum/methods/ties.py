@@ -17,28 +17,61 @@ import torch
 from torch import Tensor
 
 from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.common.magnitude import MagnitudeThreshold
+from spectrum.methods.common.magnitude import MagnitudeThreshold, selected_count
 
 
-def trim(tau: Tensor, density: float) -> Tensor:
-    """``tau`` where |tau| is in its top ``density``, else 0: ``where(mask, tau, 0)`` bit for
-    bit, as an AND with a mask from the sign of |tau|_bits − threshold_bits (no ``where``:
+def trimmed(parent: Tensor, base: Tensor, density: float, ordered: Tensor | None = None) -> Tensor:
+    """τ = parent − base where |τ| is in its top ``density``, else 0: ``where(mask, τ, 0)``
+    bit for bit. ``ordered``: |τ|'s bits sorted (``index``), where the threshold is read off;
+    without it the threshold is counted (``MagnitudeThreshold``)."""
+    if ordered is None:
+        magnitude = (parent - base).abs()
+        threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(density)
+        del magnitude
+        threshold_bits = None if threshold is None else _bits_of(threshold)
+    else:
+        count = selected_count(density, ordered.numel())
+        threshold_bits = int(ordered[ordered.numel() - count]) if count else None
+    if threshold_bits is None:
+        return torch.zeros_like(base)
+    return _masked_difference(parent, base, threshold_bits)
+
+
+def _masked_difference(parent: Tensor, base: Tensor, threshold_bits: int) -> Tensor:
+    """parent − base where its |·|'s bits are >= ``threshold_bits``, else +0, in cache-sized
+    blocks: an AND with a mask from the sign of |τ|_bits − threshold_bits (no ``where``:
     see ``_apply_between``)."""
-    magnitude = tau.abs()
-    threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(density)
-    if threshold is None:
-        return torch.zeros_like(tau)
-    threshold_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
-    keep = magnitude.view(torch.int32).sub_(threshold_bits).bitwise_not_().bitwise_right_shift_(31)
-    return keep.bitwise_and_(tau.view(torch.int32)).view(torch.float32)
+    out = torch.empty(base.shape, dtype=torch.int32, device=base.device)
+    flat = [parent.reshape(-1), base.reshape(-1), out.view(-1)]
+    tau = torch.empty(min(_BLOCK, out.numel()), dtype=torch.float32, device=base.device)
+    for start in range(0, out.numel(), _BLOCK):
+        p, b, o = (x[start : start + _BLOCK] for x in flat)
+        bits = torch.sub(p, b, out=tau[: p.numel()]).view(torch.int32)
+        # |τ|'s bits: the sign bit cleared; then all ones where they reach the threshold.
+        torch.bitwise_and(bits, 0x7FFFFFFF, out=o).sub_(threshold_bits)
+        o.bitwise_not_().bitwise_right_shift_(31).bitwise_and_(bits)
+    return out.view(torch.float32)
+
+
+def _bits_of(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+
+
+def index(parents: Parents) -> Prepared:
+    """Each task vector's |τ| bits, sorted (on the host): any density's threshold is one read."""
+    return {
+        role: torch.sort((parent - parents.base).abs().view(torch.int32).reshape(-1)).values.cpu()
+        for role, parent in (("direct", parents.direct), ("thinking", parents.thinking))
+    }
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    density = params["density"]
+    density, base = params["density"], parents.base
+    ordered = parents.index or {}
     return {
-        "base": parents.base,
-        "trimmed_direct": trim(parents.direct - parents.base, density),
-        "trimmed_thinking": trim(parents.thinking - parents.base, density),
+        "base": base,
+        "trimmed_direct": trimmed(parents.direct, base, density, ordered.get("direct")),
+        "trimmed_thinking": trimmed(parents.thinking, base, density, ordered.get("thinking")),
     }
 
 
@@ -113,6 +146,7 @@ METHOD = MergeMethod(
     summary="TIES: trim each task vector to its top density, elect signs, average agreeing.",
     prepare=prepare,
     apply=apply,
+    index=index,
     params=(
         Param(
             "density",
