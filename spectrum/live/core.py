@@ -174,6 +174,11 @@ class LiveBackend:
         """Bytes the current method keeps prepared (0 before the first ``set()``)."""
         return 0 if self._prepared is None else self._prepared.nbytes()
 
+    @property
+    def index_bytes(self) -> int:
+        """Host bytes of the current method's indexes (a new k or density looks up there)."""
+        return 0 if self._prepared is None else self._prepared.index_bytes()
+
     @contextmanager
     def session(self) -> Iterator[LoadedMerge]:
         """Hold the weights still for one generation; yields the merge it runs on.

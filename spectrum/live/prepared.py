@@ -175,8 +175,10 @@ class PreparedMerge:
         return self.method.prepare(parents, self.params, self.seed)
 
     def index_bytes(self) -> int:
-        """Host bytes of the method's per-tensor indexes (kept beside, never read per set)."""
-        return sum(t.numel() * t.element_size() for i in self.indexes.values() for t in i.values())
+        """Host bytes of the method's indexes (per tensor, and its statistic's), kept beside
+        the prepared tensors and never read whole by a set."""
+        kept = sum(t.numel() * t.element_size() for i in self.indexes.values() for t in i.values())
+        return kept + getattr(self._stats, "index_bytes", 0)
 
     def _linear_parents(self, name: str, device: torch.device) -> dict[str, Tensor]:
         return {

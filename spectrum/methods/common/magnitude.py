@@ -144,6 +144,11 @@ class MagnitudeThreshold:
                 # Sorted where the magnitude lives (a GPU sorts fast), kept on the host.
                 self._sorted = [torch.sort(_bits(m)).values.cpu() for m in self._magnitudes()]
 
+    @property
+    def index_bytes(self) -> int:
+        """Bytes ``index()`` keeps (0 before it ran)."""
+        return sum(t.numel() * t.element_size() for t in self._sorted or ())
+
     def threshold(self, fraction: float) -> float | None:
         """The count-th largest magnitude for this fraction; ``None`` when nothing is selected."""
         if fraction not in self._thresholds:
