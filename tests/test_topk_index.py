@@ -143,3 +143,76 @@ def test_live_ties_new_density_equals_the_offline_merge_and_reuses_the_index(tin
         assert kept.keys() == made.keys() and all(kept[n] is made[n] for n in made)
     merger.set(MergeSpec("linear", 0.5))  # another method: the index goes (host memory)
     assert "ties" not in merger._indexes
+
+
+# ---------------------------------------------------------------- straight into the parameter
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_apply_into_equals_apply_rounded_to_the_destination(dtype):
+    from spectrum.methods import Parents, get_method, resolve_params
+
+    generator = torch.Generator().manual_seed(4)
+    n = (1 << 18) + 4099  # more than one block
+    base = torch.randn(n, generator=generator)
+    direct = base + 0.1 * torch.randn(n, generator=generator)
+    thinking = base + 0.1 * torch.randn(n, generator=generator)
+    thinking[:100] = base[:100] - (direct[:100] - base[:100])  # opposite task vectors
+    cases = [
+        ("ties", {"tie_break": "zero"}, (0.0, 0.3, 0.5, 1.0)),
+        ("ties", {"tie_break": "plus", "density": 0.4}, (0.5, 0.9)),
+        ("topk_replace", {}, (0.0, 0.2, 1.0)),
+        ("topk_diff_avg", {"scope": "per_tensor"}, (0.6,)),
+        ("avg_topk_override", {}, (0.35,)),
+    ]
+    for name, given, lams in cases:
+        method = get_method(name)
+        params = resolve_params(method, given)
+        parents = Parents("w", direct, thinking, base if method.needs_base else None)
+        prepared = method.prepare(parents, params, 0)
+        stats = None
+        if method.global_stats is not None:
+            stats = method.global_stats(lambda p=prepared: iter([("w", p)]), lams, params)
+        for lam in lams:
+            into = torch.full((n,), float("nan"), dtype=dtype)
+            method.apply_into(prepared, lam, params, stats, into)
+            expected = method.apply(prepared, lam, params, stats).to(dtype)
+            assert torch.equal(bits(into), bits(expected)), (name, lam, dtype)
+
+
+def bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The bit patterns (NaN and −0 compare as themselves)."""
+    return tensor.view(torch.int32 if tensor.element_size() == 4 else torch.int16)
+
+
+def test_a_merge_written_in_place_that_overflows_puts_the_direct_parent_back():
+    from transformers import AutoModelForCausalLM
+
+    from spectrum.errors import UserError
+    from spectrum.live.prepared import ParentTensors
+    from spectrum.live.views import checkpoint_views
+    from spectrum.toy.tiny import tiny_config
+
+    config = tiny_config(vocab_size=64)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    views = checkpoint_views(model)
+    generator = torch.Generator().manual_seed(1)
+    base = {name: view.detach().clone() for name, view in views.items()}
+    direct = {
+        name: t + 0.01 * torch.randn(t.shape, generator=generator) for name, t in base.items()
+    }
+    thinking = {
+        name: t + 0.01 * torch.randn(t.shape, generator=generator) for name, t in base.items()
+    }
+    name = next(iter(base))
+    base[name].view(-1)[0], direct[name].view(-1)[0] = -3e38, 3e38  # τ_D = +inf: finite parents
+    with torch.no_grad():
+        for key, view in views.items():
+            view.copy_(direct[key])
+    merger = LiveMerger(model, None, ParentTensors(direct, thinking, base, config.to_dict()))
+    assert merger._in_place(name) is not None  # the in-place path is the one taken
+    with pytest.raises(UserError, match=rf"not finite: merged tensor {name} holds 1 NaN or Inf"):
+        merger.set(MergeSpec("ties", 0.5, params={"density": 1.0}))
+    assert merger.current.spec == MergeSpec("linear", 0.0).checked()
+    for key, view in checkpoint_views(model).items():
+        assert torch.equal(view, direct[key]), key

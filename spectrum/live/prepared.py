@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # A sink receives each merged tensor by checkpoint name (float32, or a parent's own
 # tensor for names outside the merge scope) and writes it into the running model.
 Sink = Callable[[str, Tensor], None]
+# Where a merge may be written in place: the parameter behind a checkpoint name (same
+# shape, contiguous, on the merge device), or None where only the sink can write it.
+Target = Callable[[str], Tensor | None]
 # An in-place linear writer: (name, θ_D, θ_T, λ) with the parents in their own dtype.
 LinearWriter = Callable[[str, Tensor, Tensor, float], None]
 
@@ -308,11 +311,20 @@ class PreparedMerge:
                 check_merged_finite(merged, name, f"{self.method.name} · λ {lam:.2f}")
                 yield name, merged
 
-    def write(self, strength_for: Callable[[str], float | None], sink: Sink) -> None:
-        """Hand every merged tensor to ``sink``; linear goes straight to the linear writer."""
-        if self.linear_writer is None:
+    def write(
+        self,
+        strength_for: Callable[[str], float | None],
+        sink: Sink,
+        target: Target | None = None,
+    ) -> None:
+        """Hand every merged tensor to ``sink``; linear goes straight to the linear writer,
+        and a method with ``apply_into`` into the parameter ``target`` names (if any)."""
+        if self.linear_writer is None and (target is None or self.method.apply_into is None):
             for name, tensor in self.merged(strength_for):
                 sink(name, tensor)
+            return
+        if self.linear_writer is None:
+            self._write_into(strength_for, sink, target)
             return
         strengths = {name: strength_for(name) for name in self.names}
         for name, prepared, lam in self._scoped(strengths):
@@ -320,6 +332,27 @@ class PreparedMerge:
                 sink(name, self.parents.direct[name])
             else:
                 self.linear_writer(name, prepared["direct"], prepared["thinking"], lam)
+
+    def _write_into(
+        self, strength_for: Callable[[str], float | None], sink: Sink, target: Target
+    ) -> None:
+        """``write`` through the method's ``apply_into``: each merge straight into its
+        parameter, then checked there (a failed check makes set() put θ_D back)."""
+        strengths = {name: strength_for(name) for name in self.names}
+        stats = self.stats(strengths)
+        for name, prepared, lam in self._scoped(strengths):
+            if prepared is None:
+                sink(name, self.parents.direct[name])
+                continue
+            label = f"{self.method.name} · λ {lam:.2f}"
+            into = target(name)
+            if into is None:
+                merged = self.method.apply(prepared, lam, self.params, stats)
+                check_merged_finite(merged, name, label)
+                sink(name, merged)
+            else:
+                self.method.apply_into(prepared, lam, self.params, stats, into)
+                check_merged_finite(into, name, label)
 
     def _scoped(self, strengths: dict[str, float | None]):
         """Out-of-scope names first as ``(name, None, None)``, then ``(name, prepared, λ)``."""

@@ -76,9 +76,20 @@ def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
 
 
 def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
+    base = prepared["base"]
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
+    apply_into(prepared, lam, params, stats, out)
+    return out
+
+
+def apply_into(
+    prepared: Prepared, lam: float, params: dict[str, Any], stats: Any, out: Tensor
+) -> None:
+    """``apply`` written into ``out`` (any float dtype: each value rounded once)."""
     if 0.0 < lam < 1.0:
-        return _apply_between(prepared, lam, params["tie_break"])
-    return apply_elected(prepared, lam, params["tie_break"])
+        _apply_between(prepared, lam, params["tie_break"], out)
+    else:
+        out.copy_(apply_elected(prepared, lam, params["tie_break"]))
 
 
 def apply_elected(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
@@ -105,7 +116,7 @@ def apply_elected(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
     return merged.add_(prepared["base"])
 
 
-def _apply_between(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
+def _apply_between(prepared: Prepared, lam: float, tie_break: str, out: Tensor) -> None:
     """``apply`` for 0 < λ < 1, equal in value, without ``torch.where`` (on CPU a
     data-dependent select costs ~15 plain passes) and in cache-sized blocks.
 
@@ -118,14 +129,16 @@ def _apply_between(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
     """
     direct, thinking = prepared["trimmed_direct"], prepared["trimmed_thinking"]
     base = prepared["base"]
-    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     flat = [x.reshape(-1) for x in (direct, thinking, base, out)]
     size = min(_BLOCK, out.numel())
-    work = [torch.empty(size, dtype=torch.float32, device=base.device) for _ in range(4)]
+    # A float32 destination is worked in; another gets the float32 sum, rounded once.
+    cast = out.dtype != torch.float32
+    work = [torch.empty(size, dtype=torch.float32, device=base.device) for _ in range(4 + cast)]
     zero_times_inf = math.inf if tie_break == "plus" else 0.0
     for start in range(0, out.numel(), _BLOCK):
-        d, t, b, o = (x[start : start + _BLOCK] for x in flat)
-        combined, spare, same, low = (x[: d.numel()] for x in work)
+        d, t, b, into = (x[start : start + _BLOCK] for x in flat)
+        combined, spare, same, low = (x[: d.numel()] for x in work[:4])
+        o = work[4][: d.numel()] if cast else into
         torch.mul(d, 1.0 - lam, out=combined)
         combined.add_(torch.mul(t, lam, out=spare))
         torch.sign(d, out=same).mul_(torch.sign(t, out=spare)).clamp_(min=0.0)
@@ -133,8 +146,7 @@ def _apply_between(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
         o.nan_to_num_(nan=zero_times_inf, posinf=math.inf, neginf=-math.inf)
         torch.clamp(o, min=torch.minimum(d, t, out=low), max=torch.maximum(d, t, out=spare), out=o)
         o.mul_(torch.sub(same, 1.0, out=spare).neg_())
-        o.add_(combined.mul_(same)).add_(b)
-    return out
+        torch.add(o.add_(combined.mul_(same)), b, out=into)
 
 
 # Elements per block of _apply_between: its five work buffers stay in the L2/L3 cache.
@@ -146,6 +158,7 @@ METHOD = MergeMethod(
     summary="TIES: trim each task vector to its top density, elect signs, average agreeing.",
     prepare=prepare,
     apply=apply,
+    apply_into=apply_into,
     index=index,
     params=(
         Param(

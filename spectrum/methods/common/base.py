@@ -91,6 +91,10 @@ class MergeMethod:
     elementwise: bool = False
     tensor_sums: Callable[[Tensor, Tensor], Tensor] | None = None
     global_stats: Callable[[PreparedStream, Iterable[float], dict[str, Any]], Any] | None = None
+    # ``apply`` written straight into ``out`` (the running model's parameter: same shape,
+    # contiguous, any float dtype), equal to ``apply(...).to(out.dtype)`` bit for bit: no
+    # float32 result is allocated and copied over. The live merger uses it where it can.
+    apply_into: Callable[[Prepared, float, dict[str, Any], Any, Tensor], None] | None = None
     # Per-tensor data that depends on the parents alone (not λ, params or seed) and that
     # ``prepare`` reuses when handed it back in ``Parents.index``: the live merger makes it
     # once per tensor, so a new parameter value re-prepares without e.g. a histogram.
