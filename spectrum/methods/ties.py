@@ -6,6 +6,10 @@
    θ_B) or, with ``tie_break=plus``, + as mergekit elects;
 3. disjoint merge: τ = Σ_i w_i τ'_i [sign τ'_i = s] / Σ_i w_i [sign τ'_i = s], 0 where no
    weighted contribution agrees; θ = θ_B + τ.
+
+``prepare`` trims (step 1); ``apply`` does steps 2–3 for a λ. The live merger keeps
+``index`` (each task vector's |τ| bits sorted, per tensor), so a new density re-prepares
+with the threshold read off instead of counted; ``apply_into`` writes into the model.
 """
 
 from __future__ import annotations
