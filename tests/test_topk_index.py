@@ -82,14 +82,20 @@ def test_live_new_k_equals_the_offline_merge_without_a_pass(tiny_pair, parents, 
     )
     merger.set(MergeSpec(method, 0.5))
     stats = merger._prepared._stats
-    assert isinstance(stats, MagnitudeThreshold) and stats._sorted is not None
+    # Made for the k it was asked: counted (histogram and one refinement), not sorted.
+    assert isinstance(stats, MagnitudeThreshold) and stats._sorted is None
+    merger.set(MergeSpec(method, 0.5, layers="0"))  # another scope: counted again
+    assert merger._prepared._stats is not stats and merger._prepared._stats._sorted is None
+    merger.set(MergeSpec(method, 0.5))
+    stats = merger._prepared._stats
     refined = set(stats._fine)  # the warm-up k's bucket, refined by global_stats
-    for k in (0.05, 0.3, 0.31, 0.77, 1.0, 0.0):
+    for k in (0.05, 0.3, 0.31, 0.77, 1.0, 0.0):  # the first new k sorts, once
         merger.set(MergeSpec(method, k))
         expected = merge_tensors(
             parents["direct"], parents["thinking"], parents["base"], method=method, lam=k
         )
         assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
+    assert stats._sorted is not None and merger.index_bytes == 4 * stats.total
     assert set(stats._fine) == refined  # every new k was looked up, none refined by a pass
 
 
@@ -125,9 +131,10 @@ def test_live_ties_new_density_equals_the_offline_merge_and_reuses_the_index(tin
         tiny_pair["direct"], tiny_pair["thinking"], tiny_pair["base"], device="cpu"
     )
     merger.set(MergeSpec("ties", 0.5))
-    made = dict(merger._indexes["ties"])  # held: the same objects later means not made again
-    assert len(made) == len(merger.names)
-    for lam, density, tie_break in ((0.5, 0.3, "zero"), (0.2, 0.55, "plus"), (0.9, 1.0, "zero")):
+    assert "ties" not in merger._indexes and merger.index_bytes == 0  # a first preparation
+    made = None
+    cases = ((0.5, 0.3, "zero"), (0.2, 0.55, "plus"), (0.9, 1.0, "zero"), (0.5, 0.8, "zero"))
+    for lam, density, tie_break in cases:
         params = {"density": density, "tie_break": tie_break}
         merger.set(MergeSpec("ties", lam, params=params))
         expected = merge_tensors(
@@ -140,7 +147,10 @@ def test_live_ties_new_density_equals_the_offline_merge_and_reuses_the_index(tin
         )
         assert_bytes_equal(model_in_checkpoint_names(merger.model), expected)
         kept = merger._indexes["ties"]
-        assert kept.keys() == made.keys() and all(kept[n] is made[n] for n in made)
+        # Made by the first new density (held: the same objects later = not made again).
+        made = made or dict(kept)
+        assert len(made) == len(merger.names) and kept.keys() == made.keys()
+        assert all(kept[n] is made[n] for n in made)
     merger.set(MergeSpec("linear", 0.5))  # another method: the index goes (host memory)
     assert "ties" not in merger._indexes
 

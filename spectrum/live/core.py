@@ -248,6 +248,7 @@ class LiveBackend:
             spec.seed,
         ):
             return cached
+        indexes = self._indexes_for(spec.method)  # (asks what was prepared last)
         # Free the old method's tensors before preparing the new ones.
         self._prepared = None
         self._prepared = PreparedMerge(
@@ -260,15 +261,17 @@ class LiveBackend:
             self.chunk_bytes,
             linear_writer=self._linear_writer(),
             disk_resident_bytes=self.disk_resident_bytes,
-            indexes=self._indexes_for(spec.method),
+            indexes=indexes,
         )
         return self._prepared
 
-    def _indexes_for(self, method: str) -> dict[str, Prepared]:
-        """``method``'s kept indexes; another method's are dropped (host memory)."""
-        kept = self._indexes.get(method, {})
-        self._indexes = {method: kept}
-        return kept
+    def _indexes_for(self, method: str) -> dict[str, Prepared] | None:
+        """``method``'s kept indexes, from its second preparation in a row on (a first one
+        gets None: no index, which would cost more than it saves if nothing else follows);
+        another method's are dropped (host memory)."""
+        again = self._prepared is not None and self._prepared.method.name == method
+        self._indexes = {method: self._indexes.get(method, {})} if again else {}
+        return self._indexes.get(method)
 
     def _write(self, prepared: PreparedMerge, strength_for: Callable[[str], float | None]) -> None:
         """Write the merge into the running model (called with the lock held)."""

@@ -120,7 +120,9 @@ class PreparedMerge:
         # The method's per-tensor ``index``es by name, made on first use; the caller keeps
         # them across preparations of the same method (a new parameter value reuses them).
         self.indexes = {} if indexes is None else indexes
-        self._indexing = self.method.index is not None
+        # None: this method's first preparation, where an index would cost more than the
+        # histograms it replaces; the caller passes a dict from the second one on.
+        self._indexing = self.method.index is not None and indexes is not None
         self.names = parents.merged_names()
         # linear needs no preparation: with a backend that writes it into its parameters,
         # keep the parents in their own dtype (half the bytes of float32) and skip apply.
@@ -151,6 +153,7 @@ class PreparedMerge:
         del sample
         self._stats: Any = None
         self._stats_scope: tuple[str, ...] | None = None  # the names _stats was computed over
+        self._stats_lams: set[float] = set()  # the strengths _stats was made for
 
     def _prepare(
         self, name: str, device: torch.device, tensors: tuple | None = None
@@ -275,9 +278,9 @@ class PreparedMerge:
         """The method's whole-model statistic over the in-scope tensors, kept between sets.
 
         Stats objects answer strengths they were not prefetched for (Top-K's threshold,
-        indexed here, looks a new k up; EMR's rescalers do not depend on λ), so a
-        λ change reuses them; a change of scope (which tensors count) recomputes them, as
-        the offline merge computes them over the in-scope tensors only.
+        indexed here at the first such k, then looks each new k up; EMR's rescalers do not
+        depend on λ), so a λ change reuses them; a change of scope (which tensors count)
+        recomputes them, as the offline merge computes them over the in-scope tensors only.
         """
         in_scope = tuple(name for name in self.names if strengths[name] is not None)
         if self.method.global_stats is None or not in_scope:
@@ -290,8 +293,13 @@ class PreparedMerge:
 
             self._stats = self.method.global_stats(stream, lams, self.params)
             self._stats_scope = in_scope
-            if hasattr(self._stats, "index"):  # the slider's next strengths: not in lams
-                self._stats.index()
+            self._stats_lams = set(lams)
+        elif hasattr(self._stats, "index") and not self._stats_lams.issuperset(
+            strengths[name] for name in in_scope
+        ):
+            # A strength the statistic was not made for: the slider moves. One sort now
+            # makes this and every later new strength a lookup instead of a pass each.
+            self._stats.index()
         return self._stats
 
     def merged(self, strength_for: Callable[[str], float | None]) -> Iterator[tuple[str, Tensor]]:
