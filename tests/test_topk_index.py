@@ -226,3 +226,14 @@ def test_a_merge_written_in_place_that_overflows_puts_the_direct_parent_back():
     assert merger.current.spec == MergeSpec("linear", 0.0).checked()
     for key, view in checkpoint_views(model).items():
         assert torch.equal(view, direct[key]), key
+
+
+def test_the_disk_policy_keeps_no_index(tiny_moe_pair):
+    """``disk`` is for parents the host cannot hold: no index joins them there."""
+    pair = tiny_moe_pair
+    disk = LiveMerger.load(pair["direct"], pair["thinking"], pair["base"], policy="disk")
+    specs = [MergeSpec("topk_replace", k) for k in (0.3, 0.8, 0.55)]
+    specs += [MergeSpec("ties", 0.5, params={"density": d}) for d in (0.5, 0.6, 0.7)]
+    for spec in specs:
+        disk.set(spec)
+        assert disk.memory.policy == "disk" and disk.index_bytes == 0, spec

@@ -294,8 +294,10 @@ class PreparedMerge:
             self._stats = self.method.global_stats(stream, lams, self.params)
             self._stats_scope = in_scope
             self._stats_lams = set(lams)
-        elif hasattr(self._stats, "index") and not self._stats_lams.issuperset(
-            strengths[name] for name in in_scope
+        elif (
+            hasattr(self._stats, "index")
+            and self.plan.policy != "disk"  # the host cannot spare what the index takes
+            and not self._stats_lams.issuperset(strengths[name] for name in in_scope)
         ):
             # A strength the statistic was not made for: the slider moves. One sort now
             # makes this and every later new strength a lookup instead of a pass each.
