@@ -24,8 +24,7 @@ API: ``MagnitudeThreshold(magnitudes)`` where ``magnitudes()`` yields non-negati
 tensors (it is called once for the coarse counts and once per refinement batch);
 ``.prefetch(fractions)`` refines the buckets of several k in one pass;
 ``.index()`` sorts once so later k need no pass; ``.threshold(k) -> float | None``;
-``.total`` is N. ``top_fraction_mask(x, k)`` is the
-one-tensor shortcut.
+``.total`` is N. ``top_fraction_mask(x, k)`` is the one-tensor shortcut.
 """
 
 from __future__ import annotations
@@ -172,10 +171,12 @@ class MagnitudeThreshold:
     def _sorted_bucket(self, bucket: int) -> Tensor:
         """The bits of every magnitude whose high half is ``bucket``, ascending (index())."""
         # Counts of values <= each bound: below the bucket, and up to its last pattern.
-        bounds = torch.tensor([(bucket << _BITS) - 1, (bucket << _BITS) | _LOW_MASK])
+        bounds = torch.tensor(
+            [(bucket << _BITS) - 1, (bucket << _BITS) | _LOW_MASK], dtype=torch.int32
+        )
         parts = []
         for ordered in self._sorted:
-            start, stop = torch.searchsorted(ordered, bounds.to(torch.int32), right=True).tolist()
+            start, stop = torch.searchsorted(ordered, bounds, right=True).tolist()
             parts.append(ordered[start:stop])
         return torch.cat(parts).sort().values
 
