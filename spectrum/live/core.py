@@ -24,6 +24,7 @@ from spectrum.live.memory import DEFAULT_CHUNK_BYTES, MemoryPlan, check_policy
 from spectrum.live.prepared import LinearWriter, ParentTensors, PreparedMerge
 from spectrum.merge.scope import MergeScope
 from spectrum.merge.spec import MergeSpec
+from spectrum.methods.common.base import Prepared
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,9 @@ class LiveBackend:
         self.policy = policy
         self.chunk_bytes = chunk_bytes
         self._prepared: PreparedMerge | None = None
+        # Per method, its per-tensor indexes (``MergeMethod.index``): kept across its
+        # preparations, so a new parameter value (TIES's density) needs no histogram.
+        self._indexes: dict[str, dict[str, Prepared]] = {}
         self._lock = _SharedLock()
         # disk policy: prepared bytes kept on the device (None: what its headroom allows).
         self.disk_resident_bytes: int | None = None
@@ -169,6 +173,11 @@ class LiveBackend:
     def prepared_bytes(self) -> int:
         """Bytes the current method keeps prepared (0 before the first ``set()``)."""
         return 0 if self._prepared is None else self._prepared.nbytes()
+
+    @property
+    def index_bytes(self) -> int:
+        """Host bytes of the current method's indexes (a new k or density looks up there)."""
+        return 0 if self._prepared is None else self._prepared.index_bytes()
 
     @contextmanager
     def session(self) -> Iterator[LoadedMerge]:
@@ -239,6 +248,7 @@ class LiveBackend:
             spec.seed,
         ):
             return cached
+        indexes = self._indexes_for(spec.method)  # (asks what was prepared last)
         # Free the old method's tensors before preparing the new ones.
         self._prepared = None
         self._prepared = PreparedMerge(
@@ -251,8 +261,17 @@ class LiveBackend:
             self.chunk_bytes,
             linear_writer=self._linear_writer(),
             disk_resident_bytes=self.disk_resident_bytes,
+            indexes=indexes,
         )
         return self._prepared
+
+    def _indexes_for(self, method: str) -> dict[str, Prepared] | None:
+        """``method``'s kept indexes, from its second preparation in a row on (a first one
+        gets None: no index, which would cost more than it saves if nothing else follows);
+        another method's are dropped (host memory)."""
+        again = self._prepared is not None and self._prepared.method.name == method
+        self._indexes = {method: self._indexes.get(method, {})} if again else {}
+        return self._indexes.get(method)
 
     def _write(self, prepared: PreparedMerge, strength_for: Callable[[str], float | None]) -> None:
         """Write the merge into the running model (called with the lock held)."""

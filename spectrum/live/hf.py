@@ -83,9 +83,16 @@ class LiveMerger(LiveBackend):
 
     @torch.no_grad()
     def _write(self, prepared: PreparedMerge, strength_for) -> None:
-        prepared.write(strength_for, lambda name, merged: self.views[name].copy_(merged))
+        prepared.write(
+            strength_for, lambda name, merged: self.views[name].copy_(merged), self._in_place
+        )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _in_place(self, name: str) -> Tensor | None:
+        """The parameter a method may write ``name``'s merge into directly (see ``Target``)."""
+        view = self.views[name]
+        return view if view.is_contiguous() and view.device == self.device else None
 
     def _linear_writer(self):
         # Runs inside _write's no_grad; a decorator here would cost more than the kernel.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from spectrum.live.memory import (
     plan_memory,
 )
 from spectrum.methods import Parents, get_method, resolve_params
+from spectrum.methods.common.base import Prepared
 from spectrum.weights.checkpoint import Checkpoint, open_checkpoint
 from spectrum.weights.validate import check_finite, check_merged_finite, validate_parents
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 # A sink receives each merged tensor by checkpoint name (float32, or a parent's own
 # tensor for names outside the merge scope) and writes it into the running model.
 Sink = Callable[[str, Tensor], None]
+# Where a merge may be written in place: the parameter behind a checkpoint name (same
+# shape, contiguous, on the merge device), or None where only the sink can write it.
+Target = Callable[[str], Tensor | None]
 # An in-place linear writer: (name, θ_D, θ_T, λ) with the parents in their own dtype.
 LinearWriter = Callable[[str, Tensor, Tensor, float], None]
 
@@ -105,6 +109,7 @@ class PreparedMerge:
         progress: bool = True,
         linear_writer: LinearWriter | None = None,
         disk_resident_bytes: int | None = None,
+        indexes: dict[str, Prepared] | None = None,
     ):
         self.method = get_method(method_name)
         if self.method.needs_base and parents.base is None:
@@ -112,6 +117,12 @@ class PreparedMerge:
         self.params = resolve_params(self.method, params)
         self.seed = seed
         self.parents = parents
+        # The method's per-tensor ``index``es by name, made on first use; the caller keeps
+        # them across preparations of the same method (a new parameter value reuses them).
+        self.indexes = {} if indexes is None else indexes
+        # None: this method's first preparation, where an index would cost more than the
+        # histograms it replaces; the caller passes a dict from the second one on.
+        self._indexing = self.method.index is not None and indexes is not None
         self.names = parents.merged_names()
         # linear needs no preparation: with a backend that writes it into its parameters,
         # keep the parents in their own dtype (half the bytes of float32) and skip apply.
@@ -121,6 +132,9 @@ class PreparedMerge:
         largest = max(self.names, key=self.parents.numel)
         sample = self._prepare(largest, device)
         self.plan = self._plan(largest, sample, device, policy, chunk_bytes)
+        if self.plan.policy == "disk":  # the host cannot spare what indexes would take
+            self.indexes.clear()
+            self._indexing = False
         streamed = self.plan.policy == "streamed"
         self.prepared: dict[str, dict[str, Tensor]] = {}
         # disk: keep prepared tensors on the device up to a budget; the rest are re-read.
@@ -139,6 +153,7 @@ class PreparedMerge:
         del sample
         self._stats: Any = None
         self._stats_scope: tuple[str, ...] | None = None  # the names _stats was computed over
+        self._stats_lams: set[float] = set()  # the strengths _stats was made for
 
     def _prepare(
         self, name: str, device: torch.device, tensors: tuple | None = None
@@ -159,7 +174,17 @@ class PreparedMerge:
             return None if tensor is None else tensor.to(device, torch.float32)
 
         parents = Parents(name, *(on_device(tensor) for tensor in tensors))
+        if self._indexing:
+            if name not in self.indexes:
+                self.indexes[name] = self.method.index(parents)
+            parents = replace(parents, index=self.indexes[name])
         return self.method.prepare(parents, self.params, self.seed)
+
+    def index_bytes(self) -> int:
+        """Host bytes of the method's indexes (per tensor, and its statistic's), kept beside
+        the prepared tensors and never read whole by a set."""
+        kept = sum(t.numel() * t.element_size() for i in self.indexes.values() for t in i.values())
+        return kept + getattr(self._stats, "index_bytes", 0)
 
     def _linear_parents(self, name: str, device: torch.device) -> dict[str, Tensor]:
         return {
@@ -252,10 +277,10 @@ class PreparedMerge:
     def stats(self, strengths: dict[str, float | None]) -> Any:
         """The method's whole-model statistic over the in-scope tensors, kept between sets.
 
-        Stats objects answer strengths they were not prefetched for (Top-K's threshold
-        refines its cached histogram for a new k; EMR's rescalers do not depend on λ), so a
-        λ change reuses them; a change of scope (which tensors count) recomputes them, as
-        the offline merge computes them over the in-scope tensors only.
+        Stats objects answer strengths they were not prefetched for (Top-K's threshold,
+        indexed here at the first such k, then looks each new k up; EMR's rescalers do not
+        depend on λ), so a λ change reuses them; a change of scope (which tensors count)
+        recomputes them, as the offline merge computes them over the in-scope tensors only.
         """
         in_scope = tuple(name for name in self.names if strengths[name] is not None)
         if self.method.global_stats is None or not in_scope:
@@ -268,6 +293,15 @@ class PreparedMerge:
 
             self._stats = self.method.global_stats(stream, lams, self.params)
             self._stats_scope = in_scope
+            self._stats_lams = set(lams)
+        elif (
+            hasattr(self._stats, "index")
+            and self.plan.policy != "disk"  # the host cannot spare what the index takes
+            and not self._stats_lams.issuperset(strengths[name] for name in in_scope)
+        ):
+            # A strength the statistic was not made for: the slider moves. One sort now
+            # makes this and every later new strength a lookup instead of a pass each.
+            self._stats.index()
         return self._stats
 
     def merged(self, strength_for: Callable[[str], float | None]) -> Iterator[tuple[str, Tensor]]:
@@ -287,11 +321,20 @@ class PreparedMerge:
                 check_merged_finite(merged, name, f"{self.method.name} · λ {lam:.2f}")
                 yield name, merged
 
-    def write(self, strength_for: Callable[[str], float | None], sink: Sink) -> None:
-        """Hand every merged tensor to ``sink``; linear goes straight to the linear writer."""
-        if self.linear_writer is None:
+    def write(
+        self,
+        strength_for: Callable[[str], float | None],
+        sink: Sink,
+        target: Target | None = None,
+    ) -> None:
+        """Hand every merged tensor to ``sink``; linear goes straight to the linear writer,
+        and a method with ``apply_into`` into the parameter ``target`` names (if any)."""
+        if self.linear_writer is None and (target is None or self.method.apply_into is None):
             for name, tensor in self.merged(strength_for):
                 sink(name, tensor)
+            return
+        if self.linear_writer is None:
+            self._write_into(strength_for, sink, target)
             return
         strengths = {name: strength_for(name) for name in self.names}
         for name, prepared, lam in self._scoped(strengths):
@@ -299,6 +342,27 @@ class PreparedMerge:
                 sink(name, self.parents.direct[name])
             else:
                 self.linear_writer(name, prepared["direct"], prepared["thinking"], lam)
+
+    def _write_into(
+        self, strength_for: Callable[[str], float | None], sink: Sink, target: Target
+    ) -> None:
+        """``write`` through the method's ``apply_into``: each merge straight into its
+        parameter, then checked there (a failed check makes set() put θ_D back)."""
+        strengths = {name: strength_for(name) for name in self.names}
+        stats = self.stats(strengths)
+        for name, prepared, lam in self._scoped(strengths):
+            if prepared is None:
+                sink(name, self.parents.direct[name])
+                continue
+            label = f"{self.method.name} · λ {lam:.2f}"
+            into = target(name)
+            if into is None:
+                merged = self.method.apply(prepared, lam, self.params, stats)
+                check_merged_finite(merged, name, label)
+                sink(name, merged)
+            else:
+                self.method.apply_into(prepared, lam, self.params, stats, into)
+                check_merged_finite(into, name, label)
 
     def _scoped(self, strengths: dict[str, float | None]):
         """Out-of-scope names first as ``(name, None, None)``, then ``(name, prepared, λ)``."""

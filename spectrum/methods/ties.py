@@ -6,6 +6,10 @@
    θ_B) or, with ``tie_break=plus``, + as mergekit elects;
 3. disjoint merge: τ = Σ_i w_i τ'_i [sign τ'_i = s] / Σ_i w_i [sign τ'_i = s], 0 where no
    weighted contribution agrees; θ = θ_B + τ.
+
+``prepare`` trims (step 1); ``apply`` does steps 2–3 for a λ. The live merger keeps
+``index`` (each task vector's |τ| bits sorted, per tensor), so a new density re-prepares
+with the threshold read off instead of counted; ``apply_into`` writes into the model.
 """
 
 from __future__ import annotations
@@ -17,35 +21,79 @@ import torch
 from torch import Tensor
 
 from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.common.magnitude import MagnitudeThreshold
+from spectrum.methods.common.magnitude import MagnitudeThreshold, selected_count
 
 
-def trim(tau: Tensor, density: float) -> Tensor:
-    """``tau`` where |tau| is in its top ``density``, else 0: ``where(mask, tau, 0)`` bit for
-    bit, as an AND with a mask from the sign of |tau|_bits − threshold_bits (no ``where``:
+def trimmed(parent: Tensor, base: Tensor, density: float, ordered: Tensor | None = None) -> Tensor:
+    """τ = parent − base where |τ| is in its top ``density``, else 0: ``where(mask, τ, 0)``
+    bit for bit. ``ordered``: |τ|'s bits sorted (``index``), where the threshold is read off;
+    without it the threshold is counted (``MagnitudeThreshold``)."""
+    if ordered is None:
+        magnitude = (parent - base).abs()
+        threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(density)
+        del magnitude
+        threshold_bits = None if threshold is None else _bits_of(threshold)
+    else:
+        count = selected_count(density, ordered.numel())
+        threshold_bits = int(ordered[ordered.numel() - count]) if count else None
+    if threshold_bits is None:
+        return torch.zeros_like(base)
+    return _masked_difference(parent, base, threshold_bits)
+
+
+def _masked_difference(parent: Tensor, base: Tensor, threshold_bits: int) -> Tensor:
+    """parent − base where its |·|'s bits are >= ``threshold_bits``, else +0, in cache-sized
+    blocks: an AND with a mask from the sign of |τ|_bits − threshold_bits (no ``where``:
     see ``_apply_between``)."""
-    magnitude = tau.abs()
-    threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(density)
-    if threshold is None:
-        return torch.zeros_like(tau)
-    threshold_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
-    keep = magnitude.view(torch.int32).sub_(threshold_bits).bitwise_not_().bitwise_right_shift_(31)
-    return keep.bitwise_and_(tau.view(torch.int32)).view(torch.float32)
+    out = torch.empty(base.shape, dtype=torch.int32, device=base.device)
+    flat = [parent.reshape(-1), base.reshape(-1), out.view(-1)]
+    tau = torch.empty(min(_BLOCK, out.numel()), dtype=torch.float32, device=base.device)
+    for start in range(0, out.numel(), _BLOCK):
+        p, b, o = (x[start : start + _BLOCK] for x in flat)
+        bits = torch.sub(p, b, out=tau[: p.numel()]).view(torch.int32)
+        # |τ|'s bits: the sign bit cleared; then all ones where they reach the threshold.
+        torch.bitwise_and(bits, 0x7FFFFFFF, out=o).sub_(threshold_bits)
+        o.bitwise_not_().bitwise_right_shift_(31).bitwise_and_(bits)
+    return out.view(torch.float32)
+
+
+def _bits_of(value: float) -> int:
+    return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+
+
+def index(parents: Parents) -> Prepared:
+    """Each task vector's |τ| bits, sorted (on the host): any density's threshold is one read."""
+    return {
+        role: torch.sort((parent - parents.base).abs().view(torch.int32).reshape(-1)).values.cpu()
+        for role, parent in (("direct", parents.direct), ("thinking", parents.thinking))
+    }
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    density = params["density"]
+    density, base = params["density"], parents.base
+    ordered = parents.index or {}
     return {
-        "base": parents.base,
-        "trimmed_direct": trim(parents.direct - parents.base, density),
-        "trimmed_thinking": trim(parents.thinking - parents.base, density),
+        "base": base,
+        "trimmed_direct": trimmed(parents.direct, base, density, ordered.get("direct")),
+        "trimmed_thinking": trimmed(parents.thinking, base, density, ordered.get("thinking")),
     }
 
 
 def apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
+    base = prepared["base"]
+    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
+    apply_into(prepared, lam, params, stats, out)
+    return out
+
+
+def apply_into(
+    prepared: Prepared, lam: float, params: dict[str, Any], stats: Any, out: Tensor
+) -> None:
+    """``apply`` written into ``out`` (any float dtype: each value rounded once)."""
     if 0.0 < lam < 1.0:
-        return _apply_between(prepared, lam, params["tie_break"])
-    return apply_elected(prepared, lam, params["tie_break"])
+        _apply_between(prepared, lam, params["tie_break"], out)
+    else:
+        out.copy_(apply_elected(prepared, lam, params["tie_break"]))
 
 
 def apply_elected(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
@@ -72,7 +120,7 @@ def apply_elected(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
     return merged.add_(prepared["base"])
 
 
-def _apply_between(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
+def _apply_between(prepared: Prepared, lam: float, tie_break: str, out: Tensor) -> None:
     """``apply`` for 0 < λ < 1, equal in value, without ``torch.where`` (on CPU a
     data-dependent select costs ~15 plain passes) and in cache-sized blocks.
 
@@ -85,14 +133,16 @@ def _apply_between(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
     """
     direct, thinking = prepared["trimmed_direct"], prepared["trimmed_thinking"]
     base = prepared["base"]
-    out = torch.empty(base.shape, dtype=torch.float32, device=base.device)
     flat = [x.reshape(-1) for x in (direct, thinking, base, out)]
     size = min(_BLOCK, out.numel())
-    work = [torch.empty(size, dtype=torch.float32, device=base.device) for _ in range(4)]
+    # A float32 destination is worked in; another gets the float32 sum, rounded once.
+    cast = out.dtype != torch.float32
+    work = [torch.empty(size, dtype=torch.float32, device=base.device) for _ in range(4 + cast)]
     zero_times_inf = math.inf if tie_break == "plus" else 0.0
     for start in range(0, out.numel(), _BLOCK):
-        d, t, b, o = (x[start : start + _BLOCK] for x in flat)
-        combined, spare, same, low = (x[: d.numel()] for x in work)
+        d, t, b, into = (x[start : start + _BLOCK] for x in flat)
+        combined, spare, same, low = (x[: d.numel()] for x in work[:4])
+        o = work[4][: d.numel()] if cast else into
         torch.mul(d, 1.0 - lam, out=combined)
         combined.add_(torch.mul(t, lam, out=spare))
         torch.sign(d, out=same).mul_(torch.sign(t, out=spare)).clamp_(min=0.0)
@@ -100,8 +150,7 @@ def _apply_between(prepared: Prepared, lam: float, tie_break: str) -> Tensor:
         o.nan_to_num_(nan=zero_times_inf, posinf=math.inf, neginf=-math.inf)
         torch.clamp(o, min=torch.minimum(d, t, out=low), max=torch.maximum(d, t, out=spare), out=o)
         o.mul_(torch.sub(same, 1.0, out=spare).neg_())
-        o.add_(combined.mul_(same)).add_(b)
-    return out
+        torch.add(o.add_(combined.mul_(same)), b, out=into)
 
 
 # Elements per block of _apply_between: its five work buffers stay in the L2/L3 cache.
@@ -113,6 +162,8 @@ METHOD = MergeMethod(
     summary="TIES: trim each task vector to its top density, elect signs, average agreeing.",
     prepare=prepare,
     apply=apply,
+    apply_into=apply_into,
+    index=index,
     params=(
         Param(
             "density",

@@ -15,7 +15,15 @@ threshold) also define ``global_stats``. It receives a factory that yields
 ``(name, prepared)`` for every merged tensor; it may call the factory more than once
 (one pass per call, never holding the model) and returns an opaque ``stats`` object
 that ``apply`` receives. ``lams`` is every strength ``apply`` will be called with, so a
-threshold that depends on k = λ can be computed exactly for each.
+threshold that depends on k = λ can be computed exactly for each. A stats object may
+also define ``index()``: memory and one pass spent once, so that strengths outside
+``lams`` need no pass of their own; the live merger, whose slider asks for such
+strengths, calls it.
+
+A method may also define ``index(parents)``: tensors that depend on the parents alone,
+kept by the live merger (in host memory) across preparations and handed back to
+``prepare`` in ``Parents.index``, so that a new parameter value (TIES's density) costs a
+lookup where a fresh ``prepare`` would count a histogram.
 
 Methods that are *elementwise* (each output element depends on the same element of the
 parents only, plus per-tensor sums) declare it, and the engine then runs ``prepare`` and
@@ -54,6 +62,8 @@ class Parents:
     base: Tensor | None = None
     # The method's ``tensor_sums`` over the whole tensor, when these are slices of it.
     sums: Tensor | None = None
+    # What the method's ``index`` made of these parents before (the live merger's), if any.
+    index: Prepared | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,14 @@ class MergeMethod:
     elementwise: bool = False
     tensor_sums: Callable[[Tensor, Tensor], Tensor] | None = None
     global_stats: Callable[[PreparedStream, Iterable[float], dict[str, Any]], Any] | None = None
+    # ``apply`` written straight into ``out`` (the running model's parameter: same shape,
+    # contiguous, any float dtype), equal to ``apply(...).to(out.dtype)`` bit for bit: no
+    # float32 result is allocated and copied over. The live merger uses it where it can.
+    apply_into: Callable[[Prepared, float, dict[str, Any], Any, Tensor], None] | None = None
+    # Per-tensor data that depends on the parents alone (not λ, params or seed) and that
+    # ``prepare`` reuses when handed it back in ``Parents.index``: the live merger makes it
+    # once per tensor, so a new parameter value re-prepares without e.g. a histogram.
+    index: Callable[[Parents], Prepared] | None = None
     # True when λ=0 / λ=1 reproduce the parents exactly (used by tests and the UI).
     interpolates: bool = True
     aliases: tuple[str, ...] = field(default_factory=tuple)

@@ -15,11 +15,16 @@ counts the low 16 bits of just the values in the one bucket that holds the count
 largest. The coarse counts are kept, and so are the fine counts of every bucket already
 refined, so a new k costs at most one more pass (none when its bucket was seen before).
 
+Where many k nobody prefetched will follow (the live merger's slider), ``index()`` trades
+memory for that pass: it keeps every magnitude's bits sorted (4 bytes per value, in host
+memory), and a new k's threshold is then a lookup: the coarse counts name its bucket, a
+binary search per tensor finds that bucket's values, and the few of them are sorted.
+
 API: ``MagnitudeThreshold(magnitudes)`` where ``magnitudes()`` yields non-negative float32
 tensors (it is called once for the coarse counts and once per refinement batch);
 ``.prefetch(fractions)`` refines the buckets of several k in one pass;
-``.threshold(k) -> float | None``; ``.total`` is N. ``top_fraction_mask(x, k)`` is the
-one-tensor shortcut.
+``.index()`` sorts once so later k need no pass; ``.threshold(k) -> float | None``;
+``.total`` is N. ``top_fraction_mask(x, k)`` is the one-tensor shortcut.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class MagnitudeThreshold:
         self._coarse = coarse
         self.total = int(coarse.sum())
         self._fine: dict[int, Tensor] = {}
+        self._sorted: list[Tensor] | None = None  # index(): each magnitude's sorted bits
         # apply() asks once per tensor for the same k: answer repeats from here.
         self._thresholds: dict[float, float | None] = {}
         self._lock = threading.Lock()
@@ -129,6 +135,19 @@ class MagnitudeThreshold:
                 low = torch.cat(parts).bitwise_and_(_LOW_MASK) if parts else _EMPTY
                 self._fine[bucket] = _histogram(low)
 
+    def index(self) -> None:
+        """Keep every magnitude's bits sorted (one pass, 4 bytes per value on the host), so
+        that any fraction's threshold is found without another pass."""
+        with self._lock:
+            if self._sorted is None:
+                # Sorted where the magnitude lives (a GPU sorts fast), kept on the host.
+                self._sorted = [torch.sort(_bits(m)).values.cpu() for m in self._magnitudes()]
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes ``index()`` keeps (0 before it ran)."""
+        return sum(t.numel() * t.element_size() for t in self._sorted or ())
+
     def threshold(self, fraction: float) -> float | None:
         """The count-th largest magnitude for this fraction; ``None`` when nothing is selected."""
         if fraction not in self._thresholds:
@@ -140,10 +159,26 @@ class MagnitudeThreshold:
         if hit is None:
             return None
         bucket, rank = hit
-        self.prefetch([fraction])
-        low, _ = _locate(self._fine[bucket], rank)
-        bits = torch.tensor([(bucket << _BITS) | low], dtype=torch.int32)
+        if self._sorted is not None:
+            in_bucket = self._sorted_bucket(bucket)
+            bits = in_bucket[in_bucket.numel() - rank : in_bucket.numel() - rank + 1]
+        else:
+            self.prefetch([fraction])
+            low, _ = _locate(self._fine[bucket], rank)
+            bits = torch.tensor([(bucket << _BITS) | low], dtype=torch.int32)
         return float(bits.view(torch.float32).item())
+
+    def _sorted_bucket(self, bucket: int) -> Tensor:
+        """The bits of every magnitude whose high half is ``bucket``, ascending (index())."""
+        # Counts of values <= each bound: below the bucket, and up to its last pattern.
+        bounds = torch.tensor(
+            [(bucket << _BITS) - 1, (bucket << _BITS) | _LOW_MASK], dtype=torch.int32
+        )
+        parts = []
+        for ordered in self._sorted:
+            start, stop = torch.searchsorted(ordered, bounds, right=True).tolist()
+            parts.append(ordered[start:stop])
+        return torch.cat(parts).sort().values
 
 
 def top_fraction_mask(values: Tensor, fraction: float) -> Tensor:

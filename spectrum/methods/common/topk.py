@@ -6,7 +6,7 @@ strategy is a pair (rest, top): θ = rest everywhere except the selected positio
 take top. Selection and tie rule: docs/METHODS.md (count = round-half-up of
 k·N; everything >= the count-th largest |Δ|; k = 0 selects nothing, k = 1 everything).
 
-``prepare`` keeps rest, top and |Δ|, so ``apply`` is a branch-free select once the
+``prepare`` keeps rest, top ^ rest and |Δ|, so ``apply`` is a branch-free select once the
 threshold is known: on CPU ``torch.where`` with a data-dependent mask costs ~15 integer
 passes (measured), so the select is done on the float32 bit patterns instead, in
 cache-sized blocks: ``rest ^ ((top ^ rest) & mask)``, with the mask from the sign of
@@ -14,9 +14,10 @@ cache-sized blocks: ``rest ^ ((top ^ rest) & mask)``, with the mask from the sig
 exactly top or rest, bit for bit, as ``where`` did. With global scope, ``global_stats``
 returns a ``MagnitudeThreshold`` over every prepared |Δ|: one coarse pass, then one
 refinement pass for all of ``lams``. Asked later for a k it has not seen (the live
-merger's λ slider), ``apply`` gets the exact new threshold from ``stats.threshold(k)`` at
-the cost of at most one more pass over the prepared |Δ| — the coarse histogram is cached,
-nothing is sorted.
+merger's λ slider), ``apply`` gets the exact new threshold from ``stats.threshold(k)``: a
+lookup once the live merger has called ``stats.index()`` (every |Δ|'s bits sorted once), or
+else at most one more pass over the prepared |Δ| (the coarse histogram is cached).
+``apply_into`` writes the select straight into the model's parameter.
 """
 
 from __future__ import annotations
@@ -69,22 +70,34 @@ def _threshold(prepared: Prepared, lam: float, params: dict[str, Any], stats: An
 
 
 def _apply(prepared: Prepared, lam: float, params: dict[str, Any], stats: Any) -> Tensor:
+    rest = prepared["rest"]
+    out = torch.empty(rest.shape, dtype=torch.float32, device=rest.device)
+    _apply_into(prepared, lam, params, stats, out)
+    return out
+
+
+def _apply_into(
+    prepared: Prepared, lam: float, params: dict[str, Any], stats: Any, out: Tensor
+) -> None:
     threshold = _threshold(prepared, lam, params, stats)
     rest = prepared["rest"]
     if threshold is None:
-        return rest.clone()
+        out.copy_(rest)
+        return
     threshold_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
-    out = torch.empty(rest.shape, dtype=torch.int32, device=rest.device)
-    flat = [x.reshape(-1).view(torch.int32) for x in (prepared["magnitude"], prepared["top"])]
+    flat = [x.reshape(-1).view(torch.int32) for x in (prepared["magnitude"], prepared["flip"])]
     flat += [rest.reshape(-1).view(torch.int32), out.view(-1)]
+    # A float32 destination takes the bits as they are; another is cast block by block.
+    cast = out.dtype != torch.float32
     work = torch.empty(min(_BLOCK, out.numel()), dtype=torch.int32, device=rest.device)
     for start in range(0, out.numel(), _BLOCK):  # blocks: the temporaries stay in the cache
-        magnitude, top, kept, merged = (x[start : start + _BLOCK] for x in flat)
+        magnitude, flip, kept, into = (x[start : start + _BLOCK] for x in flat)
+        merged = work[: into.numel()] if cast else into.view(torch.int32)
         # ~(|Δ| − threshold) >> 31: all ones where |Δ| >= threshold (both non-negative int32).
         torch.sub(magnitude, threshold_bits, out=merged).bitwise_not_().bitwise_right_shift_(31)
-        flip = torch.bitwise_xor(top, kept, out=work[: merged.numel()])
-        merged.bitwise_and_(flip).bitwise_xor_(kept)
-    return out.view(torch.float32)
+        merged.bitwise_and_(flip).bitwise_xor_(kept)  # rest ^ ((top ^ rest) & mask)
+        if cast:
+            into.copy_(merged.view(torch.float32))
 
 
 _BLOCK = 1 << 18  # elements per block of _apply
@@ -97,17 +110,18 @@ def topk_method(
 
     def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
         direct, thinking = parents.direct, parents.thinking
-        return {
-            "rest": rest(direct, thinking),
-            "top": top(direct, thinking),
-            "magnitude": (thinking - direct).abs(),
-        }
+        kept = rest(direct, thinking)
+        # flip = top ^ rest, bitwise (a new tensor: top may be a parent's own): the select
+        # is then rest ^ (flip & mask), one operation fewer per set.
+        flip = torch.bitwise_xor(top(direct, thinking).view(torch.int32), kept.view(torch.int32))
+        return {"rest": kept, "flip": flip, "magnitude": (thinking - direct).abs()}
 
     return MergeMethod(
         name=name,
         summary=summary,
         prepare=prepare,
         apply=_apply,
+        apply_into=_apply_into,
         params=(SCOPE_PARAM,),
         global_stats=_global_stats,
         interpolates=interpolates,
