@@ -201,7 +201,13 @@ def test_drag_slider_send_prompt_three_answers(tmp_path: Path):
         name = f"browser-{uuid.uuid4().hex[:8]}"
         try:
             page.get_by_text("Export merged model", exact=True).first.click()
-            page.locator("#export-folder textarea").fill(f"exports/{name}")
+            # Fill once the opened accordion has mounted the box (a box filled while it
+            # mounts is set back to its default).
+            folder = page.locator("#export-folder textarea")
+            expect(folder).to_be_visible()
+            expect(folder).to_have_value("exports/merged")
+            folder.fill(f"exports/{name}")
+            expect(folder).to_have_value(f"exports/{name}")
             page.locator("#export-button").click()
             expect(page.locator("#export-status")).to_contain_text(name, timeout=120_000)
             expect(page.locator("#export-download")).to_be_visible(timeout=60_000)
