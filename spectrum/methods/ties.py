@@ -6,39 +6,59 @@
    θ_B) or, with ``tie_break=plus``, + as mergekit elects;
 3. disjoint merge: τ = Σ_i w_i τ'_i [sign τ'_i = s] / Σ_i w_i [sign τ'_i = s], 0 where no
    weighted contribution agrees; θ = θ_B + τ.
+
+Given the two per-tensor trim thresholds, every step is elementwise: the thresholds are the
+method's ``tensor_stats`` (two passes over the tensor's slices, ``sliced_thresholds``), so
+the engine streams TIES in slices like linear and never holds a whole float32 tensor.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.common.magnitude import MagnitudeThreshold
+from spectrum.methods.common.base import (
+    MergeMethod,
+    Param,
+    Parents,
+    Prepared,
+    SliceStream,
+    stats_of,
+)
+from spectrum.methods.common.magnitude import sliced_thresholds
 
 
-def trim(tau: Tensor, density: float) -> Tensor:
-    """``tau`` where |tau| is in its top ``density``, else 0: ``where(mask, tau, 0)`` bit for
-    bit, as an AND with a mask from the sign of |tau|_bits − threshold_bits (no ``where``:
-    see ``_apply_between``)."""
-    magnitude = tau.abs()
-    threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(density)
+def trim_thresholds(slices: SliceStream, params: dict[str, Any]) -> list[float | None]:
+    """The top-``density`` magnitude threshold of τ_D and of τ_T (None: nothing is kept)."""
+
+    def magnitudes() -> Iterator[tuple[Tensor, Tensor]]:
+        for piece in slices():
+            yield (piece.direct - piece.base).abs_(), (piece.thinking - piece.base).abs_()
+
+    return sliced_thresholds(magnitudes, params["density"])
+
+
+def trim(tau: Tensor, threshold: float | None) -> Tensor:
+    """``tau`` where |tau| >= ``threshold``, else 0: ``where(mask, tau, 0)`` bit for bit, as
+    an AND with a mask from the sign of |tau|_bits − threshold_bits (no ``where``: see
+    ``_apply_between``)."""
     if threshold is None:
         return torch.zeros_like(tau)
     threshold_bits = int(torch.tensor(threshold, dtype=torch.float32).view(torch.int32))
-    keep = magnitude.view(torch.int32).sub_(threshold_bits).bitwise_not_().bitwise_right_shift_(31)
+    keep = tau.abs().view(torch.int32).sub_(threshold_bits).bitwise_not_().bitwise_right_shift_(31)
     return keep.bitwise_and_(tau.view(torch.int32)).view(torch.float32)
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    density = params["density"]
+    direct_threshold, thinking_threshold = stats_of(trim_thresholds, parents, params)
     return {
         "base": parents.base,
-        "trimmed_direct": trim(parents.direct - parents.base, density),
-        "trimmed_thinking": trim(parents.thinking - parents.base, density),
+        "trimmed_direct": trim(parents.direct - parents.base, direct_threshold),
+        "trimmed_thinking": trim(parents.thinking - parents.base, thinking_threshold),
     }
 
 
@@ -132,4 +152,6 @@ METHOD = MergeMethod(
     ),
     needs_base=True,
     interpolates=False,
+    elementwise=True,
+    tensor_stats=trim_thresholds,
 )
