@@ -115,20 +115,22 @@ def mergekit_config(method: str, paths: dict[str, Path]) -> dict:
     raise KeyError(method)
 
 
-def measure(command: list[str], out: Path, pythonpath: Path | None = None) -> Run:
+def measure(command: list[str], out: Path, tree: Path | None = None) -> Run:
     """Wall seconds, CPU seconds and peak RSS bytes of one command; its output is removed.
 
     Every spectrum figure includes hashing the parents (a new, empty file-hash cache folder
-    per run: a first merge of these files). ``pythonpath``: the source tree it imports."""
+    per run: a first merge of these files). ``tree``: the source tree it imports; it also
+    runs there, since ``python -m`` looks in the working directory before PYTHONPATH."""
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as fresh:
         env = {**os.environ, "SPECTRUM_CACHE": fresh}
-        if pythonpath is not None:
-            env["PYTHONPATH"] = str(pythonpath)
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
         start = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, env=env
-        )
+            [sys.executable, "-c", LAUNCHER, *command],
+            capture_output=True, text=True, env=env, cwd=tree,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed:\n{result.stderr[-2000:]}")
@@ -201,6 +203,7 @@ def main() -> None:
     parser.add_argument("--no-mergekit", action="store_true", help="spectrum rows only")
     parser.add_argument("--warm", action="store_true", help="cached parents, no disk bound")
     args = parser.parse_args()
+    args.cache = args.cache.resolve()  # the merges run in the source trees' folders
     paths = write_parents(args.cache, args.shape)
     size = sum(f.stat().st_size for f in paths["direct"].glob("*.safetensors"))
     for path in paths.values():  # warm: no run pays for the disk; cold: evicted per run
