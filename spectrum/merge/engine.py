@@ -3,9 +3,12 @@
 Both APIs share one loop (``merge_stream``): for each tensor, read the parents, cast to
 float32 on the merge device, ``prepare`` then ``apply`` at the tensor's strength, cast back
 to the direct parent's dtype (a dequantized parent's: bfloat16). Elementwise methods
-(linear, slerp, task_arithmetic) and copied tensors go through in slices of ``CHUNK``
+(linear, slerp, task_arithmetic, ties) and copied tensors go through in slices of ``CHUNK``
 elements, read straight from the files, so memory holds a few slices whatever the model
-and the float32 copies stay in cache; the others get whole tensors. Tensors outside the
+and the float32 copies stay in cache; the others get whole tensors. An elementwise
+method's ``tensor_stats`` (reduce, then apply: slerp's dot products, TIES's trim
+thresholds) runs first over the same tensor's slices, re-read by a thread of its own a
+tensor or two ahead, and reaches each slice's ``prepare`` as ``stats``. Tensors outside the
 scope (and non-float tensors) are the direct parent's bytes untouched (dequantized ones:
 rounded to bfloat16). Methods with ``global_stats`` first get streaming statistics
 passes that re-read the parents, so no pass ever holds the model. The next pieces are read
@@ -31,7 +34,7 @@ from spectrum.errors import UserError
 from spectrum.merge.scope import layer_of
 from spectrum.merge.spec import MergeSpec
 from spectrum.methods import MergeMethod, Parents
-from spectrum.methods.common.base import chunk_spans, sum_over_chunks
+from spectrum.methods.common.base import chunk_spans
 from spectrum.weights.output import tensor_nbytes
 from spectrum.weights.validate import check_finite, check_merged_finite
 
@@ -88,7 +91,7 @@ def merge_stream(
     merged = {n for n in names if strengths[n] is not None and direct.dtype(n).is_floating_point}
     as32 = dict(device=device, dtype=torch.float32)
     chunked = [name for name in names if name in merged and method.elementwise]
-    sums = _TensorSums(method, (direct, thinking), chunked, device)
+    stats_ahead = _TensorStats(method, params, (direct, thinking, base), chunked, as32)
 
     def load(item: tuple[str, tuple[int, int] | None]) -> tuple[Tensor | torch.dtype, Any]:
         """The raw piece when it is copied, else its dtype and the method's prepared tensors.
@@ -112,7 +115,7 @@ def merge_stream(
             raw.to(**as32),
             read("thinking", thinking).to(**as32),
             read("base", base).to(**as32) if base is not None else None,
-            sums.of(name) if span is not None else None,
+            stats_ahead.of(name) if span is not None else None,
         )
         return direct.dtype(name), method.prepare(parents, params, spec.seed)
 
@@ -147,7 +150,7 @@ def merge_stream(
             yield name, kept
             bar.update(kept.numel() * kept.element_size())
     finally:
-        sums.close()
+        stats_ahead.close()
         bar.close()
 
 
@@ -160,40 +163,46 @@ def _pieces(
     return [(name, span) for span in chunk_spans(math.prod(source.shape(name)))]
 
 
-class _TensorSums:
-    """An elementwise method's ``tensor_sums`` per tensor: one extra read pass, run by its
-    own thread up to ``LOOKAHEAD`` tensors ahead so that it overlaps the merge."""
+class _TensorStats:
+    """An elementwise method's ``tensor_stats`` per tensor: its own read passes over the
+    tensor's slices, run by a thread up to ``LOOKAHEAD`` tensors ahead of the merge."""
 
     LOOKAHEAD = 2
 
-    def __init__(self, method: MergeMethod, sources: tuple[TensorSource, TensorSource],
-                 names: list[str], device: str):  # fmt: skip
-        self._method, self._sources, self._device = method, sources, device
+    def __init__(self, method: MergeMethod, params: dict[str, Any],
+                 sources: tuple[TensorSource, TensorSource, TensorSource | None],
+                 names: list[str], as32: dict[str, Any]):  # fmt: skip
+        self._method, self._params, self._sources, self._as32 = method, params, sources, as32
         self._order = names
         self._index = {name: i for i, name in enumerate(names)}
         self._submitted = 0
         self._futures: dict[str, Future] = {}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="spectrum-sums")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="spectrum-stats")
 
-    def of(self, name: str) -> Tensor | None:
-        if self._method.tensor_sums is None:
+    def of(self, name: str) -> Any:
+        if self._method.tensor_stats is None:
             return None
         position = self._index[name]
         while self._submitted <= min(position + self.LOOKAHEAD, len(self._order) - 1):
             ahead = self._order[self._submitted]
-            self._futures[ahead] = self._pool.submit(self._sum, ahead)
+            self._futures[ahead] = self._pool.submit(self._stats, ahead)
             self._submitted += 1
         for passed in [n for n in self._futures if self._index[n] < position]:
             del self._futures[passed]
         return self._futures[name].result()
 
-    def _sum(self, name: str) -> Tensor:
-        direct, thinking = self._sources
-        slices = (
-            tuple(s.get_slice(name, *span).to(self._device) for s in (direct, thinking))
-            for span in chunk_spans(math.prod(direct.shape(name)))
-        )
-        return sum_over_chunks(self._method.tensor_sums, slices)
+    def _stats(self, name: str) -> Any:
+        numel = math.prod(self._sources[0].shape(name))
+
+        def slices() -> Iterator[Parents]:
+            for span in chunk_spans(numel):
+                pieces = (
+                    source.get_slice(name, *span).to(**self._as32) if source is not None else None
+                    for source in self._sources
+                )
+                yield Parents(name, *pieces)
+
+        return self._method.tensor_stats(slices, self._params)
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)

@@ -2,7 +2,7 @@
 
 cos Ω = ⟨θ_D, θ_T⟩ / (‖θ_D‖‖θ_T‖); θ = sin((1−λ)Ω)/sin Ω · θ_D + sin(λΩ)/sin Ω · θ_T, and
 `linear` when the two are nearly collinear (|cos Ω| > 1 − 1e-6) or either is all zeros.
-The three dot products are the method's ``tensor_sums``, so the engine can stream a tensor
+The three dot products are the method's ``tensor_stats``, so the engine can stream a tensor
 in slices: one pass for the sums, one for the merge.
 """
 
@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from spectrum.methods.common.base import MergeMethod, Parents, Prepared, chunks_of, sum_over_chunks
+from spectrum.methods.common.base import (
+    MergeMethod,
+    Parents,
+    Prepared,
+    SliceStream,
+    stats_of,
+    sum_over_chunks,
+)
 from spectrum.methods.linear import weighted_sum
 
 COLLINEAR = 1.0 - 1e-6
@@ -36,10 +43,13 @@ def angle(sums: Tensor) -> float:
     return 0.0 if abs(cos) > COLLINEAR else math.acos(max(-1.0, min(1.0, cos)))
 
 
+def gram_sums(slices: SliceStream, params: dict[str, Any]) -> Tensor:
+    """The Gram sums of a whole tensor, added slice by slice in float64."""
+    return sum_over_chunks(gram, ((piece.direct, piece.thinking) for piece in slices()))
+
+
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    sums = parents.sums
-    if sums is None:  # a whole tensor: the same slices the engine would sum
-        sums = sum_over_chunks(gram, chunks_of(parents.direct, parents.thinking))
+    sums = stats_of(gram_sums, parents, params)
     return {
         "direct": parents.direct,
         "thinking": parents.thinking,
@@ -67,5 +77,5 @@ METHOD = MergeMethod(
     prepare=prepare,
     apply=apply,
     elementwise=True,
-    tensor_sums=gram,
+    tensor_stats=gram_sums,
 )

@@ -7,38 +7,64 @@
 3. disjoint merge: τ = Σ_i w_i τ'_i [sign τ'_i = s] / Σ_i w_i [sign τ'_i = s], 0 where no
    weighted contribution agrees; θ = θ_B + τ.
 
-``prepare`` trims (step 1); ``apply`` does steps 2–3 for a λ. The live merger keeps
-``index`` (each task vector's |τ| bits sorted, per tensor), so a new density re-prepares
-with the threshold read off instead of counted; ``apply_into`` writes into the model.
+``prepare`` trims (step 1); ``apply`` does steps 2–3 for a λ. Given the two per-tensor
+trim thresholds every step is elementwise: the thresholds are the method's ``tensor_stats``
+(two passes over the tensor's slices, ``sliced_thresholds``), so the engine streams TIES in
+slices like linear and never holds a whole float32 tensor. The live merger keeps ``index``
+(each task vector's |τ| bits sorted, per tensor), so a new density re-prepares with the
+thresholds read off instead of counted; ``apply_into`` writes into the model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from spectrum.methods.common.base import MergeMethod, Param, Parents, Prepared
-from spectrum.methods.common.magnitude import MagnitudeThreshold, selected_count
+from spectrum.methods.common.base import (
+    MergeMethod,
+    Param,
+    Parents,
+    Prepared,
+    SliceStream,
+    stats_of,
+)
+from spectrum.methods.common.magnitude import selected_count, sliced_thresholds
 
 
-def trimmed(parent: Tensor, base: Tensor, density: float, ordered: Tensor | None = None) -> Tensor:
-    """τ = parent − base where |τ| is in its top ``density``, else 0: ``where(mask, τ, 0)``
-    bit for bit. ``ordered``: |τ|'s bits sorted (``index``), where the threshold is read off;
-    without it the threshold is counted (``MagnitudeThreshold``)."""
-    if ordered is None:
-        magnitude = (parent - base).abs()
-        threshold = MagnitudeThreshold(lambda: (magnitude,)).threshold(density)
-        del magnitude
-        threshold_bits = None if threshold is None else _bits_of(threshold)
-    else:
-        count = selected_count(density, ordered.numel())
-        threshold_bits = int(ordered[ordered.numel() - count]) if count else None
-    if threshold_bits is None:
+def trim_thresholds(slices: SliceStream, params: dict[str, Any]) -> list[float | None]:
+    """The top-``density`` magnitude threshold of τ_D and of τ_T (None: nothing is kept)."""
+
+    def magnitudes() -> Iterator[tuple[Tensor, Tensor]]:
+        for piece in slices():
+            yield (piece.direct - piece.base).abs_(), (piece.thinking - piece.base).abs_()
+
+    return sliced_thresholds(magnitudes, params["density"])
+
+
+def threshold_bits(parents: Parents, params: dict[str, Any]) -> list[int | None]:
+    """The two trim thresholds as float32 bit patterns: read off the live merger's
+    ``index`` when it is handed one, else the ``tensor_stats`` (the engine's, or counted)."""
+    if parents.index is not None:
+        return [_read_off(parents.index[role], params["density"]) for role in ROLES]
+    found = stats_of(trim_thresholds, parents, params)
+    return [None if value is None else _bits_of(value) for value in found]
+
+
+def _read_off(ordered: Tensor, density: float) -> int | None:
+    count = selected_count(density, ordered.numel())
+    return int(ordered[ordered.numel() - count]) if count else None
+
+
+def trimmed(parent: Tensor, base: Tensor, bits: int | None) -> Tensor:
+    """τ = parent − base where |τ|'s bits reach ``bits``, else 0: ``where(mask, τ, 0)`` bit
+    for bit."""
+    if bits is None:
         return torch.zeros_like(base)
-    return _masked_difference(parent, base, threshold_bits)
+    return _masked_difference(parent, base, bits)
 
 
 def _masked_difference(parent: Tensor, base: Tensor, threshold_bits: int) -> Tensor:
@@ -61,21 +87,24 @@ def _bits_of(value: float) -> int:
     return int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
 
 
+ROLES = ("direct", "thinking")
+
+
 def index(parents: Parents) -> Prepared:
     """Each task vector's |τ| bits, sorted (on the host): any density's threshold is one read."""
     return {
         role: torch.sort((parent - parents.base).abs().view(torch.int32).reshape(-1)).values.cpu()
-        for role, parent in (("direct", parents.direct), ("thinking", parents.thinking))
+        for role, parent in zip(ROLES, (parents.direct, parents.thinking), strict=True)
     }
 
 
 def prepare(parents: Parents, params: dict[str, Any], seed: int) -> Prepared:
-    density, base = params["density"], parents.base
-    ordered = parents.index or {}
+    direct_bits, thinking_bits = threshold_bits(parents, params)
+    base = parents.base
     return {
         "base": base,
-        "trimmed_direct": trimmed(parents.direct, base, density, ordered.get("direct")),
-        "trimmed_thinking": trimmed(parents.thinking, base, density, ordered.get("thinking")),
+        "trimmed_direct": trimmed(parents.direct, base, direct_bits),
+        "trimmed_thinking": trimmed(parents.thinking, base, thinking_bits),
     }
 
 
@@ -183,4 +212,6 @@ METHOD = MergeMethod(
     ),
     needs_base=True,
     interpolates=False,
+    elementwise=True,
+    tensor_stats=trim_thresholds,
 )

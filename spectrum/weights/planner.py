@@ -408,7 +408,7 @@ def merge_need(pair: PairFacts, method: str, hardware: Hardware) -> Need:
     else:
         # Float32 copies of the largest tensor: the next one's inputs (read ahead), the
         # current one's prepared outputs and result, one temporary. Checked against
-        # measured peaks by bench/real_scale.py (ties: 8 copies).
+        # measured peaks by bench/real_scale.py (ties took 8 copies before it streamed).
         bpe = prepared_bytes_per_element(method, "merge", hardware.device, pair.float32_parents)
         copies = _inputs(method, pair.has_base) + bpe / 4 + 2
         work = int(copies * pair.largest_elements * 4)

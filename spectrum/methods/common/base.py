@@ -26,11 +26,16 @@ kept by the live merger (in host memory) across preparations and handed back to
 lookup where a fresh ``prepare`` would count a histogram.
 
 Methods that are *elementwise* (each output element depends on the same element of the
-parents only, plus per-tensor sums) declare it, and the engine then runs ``prepare`` and
-``apply`` on flat slices of ``CHUNK`` elements: memory stays at a few slices and the
-float32 copies stay in cache. A per-tensor reduction they need (slerp's dot products) is a
-``tensor_sums`` of one slice; ``sum_over_chunks`` adds it up over the same slices in the
-same order wherever it runs, so a chunked merge and a whole-tensor one agree bit for bit.
+parents only, plus per-tensor statistics) declare it, and the engine then runs ``prepare``
+and ``apply`` on flat slices of ``CHUNK`` elements: memory stays at a few slices and the
+float32 copies stay in cache. A per-tensor statistic they need first (slerp's dot
+products, TIES's trim thresholds) is the method's ``tensor_stats(slices, params)``: "reduce,
+then apply". ``slices()`` yields the tensor's ``Parents`` slice by slice, in order, and may
+be called more than once (one read pass per call: an exact k-th largest takes two), so no
+pass holds a whole float32 tensor. The engine runs it a tensor or two ahead and hands the
+result to every slice's ``prepare`` as ``parents.stats``; given a whole tensor (the live
+merger, ``stats`` None), ``prepare`` computes it over ``slices_of`` the same slices in the
+same order, so a chunked merge and a whole-tensor one agree bit for bit.
 
 All tensors handed to a method are float32 on the merge device; casting back to the
 parents' dtype is the engine's job. λ convention (docs/METHODS.md):
@@ -60,10 +65,14 @@ class Parents:
     direct: Tensor
     thinking: Tensor
     base: Tensor | None = None
-    # The method's ``tensor_sums`` over the whole tensor, when these are slices of it.
-    sums: Tensor | None = None
+    # The method's ``tensor_stats`` of the whole tensor, when these are slices of it.
+    stats: Any = None
     # What the method's ``index`` made of these parents before (the live merger's), if any.
     index: Prepared | None = None
+
+
+SliceStream = Callable[[], Iterator[Parents]]
+TensorStats = Callable[[SliceStream, dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -87,9 +96,9 @@ class MergeMethod:
     apply: Callable[[Prepared, float, dict[str, Any], Any], Tensor]
     params: tuple[Param, ...] = ()
     needs_base: bool = False
-    # prepare/apply are elementwise given ``tensor_sums``: the engine may run them on slices.
+    # prepare/apply are elementwise given ``tensor_stats``: the engine may run them on slices.
     elementwise: bool = False
-    tensor_sums: Callable[[Tensor, Tensor], Tensor] | None = None
+    tensor_stats: TensorStats | None = None
     global_stats: Callable[[PreparedStream, Iterable[float], dict[str, Any]], Any] | None = None
     # ``apply`` written straight into ``out`` (the running model's parameter: same shape,
     # contiguous, any float dtype), equal to ``apply(...).to(out.dtype)`` bit for bit: no
@@ -122,8 +131,17 @@ def chunk_spans(numel: int) -> list[tuple[int, int]]:
     return [(start, min(start + CHUNK, numel)) for start in range(0, max(numel, 1), CHUNK)]
 
 
-def chunks_of(direct: Tensor, thinking: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
-    """The engine's slices of two whole tensors."""
-    direct, thinking = direct.reshape(-1), thinking.reshape(-1)
-    for start, stop in chunk_spans(direct.numel()):
-        yield direct[start:stop], thinking[start:stop]
+def slices_of(parents: Parents) -> Iterator[Parents]:
+    """The engine's slices of whole parents (flattened), ``stats`` left out."""
+    whole = (parents.direct, parents.thinking, parents.base)
+    flat = [t.reshape(-1) if t is not None else None for t in whole]
+    for start, stop in chunk_spans(flat[0].numel()):
+        yield Parents(parents.name, *(t[start:stop] if t is not None else None for t in flat))
+
+
+def stats_of(tensor_stats: TensorStats, parents: Parents, params: dict[str, Any]) -> Any:
+    """``parents.stats`` when the engine computed them over the slices, else the same
+    statistic computed here over the same slices of the whole tensor."""
+    if parents.stats is not None:
+        return parents.stats
+    return tensor_stats(lambda: slices_of(parents), params)

@@ -25,13 +25,16 @@ tensors (it is called once for the coarse counts and once per refinement batch);
 ``.prefetch(fractions)`` refines the buckets of several k in one pass;
 ``.index()`` sorts once so later k need no pass; ``.threshold(k) -> float | None``;
 ``.total`` is N. ``top_fraction_mask(x, k)`` is the one-tensor shortcut.
+``sliced_thresholds(magnitudes, k)`` is the same two passes for several tensors at once
+that arrive slice by slice (TIES's trim in the streaming engine): nothing but the slices
+and the counts is held.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -162,11 +165,49 @@ class MagnitudeThreshold:
         if self._sorted is not None:
             in_bucket = self._sorted_bucket(bucket)
             bits = in_bucket[in_bucket.numel() - rank : in_bucket.numel() - rank + 1]
-        else:
-            self.prefetch([fraction])
-            low, _ = _locate(self._fine[bucket], rank)
-            bits = torch.tensor([(bucket << _BITS) | low], dtype=torch.int32)
-        return float(bits.view(torch.float32).item())
+            return float(bits.view(torch.float32).item())
+        self.prefetch([fraction])
+        return _value(bucket, self._fine[bucket], rank)
+
+
+def _value(bucket: int, fine: Tensor, rank: int) -> float:
+    """The rank-th largest value of a bucket, from the counts of its low 16 bits."""
+    low, _ = _locate(fine, rank)
+    bits = torch.tensor([(bucket << _BITS) | low], dtype=torch.int32)
+    return float(bits.view(torch.float32).item())
+
+
+def sliced_thresholds(
+    magnitudes: Callable[[], Iterable[Sequence[Tensor]]], fraction: float
+) -> list[float | None]:
+    """The threshold for ``fraction`` of each of several tensors, exactly as
+    ``MagnitudeThreshold`` finds it for each alone: ``magnitudes()`` yields, slice by slice,
+    one non-negative float32 piece per tensor (position i always tensor i), and is called
+    twice: coarse counts of every tensor, then the one bucket each threshold lies in."""
+    coarse: list[Tensor] = []
+    for pieces in magnitudes():
+        counts = [_histogram(_bits(piece) >> _BITS) for piece in pieces]
+        coarse = counts if not coarse else [c.add_(n) for c, n in zip(coarse, counts, strict=True)]
+    located = []
+    for counts in coarse:
+        count = selected_count(fraction, int(counts.sum()))
+        located.append(None if count == 0 else _locate(counts, count))
+    if all(hit is None for hit in located):
+        return [None] * len(located)
+    found: list[dict[int, list[Tensor]]] = [{hit[0]: []} if hit else {} for hit in located]
+    for pieces in magnitudes():
+        for piece, wanted in zip(pieces, found, strict=True):
+            if wanted:
+                _collect(_bits(piece), wanted)
+    thresholds: list[float | None] = []
+    for hit, wanted in zip(located, found, strict=True):
+        if hit is None:
+            thresholds.append(None)
+            continue
+        bucket, rank = hit
+        fine = _histogram(torch.cat(wanted[bucket]).bitwise_and_(_LOW_MASK))
+        thresholds.append(_value(bucket, fine, rank))
+    return thresholds
 
     def _sorted_bucket(self, bucket: int) -> Tensor:
         """The bits of every magnitude whose high half is ``bucket``, ascending (index())."""
