@@ -114,12 +114,15 @@ def test_ties_trim_from_the_index_equals_the_counted_trim_and_the_sorted_rule():
     parent[400:420] = -0.0
     base[400:410] = 0.0  # τ = −0 − 0 = −0
     parent[420:440] = base[420:440] + 1e-44 * (base[420:440] == 0)  # subnormal-sized steps
-    kept = ties.index(Parents("w", parent, parent, base))["direct"]
+    kept = ties.index(Parents("w", parent, parent, base))
     tau = (parent - base).numpy()
     magnitudes = np.sort(np.abs(tau))[::-1]
     for density in (0.0, 1e-6, 0.1, 0.25, 0.5, 0.8, 0.999, 1.0):
-        from_index = ties.trimmed(parent, base, density, kept)
-        counted = ties.trimmed(parent, base, density)
+        params = {"density": density}
+        indexed = Parents("w", parent, parent, base, index=kept)
+        from_index = ties.prepare(indexed, params, 0)["trimmed_direct"]
+        # Without the index the thresholds are counted over the tensor's slices.
+        counted = ties.prepare(Parents("w", parent, parent, base), params, 0)["trimmed_direct"]
         assert torch.equal(from_index.view(torch.int32), counted.view(torch.int32)), density
         count = int(np.floor(density * n + 0.5))
         keep = np.abs(tau) >= magnitudes[count - 1] if count else np.zeros(n, dtype=bool)

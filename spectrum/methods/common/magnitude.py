@@ -169,6 +169,18 @@ class MagnitudeThreshold:
         self.prefetch([fraction])
         return _value(bucket, self._fine[bucket], rank)
 
+    def _sorted_bucket(self, bucket: int) -> Tensor:
+        """The bits of every magnitude whose high half is ``bucket``, ascending (index())."""
+        # Counts of values <= each bound: below the bucket, and up to its last pattern.
+        bounds = torch.tensor(
+            [(bucket << _BITS) - 1, (bucket << _BITS) | _LOW_MASK], dtype=torch.int32
+        )
+        parts = []
+        for ordered in self._sorted:
+            start, stop = torch.searchsorted(ordered, bounds, right=True).tolist()
+            parts.append(ordered[start:stop])
+        return torch.cat(parts).sort().values
+
 
 def _value(bucket: int, fine: Tensor, rank: int) -> float:
     """The rank-th largest value of a bucket, from the counts of its low 16 bits."""
@@ -208,18 +220,6 @@ def sliced_thresholds(
         fine = _histogram(torch.cat(wanted[bucket]).bitwise_and_(_LOW_MASK))
         thresholds.append(_value(bucket, fine, rank))
     return thresholds
-
-    def _sorted_bucket(self, bucket: int) -> Tensor:
-        """The bits of every magnitude whose high half is ``bucket``, ascending (index())."""
-        # Counts of values <= each bound: below the bucket, and up to its last pattern.
-        bounds = torch.tensor(
-            [(bucket << _BITS) - 1, (bucket << _BITS) | _LOW_MASK], dtype=torch.int32
-        )
-        parts = []
-        for ordered in self._sorted:
-            start, stop = torch.searchsorted(ordered, bounds, right=True).tolist()
-            parts.append(ordered[start:stop])
-        return torch.cat(parts).sort().values
 
 
 def top_fraction_mask(values: Tensor, fraction: float) -> Tensor:
