@@ -49,7 +49,7 @@ def split_batched(todo: list[Entry]) -> tuple[dict[tuple[str, str], list[Entry]]
 
 
 def load_spectrum(spec: Any, config: dict[str, Any]) -> SpectrumModel:
-    return SpectrumModel.load(
+    spectrum = SpectrumModel.load(
         spec.direct,
         spec.thinking,
         spec.base,
@@ -58,6 +58,10 @@ def load_spectrum(spec: Any, config: dict[str, Any]) -> SpectrumModel:
         seed=spec.seed,
         scope=MergeScope(spec.layers, spec.modules),
     )
+    # Batches of batch_size × grid rows against E₀ and E₁: oneDNN's kernel on CPU
+    # (spectrum_modules._linear); greedy rows stay the per-λ sweep's.
+    spectrum.onednn = True
+    return spectrum
 
 
 class LamBatches:

@@ -74,15 +74,37 @@ def mix(at_zero: Tensor, at_one: Tensor, weight: Tensor | float) -> Tensor:
     return torch.lerp(at_zero.float(), at_one.float(), weight).to(at_zero.dtype)
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear`` over ``x`` flattened to rows.
+def onednn_usable(x: Tensor, weight: Tensor) -> bool:
+    """Whether oneDNN's linear kernel can take this product: CPU, float32 or bfloat16,
+    a contiguous weight, and a PyTorch built with oneDNN."""
+    return (
+        x.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.bfloat16)
+        and x.dtype == weight.dtype
+        and weight.is_contiguous()
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool = False) -> Tensor:
+    """``F.linear`` over ``x`` flattened to rows (``onednn``: by oneDNN's kernel on CPU).
 
     matmul folds a [b, t, n] input into one matrix product only when its strides allow a
     view; the last position sliced out of a prompt (``logits_to_keep``) does not, and it
     then copies the transposed weight for a batched product instead: for Qwen3's
     151,936-row head that is 297 MB and 2 s of CPU per generation.
+
+    Why oneDNN: on this project's CPU (AMD EPYC, AVX-512) MKL's sgemm spends 3–4× a
+    one-row product's time on eight rows, oneDNN 1.5× (bench/RESULTS.md, serve section),
+    and a spectrum batch is several rows against each of E₀ and E₁. Its sums round
+    differently from MKL's, so a row is no longer bit for bit the plain model's (float32
+    rounding only): callers opt in (``SpectrumModel.onednn``).
     """
-    out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    if onednn and onednn_usable(rows, weight):
+        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    else:
+        out = F.linear(rows, weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -119,6 +141,7 @@ class SpectrumModule(nn.Module):
     spectrum_column: int
     spectrum_original: type
     spectrum_names: tuple[str, ...]
+    spectrum_onednn: bool = False  # linear products by oneDNN (``_linear``)
 
     @property
     def spectrum_at_one(self) -> dict[str, Tensor]:
@@ -135,9 +158,10 @@ class AffineModule(SpectrumModule):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.spectrum_original.forward is nn.Linear.forward:  # F.linear: skip the twin
             x = args[0] if args else kwargs["input"]
-            at_zero = _linear(x, self.weight, self.bias)
+            fast = self.spectrum_onednn
+            at_zero = _linear(x, self.weight, self.bias, fast)
             at_one = _linear(x, self.spectrum_at_one.get("weight", self.weight),
-                             self.spectrum_at_one.get("bias", self.bias))  # fmt: skip
+                             self.spectrum_at_one.get("bias", self.bias), fast)  # fmt: skip
             return mix(at_zero, at_one, row_weights(at_zero, self.spectrum_column))
         at_zero = self.spectrum_original.forward(self, *args, **kwargs)
         at_one = twin(self, self.spectrum_at_one).forward(*args, **kwargs)
