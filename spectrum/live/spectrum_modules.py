@@ -55,6 +55,34 @@ def current_strengths() -> Tensor:
     return strengths
 
 
+# The running forward's strengths on the host and, per column, its rows that need E₀
+# (strength < 1) and E₁ (strength > 0): one device-to-host copy per forward, not per module.
+_ENDPOINTS: ContextVar[tuple[Tensor, list[list[float]], dict] | None] = ContextVar(
+    "spectrum_endpoints", default=None
+)
+
+
+def endpoint_rows(column: int) -> tuple[Tensor, Tensor] | None:
+    """(rows needing E₀, rows needing E₁) of this column as index tensors, or None when
+    every row needs both (no row sits at strength 0 or 1)."""
+    strengths = current_strengths()
+    held = _ENDPOINTS.get()
+    if held is None or held[0] is not strengths:  # a new forward, or a per-row group's rows
+        held = (strengths, strengths.tolist(), {})
+        _ENDPOINTS.set(held)
+    plans = held[2]
+    if column not in plans:
+        values = [row[column] for row in held[1]]
+        zero = [row for row, w in enumerate(values) if w < 1.0]
+        one = [row for row, w in enumerate(values) if w > 0.0]
+        plans[column] = None
+        if len(zero) < len(values) or len(one) < len(values):
+            device = strengths.device
+            index = [torch.tensor(r, dtype=torch.long, device=device) for r in (zero, one)]
+            plans[column] = (index[0], index[1])
+    return plans[column]
+
+
 def row_weights(output: Tensor, column: int) -> Tensor:
     """This module's strength per row of ``output``, shaped to broadcast against it.
 
@@ -157,12 +185,7 @@ class AffineModule(SpectrumModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.spectrum_original.forward is nn.Linear.forward:  # F.linear: skip the twin
-            x = args[0] if args else kwargs["input"]
-            fast = self.spectrum_onednn
-            at_zero = _linear(x, self.weight, self.bias, fast)
-            at_one = _linear(x, self.spectrum_at_one.get("weight", self.weight),
-                             self.spectrum_at_one.get("bias", self.bias), fast)  # fmt: skip
-            return mix(at_zero, at_one, row_weights(at_zero, self.spectrum_column))
+            return self._linear_forward(args[0] if args else kwargs["input"])
         at_zero = self.spectrum_original.forward(self, *args, **kwargs)
         at_one = twin(self, self.spectrum_at_one).forward(*args, **kwargs)
 
@@ -172,6 +195,37 @@ class AffineModule(SpectrumModule):
             return mix(zero, one, row_weights(zero, self.spectrum_column))
 
         return _map(mixed, at_zero, at_one)
+
+    def _linear_forward(self, x: Tensor) -> Tensor:
+        """A linear layer: rows at strength 0 multiply by E₀ only, rows at 1 by E₁ only (a
+        λ grid's endpoints, the parents' columns), the others by both, then mixed."""
+        fast, column = self.spectrum_onednn, self.spectrum_column
+        one_weight = self.spectrum_at_one.get("weight", self.weight)
+        one_bias = self.spectrum_at_one.get("bias", self.bias)
+        plan = endpoint_rows(column)
+        batch = current_strengths().shape[0]
+        if plan is None or x.shape[0] % batch:
+            at_zero = _linear(x, self.weight, self.bias, fast)
+            at_one = _linear(x, one_weight, one_bias, fast)
+            return mix(at_zero, at_one, row_weights(at_zero, column))
+        zero_rows, one_rows = plan
+        if not len(one_rows):  # every row at strength 0: the E₀ model's own product
+            return _linear(x, self.weight, self.bias, fast)
+        if not len(zero_rows):
+            return _linear(x, one_weight, one_bias, fast)
+        per = x.shape[0] // batch
+
+        def part(rows: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+            """The product for ``rows``, zeros elsewhere: lerp at weight 0 or 1 takes the
+            other side exactly, so a zero there never reaches the output."""
+            index = _indices(rows, per)
+            product = _linear(x.index_select(0, index), weight, bias, fast)
+            whole = product.new_zeros((x.shape[0], *product.shape[1:]))
+            return whole.index_copy_(0, index, product)
+
+        at_zero = part(zero_rows, self.weight, self.bias)
+        at_one = part(one_rows, one_weight, one_bias)
+        return mix(at_zero, at_one, row_weights(at_zero, column))
 
 
 def expert_forward(
