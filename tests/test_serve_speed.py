@@ -78,3 +78,33 @@ def test_onednn_rows_are_the_merged_models(tiny_pair):
         torch.testing.assert_close(logits[row], live.model(ids).logits[row], atol=1e-4, rtol=1e-4)
         merged = live.model.generate(ids, do_sample=False, max_new_tokens=6)
         assert torch.equal(tokens[row], merged[row]), f"λ={lam} greedy differs"
+
+
+@torch.no_grad()
+def test_endpoint_rows_skip_a_product_and_stay_exact(tiny_pair, monkeypatch):
+    """With the split on for every layer (the tiny model's layers are below its size
+    threshold), rows at λ 0 / 1 are the parents bit for bit and the others the merged
+    models to rounding, whatever mix of endpoint and inner rows shares the batch."""
+    from transformers import AutoModelForCausalLM
+
+    from spectrum.live import spectrum_modules
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(spectrum_modules, "SPLIT_MIN_ELEMENTS", 0)
+    spectrum = SpectrumModel.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
+    live = LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
+    ids = torch.randint(3, spectrum.model.config.vocab_size, (4, 9),
+                        generator=torch.Generator().manual_seed(5))  # fmt: skip
+    parents = {
+        lam: AutoModelForCausalLM.from_pretrained(tiny_pair[role]).eval()
+        for lam, role in ((0.0, "direct"), (1.0, "thinking"))
+    }
+    for lams in ([0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.4, 0.0, 0.9]):
+        logits = spectrum(ids, lams).logits
+        for row, lam in enumerate(lams):
+            if lam in parents:
+                assert torch.equal(logits[row], parents[lam](ids[row : row + 1]).logits[0])
+                continue
+            live.set(MergeSpec("linear", lam))
+            want = live.model(ids[row : row + 1]).logits[0]
+            torch.testing.assert_close(logits[row], want, atol=1e-4, rtol=1e-4)
