@@ -81,16 +81,13 @@ def test_onednn_rows_are_the_merged_models(tiny_pair):
 
 
 @torch.no_grad()
-def test_endpoint_rows_skip_a_product_and_stay_exact(tiny_pair, monkeypatch):
-    """With the split on for every layer (the tiny model's layers are below its size
-    threshold), rows at λ 0 / 1 are the parents bit for bit and the others the merged
-    models to rounding, whatever mix of endpoint and inner rows shares the batch."""
+def test_a_batch_at_one_endpoint_runs_one_product_and_stays_exact(tiny_pair):
+    """A batch whose rows all sit at λ 0 (or 1) multiplies by E₀ (E₁) alone: still the
+    parent bit for bit, as are endpoint rows mixed with inner ones; inner rows are the
+    merged models to rounding."""
     from transformers import AutoModelForCausalLM
 
-    from spectrum.live import spectrum_modules
-
     torch.set_num_threads(1)
-    monkeypatch.setattr(spectrum_modules, "SPLIT_MIN_ELEMENTS", 0)
     spectrum = SpectrumModel.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
     live = LiveMerger.load(tiny_pair["direct"], tiny_pair["thinking"], device="cpu")
     ids = torch.randint(3, spectrum.model.config.vocab_size, (4, 9),
@@ -99,12 +96,12 @@ def test_endpoint_rows_skip_a_product_and_stay_exact(tiny_pair, monkeypatch):
         lam: AutoModelForCausalLM.from_pretrained(tiny_pair[role]).eval()
         for lam, role in ((0.0, "direct"), (1.0, "thinking"))
     }
-    for lams in ([0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 0.4, 0.0, 0.9]):
+    for lams in ([0.0, 1.0, 1.0, 0.0], [0.0] * 4, [1.0] * 4, [1.0, 0.4, 0.0, 0.9]):
         logits = spectrum(ids, lams).logits
         for row, lam in enumerate(lams):
             if lam in parents:
-                assert torch.equal(logits[row], parents[lam](ids[row : row + 1]).logits[0])
+                assert torch.equal(logits[row], parents[lam](ids).logits[row])
                 continue
             live.set(MergeSpec("linear", lam))
-            want = live.model(ids[row : row + 1]).logits[0]
+            want = live.model(ids).logits[row]
             torch.testing.assert_close(logits[row], want, atol=1e-4, rtol=1e-4)
