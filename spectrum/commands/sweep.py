@@ -305,7 +305,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=True,
         help="affine methods (transformers backend): decode every λ in one batch on one "
         "spectrum model (a batch: --batch-size problems × every λ) instead of re-merging "
-        "per λ (default on)",
+        "per λ (default on; a grid of 0 and 1 alone runs per λ, where that is faster)",
     )
     parser.set_defaults(func=run)
 

@@ -471,9 +471,10 @@ class Dashboard:
         # Before any lock or generation: a refused request costs a length check, or at
         # most one tokenization per column.
         for column in COLUMNS:
-            self._check_prompt_length(prompt, column, decoding[column])
+            self._check_prompt_length(prompt, column, decoding[column], spec)
         for column in COLUMNS:
-            self.check_request(conversation_for(turns, column, prompt), column, decoding[column])
+            conversation = conversation_for(turns, column, prompt)
+            self.check_request(conversation, column, decoding[column], spec)
         max_time = self.limits.max_seconds
 
         def parent(column: str):
@@ -500,8 +501,7 @@ class Dashboard:
             conversation = conversation_for(turns, "merged", prompt)
             if self.spectrum is not None and self.spectrum.serves(spec):
                 row = SpectrumRow(self.spectrum, spec)
-                # The merger's tokenizer is the direct parent's, as sweeps of a merge use.
-                tokenizer = self.tokenizers["direct"]
+                tokenizer = self.template_tokenizer(spec)
                 for update in stream_reply(
                     row, tokenizer, conversation, decoding["merged"], stop=stop, max_time_s=max_time
                 ):
@@ -512,8 +512,7 @@ class Dashboard:
             with self.merger.holding(spec) as merge:
                 for update in stream_reply(
                     self.merger.model,
-                    # The merger's own (the direct parent's), as sweeps of the merge use.
-                    self.merger.tokenizer,
+                    self.template_tokenizer(spec),
                     conversation,
                     decoding["merged"],
                     stop=stop,
@@ -526,13 +525,31 @@ class Dashboard:
             stop=stop,
         )
 
+    def template_tokenizer(self, spec: MergeSpec) -> Any:
+        """The tokenizer, so the chat template, a merge's prompts are rendered with: the
+        sweeps' rule (``spectrum.eval.sweep.template_role``). The direct parent (λ = 0 for
+        every module kind) runs with its own; any other merge with that of the parent whose
+        files its export carries (``MergeConfig.copy_from``: the thinking parent's). The
+        parents share one vocabulary (``validate_parents``), so only the template differs."""
+        direct = spec.lam == 0 and not any(lam for _, lam in spec.module_lams or ())
+        return self.tokenizers["direct" if direct else MergeConfig.copy_from]
+
+    def _column_tokenizer(self, column: str, spec: MergeSpec | None) -> Any:
+        if column != "merged":
+            return self.tokenizers[column]
+        return self.tokenizers["direct"] if spec is None else self.template_tokenizer(spec)
+
     def check_request(
-        self, conversation: list[dict[str, str]], column: str, settings: DecodingSettings
+        self,
+        conversation: list[dict[str, str]],
+        column: str,
+        settings: DecodingSettings,
+        spec: MergeSpec | None = None,
     ) -> int:
-        """Refuse a turn that cannot fit the model or the limits; return its prompt tokens."""
+        """Refuse a turn that cannot fit the model or the limits; return its prompt tokens
+        (the merged column's with ``spec``'s template; without one, the direct parent's)."""
         self._check_max_new(settings)
-        # The merged column uses the direct parent's tokenizer (as the merger does).
-        tokenizer = self.tokenizers["direct" if column == "merged" else column]
+        tokenizer = self._column_tokenizer(column, spec)
         tokens = prompt_ids(tokenizer, conversation, torch.device("cpu")).shape[1]
         self._check_fits(column, tokens, settings, "")
         return tokens
@@ -544,11 +561,13 @@ class Dashboard:
                 f"of {self.limits.max_new_tokens}"
             )
 
-    def _check_prompt_length(self, prompt: str, column: str, settings: DecodingSettings) -> None:
+    def _check_prompt_length(
+        self, prompt: str, column: str, settings: DecodingSettings, spec: MergeSpec
+    ) -> None:
         """Refuse without tokenizing a prompt too long for any tokenization: no token is
         longer than the tokenizer's longest, so the prompt has at least this many."""
         self._check_max_new(settings)
-        tokenizer = self.tokenizers["direct" if column == "merged" else column]
+        tokenizer = self._column_tokenizer(column, spec)
         longest = _longest_token(tokenizer)
         self._check_fits(column, -(-len(prompt) // longest), settings, "at least ")
 

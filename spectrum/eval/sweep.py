@@ -740,7 +740,7 @@ class Sweeper:
             if self.batch_lams:
                 from spectrum.eval.sweep_batched import split_batched
 
-                batched, todo = split_batched(todo)
+                batched, todo = split_batched(todo, self.spec.lams)
                 todo = self._run_batched(batched, bar) + todo
                 todo = [] if self._stopped() else todo
             if todo:

@@ -17,7 +17,8 @@ the sweep is batched, ordered or resumed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -30,12 +31,33 @@ from spectrum.live.spectrum_generate import SpectrumGenerator, unit_seed
 from spectrum.live.spectrum_model import AFFINE_METHODS, SpectrumModel
 from spectrum.merge.scope import MergeScope
 
+log = logging.getLogger(__name__)
+
 # (config, benchmark, missing (problem, sample_idx)): one entry of the sweep's plan.
 Entry = tuple[dict[str, Any], str, list[tuple[Problem, int]]]
 
 
-def split_batched(todo: list[Entry]) -> tuple[dict[tuple[str, str], list[Entry]], list[Entry]]:
-    """The plan's affine entries grouped by (method, benchmark), and the others."""
+def one_batch_pays(grid: Sequence[float]) -> bool:
+    """Whether a sweep of this λ grid runs its affine methods as one batch: when one λ is
+    a real merge, inside (0, 1). A grid of the endpoints alone ({0, 1}: every row a
+    parent, one product per layer in a merged model and two in the batch, no re-merge to
+    save) ran 0.76–0.94× the per-λ sweep on the embedded pair, 11 λ 1.5–2.3×
+    (bench/RESULTS.md, issue 25). Decided from the configured grid, not the λ still
+    missing, so a resumed sweep of the same grid takes the path (and the sampled rows'
+    seeding) its first sitting took."""
+    return any(0.0 < lam < 1.0 for lam in grid)
+
+
+def split_batched(
+    todo: list[Entry], grid: Sequence[float]
+) -> tuple[dict[tuple[str, str], list[Entry]], list[Entry]]:
+    """The plan's affine entries grouped by (method, benchmark), and the others (all of
+    them when the grid is too small for the one batch to pay: ``one_batch_pays``)."""
+    if not one_batch_pays(grid):
+        log.info("λ grid %s holds only the parents: each λ re-merged in turn, not one batch",
+                 sorted(set(grid)))  # fmt: skip
+        return {}, list(todo)
+    log.info("λ grid of %d values: affine methods decoded in one batch", len(set(grid)))
     batched: dict[tuple[str, str], list[Entry]] = {}
     rest = []
     for entry in todo:
@@ -49,7 +71,7 @@ def split_batched(todo: list[Entry]) -> tuple[dict[tuple[str, str], list[Entry]]
 
 
 def load_spectrum(spec: Any, config: dict[str, Any]) -> SpectrumModel:
-    return SpectrumModel.load(
+    spectrum = SpectrumModel.load(
         spec.direct,
         spec.thinking,
         spec.base,
@@ -58,6 +80,10 @@ def load_spectrum(spec: Any, config: dict[str, Any]) -> SpectrumModel:
         seed=spec.seed,
         scope=MergeScope(spec.layers, spec.modules),
     )
+    # Batches of batch_size × grid rows against E₀ and E₁: oneDNN's kernel on CPU
+    # (spectrum_modules._linear); greedy rows stay the per-λ sweep's.
+    spectrum.onednn = True
+    return spectrum
 
 
 class LamBatches:

@@ -49,26 +49,48 @@ class RowSampling(LogitsProcessor):
         rows = [row for row, s in enumerate(self.settings) if s.do_sample]
         if not rows:
             return scores
-        out = scores.clone()
         top_k = [self.settings[row].top_k for row in rows]
         width = scores.shape[-1] if min(top_k) <= 0 else min(max(top_k), scores.shape[-1])
         values, tokens = scores[rows].float().topk(width, dim=-1)
         values, tokens = values.cpu(), tokens.cpu()
+        # Rows of equal settings are drawn together: one softmax for all of them, and per
+        # row only its own generator's noise (hundreds of sampled rows in a sweep's batch).
+        groups: dict[tuple[int, float, float], list[int]] = {}
         for index, row in enumerate(rows):
-            token = self._draw(values[index], tokens[index], self.settings[row], row)
-            out[row] = -torch.inf
-            out[row, token] = 0.0
+            s = self.settings[row]
+            groups.setdefault((s.top_k, s.temperature, s.top_p), []).append(index)
+        drawn = torch.empty(len(rows), dtype=torch.long)
+        for key, members in groups.items():
+            chosen = self._draw(values[members], key, [self.generators[rows[i]] for i in members])
+            drawn[members] = tokens[members].gather(1, chosen[:, None])[:, 0]
+        out = scores.clone()
+        index = torch.tensor(rows, device=scores.device)
+        out[index] = -torch.inf
+        out[index, drawn.to(scores.device)] = 0.0
         return out
 
-    def _draw(self, values: Tensor, tokens: Tensor, settings: DecodingSettings, row: int) -> int:
-        """One token from a row's candidates, sorted by descending score."""
-        if settings.top_k > 0:
-            values = values[: settings.top_k]
-        probs = torch.softmax(values / settings.temperature, dim=-1)
-        before = probs.cumsum(0) - probs  # mass of the better tokens: top-p keeps while < p
-        probs = torch.where(before < settings.top_p, probs, 0.0)
-        choice = torch.multinomial(probs, 1, generator=self.generators[row])
-        return int(tokens[choice])
+    @staticmethod
+    def _draw(
+        values: Tensor, settings: tuple[int, float, float], generators: list[torch.Generator]
+    ) -> Tensor:
+        """One candidate index per row of ``values`` (candidates sorted by descending
+        score), all rows sharing (top_k, temperature, top_p).
+
+        The draw is ``torch.multinomial(probs, 1, generator)``'s own, written out: it
+        takes q ~ Exp(1) of the row's width from the generator and returns argmax(p / q)
+        (PyTorch's fast path for one sample; tests/test_serve_speed.py checks the two
+        agree). Written out, the rows' noise fills one tensor and the rest runs once.
+        """
+        top_k, temperature, top_p = settings
+        if top_k > 0:
+            values = values[:, :top_k]
+        probs = torch.softmax(values / temperature, dim=-1)
+        before = probs.cumsum(-1) - probs  # mass of the better tokens: top-p keeps while < p
+        probs = torch.where(before < top_p, probs, 0.0)
+        noise = torch.empty_like(probs)
+        for row, generator in enumerate(generators):
+            noise[row].exponential_(1, generator=generator)
+        return (probs / noise).argmax(dim=-1)
 
 
 class RemergedSpectrum:

@@ -57,7 +57,12 @@ from spectrum.errors import UserError
 from spectrum.generate.template import load_tokenizer
 from spectrum.live.loading import load_model
 from spectrum.live.spectrum_modules import STRENGTHS as _STRENGTHS
-from spectrum.live.spectrum_modules import SpectrumUnavailable, choose_form, record_inputs
+from spectrum.live.spectrum_modules import (
+    AffineModule,
+    SpectrumUnavailable,
+    choose_form,
+    record_inputs,
+)
 from spectrum.live.views import checkpoint_views
 from spectrum.merge.scope import MergeScope, layer_of, module_of
 from spectrum.merge.spec import MergeSpec, check_lam
@@ -210,10 +215,18 @@ class SpectrumModel:
             row.scope.strength_for(name, row.lam, self.num_layers) or 0.0 for name in self.groups
         ]
 
-    def forward(self, input_ids: Tensor, lams: Sequence[float], **kwargs: Any) -> Any:
-        """The model's forward (logits and all), row b merged at ``lams[b]``."""
+    def forward(
+        self, input_ids: Tensor, lams: Sequence[float | MergeSpec] | Tensor, **kwargs: Any
+    ) -> Any:
+        """The model's forward (logits and all), row b merged at ``lams[b]``; ``lams`` may
+        be ``strengths(...)``'s table itself, which a decode loop computes once per batch
+        composition rather than once per step."""
         self._check_rows(input_ids, lams)
-        return self.model(input_ids=input_ids, **{STRENGTHS_KWARG: self.strengths(lams)}, **kwargs)
+        if not isinstance(lams, Tensor):
+            lams = self.strengths(lams)
+        elif lams.shape[1:] != (len(self.groups),):
+            raise ValueError(f"a strengths table has {len(self.groups)} columns, not {lams.shape}")
+        return self.model(input_ids=input_ids, **{STRENGTHS_KWARG: lams}, **kwargs)
 
     __call__ = forward
 
@@ -224,6 +237,21 @@ class SpectrumModel:
             input_ids=input_ids, **{STRENGTHS_KWARG: self.strengths(lams)}, **kwargs
         )
 
+    @property
+    def onednn(self) -> bool:
+        """Whether affine linear layers multiply by oneDNN's kernel on CPU (faster on
+        several rows; rounds differently from the plain model's, so rows are then equal to
+        the merged models' to float rounding, endpoints included, not bit for bit)."""
+        return any(m.spectrum_onednn for m in self._affine_modules())
+
+    @onednn.setter
+    def onednn(self, value: bool) -> None:
+        for module in self._affine_modules():
+            module.spectrum_onednn = value
+
+    def _affine_modules(self) -> list[AffineModule]:
+        return [m for m in self.model.modules() if isinstance(m, AffineModule)]
+
     def held_bytes(self) -> int:
         """Bytes of every tensor the model holds (parameters, E₁ copies, buffers), once each."""
         seen: dict[int, int] = {}
@@ -233,7 +261,7 @@ class SpectrumModel:
         return sum(seen.values())
 
     @staticmethod
-    def _check_rows(input_ids: Tensor, lams: Sequence[float]) -> None:
+    def _check_rows(input_ids: Tensor, lams: Sequence[float | MergeSpec] | Tensor) -> None:
         if len(lams) != input_ids.shape[0]:
             raise UserError(
                 f"{len(lams)} λ values for {input_ids.shape[0]} sequences; give one each"

@@ -55,6 +55,28 @@ def current_strengths() -> Tensor:
     return strengths
 
 
+# The running forward's strengths on the host, and per column whether every row sits at
+# strength 0 or every row at 1: one device-to-host copy per forward, not one per module.
+_ENDPOINTS: ContextVar[tuple[Tensor, list[list[float]], dict] | None] = ContextVar(
+    "spectrum_endpoints", default=None
+)
+
+
+def shared_endpoint(column: int) -> float | None:
+    """0.0 or 1.0 when every row of this forward has that strength in ``column``, else
+    None."""
+    strengths = current_strengths()
+    held = _ENDPOINTS.get()
+    if held is None or held[0] is not strengths:  # a new forward, or a per-row group's rows
+        held = (strengths, strengths.tolist(), {})
+        _ENDPOINTS.set(held)
+    shared = held[2]
+    if column not in shared:
+        values = {row[column] for row in held[1]}
+        shared[column] = values.pop() if len(values) == 1 and values <= {0.0, 1.0} else None
+    return shared[column]
+
+
 def row_weights(output: Tensor, column: int) -> Tensor:
     """This module's strength per row of ``output``, shaped to broadcast against it.
 
@@ -74,15 +96,37 @@ def mix(at_zero: Tensor, at_one: Tensor, weight: Tensor | float) -> Tensor:
     return torch.lerp(at_zero.float(), at_one.float(), weight).to(at_zero.dtype)
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear`` over ``x`` flattened to rows.
+def onednn_usable(x: Tensor, weight: Tensor) -> bool:
+    """Whether oneDNN's linear kernel can take this product: CPU, float32 or bfloat16,
+    a contiguous weight, and a PyTorch built with oneDNN."""
+    return (
+        x.device.type == "cpu"
+        and weight.dtype in (torch.float32, torch.bfloat16)
+        and x.dtype == weight.dtype
+        and weight.is_contiguous()
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool = False) -> Tensor:
+    """``F.linear`` over ``x`` flattened to rows (``onednn``: by oneDNN's kernel on CPU).
 
     matmul folds a [b, t, n] input into one matrix product only when its strides allow a
     view; the last position sliced out of a prompt (``logits_to_keep``) does not, and it
     then copies the transposed weight for a batched product instead: for Qwen3's
     151,936-row head that is 297 MB and 2 s of CPU per generation.
+
+    Why oneDNN: on this project's CPU (AMD EPYC, AVX-512) MKL's sgemm spends 3–4× a
+    one-row product's time on eight rows, oneDNN 1.5× (bench/RESULTS.md, serve section),
+    and a spectrum batch is several rows against each of E₀ and E₁. Its sums round
+    differently from MKL's, so a row is no longer bit for bit the plain model's (float32
+    rounding only): callers opt in (``SpectrumModel.onednn``).
     """
-    out = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    if onednn and onednn_usable(rows, weight):
+        out = torch.ops.mkldnn._linear_pointwise(rows, weight, bias, "none", [], "")
+    else:
+        out = F.linear(rows, weight, bias)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -119,6 +163,7 @@ class SpectrumModule(nn.Module):
     spectrum_column: int
     spectrum_original: type
     spectrum_names: tuple[str, ...]
+    spectrum_onednn: bool = False  # linear products by oneDNN (``_linear``)
 
     @property
     def spectrum_at_one(self) -> dict[str, Tensor]:
@@ -134,11 +179,7 @@ class AffineModule(SpectrumModule):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.spectrum_original.forward is nn.Linear.forward:  # F.linear: skip the twin
-            x = args[0] if args else kwargs["input"]
-            at_zero = _linear(x, self.weight, self.bias)
-            at_one = _linear(x, self.spectrum_at_one.get("weight", self.weight),
-                             self.spectrum_at_one.get("bias", self.bias))  # fmt: skip
-            return mix(at_zero, at_one, row_weights(at_zero, self.spectrum_column))
+            return self._linear_forward(args[0] if args else kwargs["input"])
         at_zero = self.spectrum_original.forward(self, *args, **kwargs)
         at_one = twin(self, self.spectrum_at_one).forward(*args, **kwargs)
 
@@ -148,6 +189,23 @@ class AffineModule(SpectrumModule):
             return mix(zero, one, row_weights(zero, self.spectrum_column))
 
         return _map(mixed, at_zero, at_one)
+
+    def _linear_forward(self, x: Tensor) -> Tensor:
+        """A linear layer: both products mixed per row, or one when every row is at the
+        same endpoint (a parent's column, a sweep batch of one λ). Rows are not split by
+        endpoint: at a few rows a product costs about the same for one row fewer, and the
+        gathers cost more (measured: serve ratio 2.3× with a split, 2.5× without)."""
+        fast, column = self.spectrum_onednn, self.spectrum_column
+        one_weight = self.spectrum_at_one.get("weight", self.weight)
+        one_bias = self.spectrum_at_one.get("bias", self.bias)
+        shared = shared_endpoint(column)
+        if shared == 0.0:  # the E₀ model's own product, bit for bit
+            return _linear(x, self.weight, self.bias, fast)
+        if shared == 1.0:
+            return _linear(x, one_weight, one_bias, fast)
+        at_zero = _linear(x, self.weight, self.bias, fast)
+        at_one = _linear(x, one_weight, one_bias, fast)
+        return mix(at_zero, at_one, row_weights(at_zero, column))
 
 
 def expert_forward(

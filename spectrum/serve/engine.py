@@ -285,6 +285,9 @@ class SpectrumEngine(Engine):
 
     def __init__(self, spectrum: Any, *, max_batch: int, context: int) -> None:
         self.spectrum = spectrum
+        # A served batch is several rows against E₀ and E₁: oneDNN's kernel on CPU (see
+        # spectrum_modules._linear); answers equal the merged models' to float rounding.
+        spectrum.onednn = True
         super().__init__(spectrum.tokenizer, max_batch=max_batch, context=context,
                          name="serve-spectrum")  # fmt: skip
 
@@ -293,8 +296,16 @@ class SpectrumEngine(Engine):
         return self.spectrum.device
 
     def _serve(self) -> None:
+        # The strengths table changes only when rows join or leave: computed once for each
+        # composition (the rows themselves are the key: compared by identity, kept alive).
+        table: dict[tuple[Row, ...], Tensor] = {}
+
         def forward(ids: Tensor, rows: list[Row], **kwargs: Any) -> Any:
-            return self.spectrum.forward(ids, [row.spec for row in rows], **kwargs)
+            key = tuple(rows)
+            if key not in table:
+                table.clear()
+                table[key] = self.spectrum.strengths([row.spec for row in rows])
+            return self.spectrum.forward(ids, table[key], **kwargs)
 
         self._decode(forward, lambda row: True)
 

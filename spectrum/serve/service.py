@@ -87,8 +87,8 @@ class Service:
         self.dashboard = dashboard
         self.effort_lams = dict(effort_lams or DEFAULT_EFFORT_LAMS)
         self.limits = limits
-        # The direct parent's tokenizer and template for every merge, as ``spectrum
-        # generate``, sweeps and the live merger use.
+        # The direct parent's tokenizer encodes every prompt (the parents share one
+        # vocabulary); the chat template is the merge's own (``Dashboard.template_tokenizer``).
         self.tokenizer = dashboard.tokenizers["direct"]
         context = dashboard.context_length
         self.spectrum_engine = None
@@ -129,7 +129,7 @@ class Service:
         spec = self.dashboard.check(spec)
         n = _integer(body, "n", 1, 1, MAX_CHOICES)
         stops = _stops(body.get("stop"))
-        text = self._prompt_text(body, chat)
+        text = self._prompt_text(body, chat, spec)
         ids = self._encode(text)
         settings = self._settings(body, spec, len(ids))
         seed = _integer(body, "seed", None, 0, 2**63 - 1)
@@ -154,10 +154,11 @@ class Service:
             return self.spectrum_engine
         return self.merger_engine
 
-    def _prompt_text(self, body: dict, chat: bool) -> str:
+    def _prompt_text(self, body: dict, chat: bool, spec: MergeSpec) -> str:
         if chat:
             conversation = _messages(body.get("messages"))
-            return chat_prompts(self.tokenizer, [conversation])[0]
+            template = self.dashboard.template_tokenizer(spec).chat_template
+            return chat_prompts(self.tokenizer, [conversation], None, template)[0]
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
