@@ -10,6 +10,7 @@ under that template.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -118,3 +119,25 @@ def test_each_merge_runs_with_the_template_its_sweep_rows_have(
         own = AutoModelForCausalLM.from_pretrained(thinking).eval()
         alone = TransformersGenerator(own, AutoTokenizer.from_pretrained(thinking))
         assert alone.generate([CONVERSATION], GREEDY)[0].text == want.text
+
+
+def test_generate_gives_each_lam_the_template_serve_gives_it(client, opening_pair):
+    """`spectrum generate --greedy` at λ 0, 0.5 and 1 answers as serve does for `direct`,
+    `linear@0.5` and `thinking`: the same template per λ, so the same greedy text."""
+    direct, thinking = opening_pair
+    command = [sys.executable, "-m", "spectrum", "generate", "--direct", str(direct),
+               "--thinking", str(thinking), "--lams", "0,0.5,1", "--prompt", PROMPT, "--greedy",
+               "--max-new-tokens", str(TOKENS), "--device", "cpu", "--json"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    for row, model in zip(rows, ("direct", "linear@0.5", "thinking"), strict=True):
+        reply = client.chat.completions.create(
+            model=model, messages=CONVERSATION, temperature=0, max_tokens=TOKENS
+        )
+        message = reply.choices[0].message
+        opened = row["lam"] != 0  # the thinking template opens the block itself
+        assert (message.reasoning_content, message.content or None) == split(
+            row["text"], opened=opened
+        ), model

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from spectrum.commands.sweep import SWEEP_LIMITS, limits_from_args
 from spectrum.errors import UserError
@@ -29,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lams", required=True, help="λ values, comma-separated: 0,0.3,0.6,1")
     parser.add_argument("--prompt", required=True, help="the user message")
     parser.add_argument("--raw", action="store_true", help="no chat template: the prompt as is")
+    parser.add_argument(
+        "--template",
+        choices=("direct", "thinking"),
+        default="thinking",
+        help="whose chat template a merge (λ > 0) answers with, as sweeps and serve do "
+        "(default: thinking, the one an export carries); λ = 0 always the direct parent's",
+    )
     parser.add_argument("--greedy", action="store_true", help="greedy decoding")
     parser.add_argument("--temperature", type=float, help="override the per-λ default")
     parser.add_argument("--top-p", type=float)
@@ -69,7 +77,7 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports here, so `spectrum --help` stays fast.
-    from spectrum.generate.batch import DecodingSettings, chat_prompts
+    from spectrum.generate.batch import DecodingSettings
     from spectrum.live.spectrum_generate import SpectrumGenerator, unit_seed
     from spectrum.live.spectrum_model import SpectrumModel, check_lams
     from spectrum.live.spectrum_modules import SpectrumUnavailable
@@ -103,12 +111,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {why}; re-merging for each λ instead", file=sys.stderr)
         spectrum = remerged(args, params, scope)
         batch_size = 1  # one λ per batch: the live merger holds one merge at a time
-    conversation = [{"role": "user", "content": args.prompt}]
-    prompt = args.prompt if args.raw else chat_prompts(spectrum.tokenizer, [conversation])[0]
+    prompts = [args.prompt] * len(lams) if args.raw else templated(args, spectrum.tokenizer, lams)
     generator = SpectrumGenerator(spectrum, batch_size=batch_size)
     # Each λ samples from its own seed: its answer does not depend on the other λs asked.
     seeds = [unit_seed(args.seed, lam) for lam in lams]
-    gens = generator.generate_rows([prompt] * len(lams), lams, settings, seeds)
+    gens = generator.generate_rows(prompts, lams, settings, seeds)
     for lam, row_settings, gen in zip(lams, settings, gens, strict=True):
         if args.json:
             record = dict(lam=lam, text=gen.text, n_tokens=gen.n_tokens, finished=gen.finished,
@@ -118,6 +125,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"--- λ={lam:g} ({gen.n_tokens} tokens{'' if gen.finished else ', truncated'})")
             print(gen.text)
     return 0
+
+
+def templated(
+    args: argparse.Namespace, direct_tokenizer: Any, lams: tuple[float, ...]
+) -> list[str]:
+    """The prompt of each λ under the template sweeps and serve give it: λ = 0 the direct
+    parent's, a merge ``--template``'s (the parents share one vocabulary, so only the
+    template differs)."""
+    from spectrum.generate.batch import chat_prompts
+    from spectrum.generate.template import load_tokenizer
+
+    conversation = [{"role": "user", "content": args.prompt}]
+    tokenizers = {"direct": direct_tokenizer}
+    if any(lam != 0 for lam in lams) and args.template == "thinking":
+        tokenizers["thinking"] = load_tokenizer(args.thinking)
+    return [
+        chat_prompts(tokenizers["direct" if lam == 0 else args.template], [conversation])[0]
+        for lam in lams
+    ]
 
 
 def remerged(args: argparse.Namespace, params: dict, scope):
