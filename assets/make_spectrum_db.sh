@@ -7,9 +7,10 @@
 #      NoThinking;
 #   4. linear with attention and MLP at their own λ (a 5 × 5 grid, other kinds at 0.5);
 #   5. the weight analysis of the pair;
-#   6. confirmations of the configurations picked from step 2 (CONFIRM) on CONFIRM_PER_LEVEL
-#      fresh problems per level with the parents on the same problems: greedy, and
-#      sampled with k = 4.
+#   6. confirmations of the apparent improvements on the thinking parent that the README
+#      states (CONFIRM: linear's best λ of steps 1-2 and its neighbour, and the method that
+#      saves the most tokens in step 1) on CONFIRM_PER_LEVEL fresh problems per level with
+#      the parents on the same problems: greedy, and sampled with k = 4.
 # Greedy decoding (k = 1), PER_LEVEL held-out problems per level (5 levels), at most
 # MAX_NEW new tokens. Every step is resumable: killed, it picks up where it stopped.
 # Usage: assets/make_spectrum_db.sh [DB]   (default assets/spectrum.duckdb; an existing DB
@@ -24,7 +25,7 @@ MAX_NEW="${MAX_NEW:-160}"
 FINE_LO=0.40
 FINE_HI=0.60
 BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
-CONFIRM="${CONFIRM:-linear@0.85 linear@0.9}"
+CONFIRM="${CONFIRM:-linear@0.8 linear@0.9 lore@0.9 linear@0.85}"
 CONFIRM_PER_LEVEL="${CONFIRM_PER_LEVEL:-200}"
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
