@@ -26,6 +26,7 @@ LMEVAL_PYTHON = os.environ.get(
     "SPECTRUM_LMEVAL_PYTHON", str(REPO / ".venv-lmeval" / "bin" / "python")
 )
 MODEL = "linear@0.9"
+KEY = "harness-key"
 MAX_TOKENS = 160
 SEED = 1234  # lm-eval's default request seed; greedy decoding does not use it
 # Two problems of each level: short and long thinking, prompts of different lengths.
@@ -75,7 +76,7 @@ def _lm_eval(url: str, tasks: Path, out: Path) -> list[dict]:
                "--include_path", str(tasks), "--apply_chat_template", "--log_samples",
                "--output_path", str(out)]  # fmt: skip
     env = {**_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(out / "datasets"), "OPENAI_API_KEY": "unused"}  # fmt: skip
+           "HF_DATASETS_CACHE": str(out / "datasets"), "OPENAI_API_KEY": KEY}  # fmt: skip
     env.pop("PYTHONPATH")  # lm-eval imports nothing of the project
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,9 +89,10 @@ def test_lm_eval_local_chat_completions_logs_what_the_server_answers(tmp_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     _write_task(tasks)
-    with _serve(tmp_path) as (_, url):
+    # On a machine busy with other tests, loading the pair can take minutes.
+    with _serve(tmp_path, "--api-key", KEY, startup_s=600) as (_, url):
         samples = _lm_eval(url, tasks, tmp_path / "lm_eval")
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0,
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0,
                                timeout=120)  # fmt: skip
         answers = {}
         for problem in PROBLEMS:
