@@ -41,6 +41,26 @@ vllm_setup() {
     export SPECTRUM_VLLM_PYTHON="$venv/bin/python"
 }
 
+# lm-eval would downgrade python-dateutil under the project's packages, so the harness
+# test (tests/test_serve_harness.py) runs it from a venv of its own too.
+LMEVAL_REQUIREMENT="lm-eval[api]==0.4.13"
+
+lmeval_setup() {
+    local venv="$VENV-lmeval"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    local stamp="$venv/.installed-$(echo "$LMEVAL_REQUIREMENT" | sha1sum | cut -c1-12)"
+    if [ ! -f "$stamp" ]; then
+        "$venv/bin/pip" install -q --upgrade pip
+        # torch first, pinned: lm-eval's dependencies would otherwise pull a CUDA build.
+        "$venv/bin/pip" install -q "torch==2.13.0"
+        "$venv/bin/pip" install -q "$LMEVAL_REQUIREMENT"
+        touch "$stamp"
+    fi
+    export SPECTRUM_LMEVAL_PYTHON="$venv/bin/python"
+}
+
 browser() {
     # The browser test drives Debian's chromium (never a Playwright download); fresh CI
     # machines lack it. Only `test` needs it: `app` must run without a browser.
@@ -56,6 +76,6 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
     app)  setup; exec "$VENV/bin/python" app.py "$@" ;;
-    test) setup; vllm_setup; browser; exec "$VENV/bin/python" -m pytest "$@" ;;
+    test) setup; vllm_setup; lmeval_setup; browser; exec "$VENV/bin/python" -m pytest "$@" ;;
     *)    echo "usage: ./run.sh app|test [ARGS...]" >&2; exit 2 ;;
 esac

@@ -7,9 +7,10 @@
 #      NoThinking;
 #   4. linear with attention and MLP at their own λ (a 5 × 5 grid, other kinds at 0.5);
 #   5. the weight analysis of the pair;
-#   6. confirmations of the configurations picked from step 2 (CONFIRM) on CONFIRM_PER_LEVEL
-#      fresh problems per level with the parents on the same problems: greedy, and
-#      sampled with k = 4;
+#   6. confirmations of the apparent improvements on the thinking parent that the README
+#      states (CONFIRM: linear's best λ of steps 1-3) with the parents on the same fresh
+#      problems: greedy on CONFIRM_PER_LEVEL problems per level, and sampled with k = 4 on
+#      SAMPLED_PER_LEVEL (cells of CONFIRM_BATCH units: the sampled rows depend on it);
 #   7. the thinking parent's intermediate checkpoint (thinking_concise) as a checkpoint row on
 #      the same problems, so the report tests merges against it;
 #   8. the loss along the linear path: NLL of held-out task text (TEXT, written by the toy's
@@ -28,8 +29,10 @@ MAX_NEW="${MAX_NEW:-160}"
 FINE_LO=0.40
 FINE_HI=0.60
 BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
-CONFIRM="${CONFIRM:-linear@0.85 linear@0.9}"
+CONFIRM="${CONFIRM:-linear@0.8}"
 CONFIRM_PER_LEVEL="${CONFIRM_PER_LEVEL:-200}"
+SAMPLED_PER_LEVEL="${SAMPLED_PER_LEVEL:-200}"
+CONFIRM_BATCH="${CONFIRM_BATCH:-1000}"
 TEXT="${TEXT:-assets/heldout_text.jsonl}"
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
@@ -45,9 +48,10 @@ COMMON=(--direct "$PAIR/direct" --thinking "$PAIR/thinking" --base "$PAIR/base"
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam "0.5,attn=0:1:0.25,mlp=0:1:0.25"
 "$PY" -m spectrum analyze --direct "$PAIR/direct" --thinking "$PAIR/thinking" --db "$DB"
 for config in $CONFIRM; do
-  "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$CONFIRM_PER_LEVEL"
   "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$CONFIRM_PER_LEVEL" \
-    --k 4 --sample --data-seed 2
+    --batch-size "$CONFIRM_BATCH"
+  "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$SAMPLED_PER_LEVEL" \
+    --batch-size "$CONFIRM_BATCH" --k 4 --sample --data-seed 2
 done
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 0,1 \
   --checkpoint thinking_concise="$PAIR/thinking_concise"

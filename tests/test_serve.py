@@ -29,7 +29,13 @@ from spectrum.generate.batch import DecodingSettings, generator_for
 from spectrum.live import LiveMerger
 from spectrum.merge.spec import MergeSpec
 from spectrum.serve import reasoning
-from spectrum.serve.names import DEFAULT_EFFORT_LAMS, model_name, request_spec, smallest_reaching
+from spectrum.serve.names import (
+    DEFAULT_EFFORT_LAMS,
+    effort_lams_from_db,
+    model_name,
+    request_spec,
+    smallest_reaching,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR = REPO / "assets" / "pair"
@@ -52,7 +58,9 @@ def _env() -> dict[str, str]:
 
 
 @contextmanager
-def _serve(tmp: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def _serve(
+    tmp: Path, *flags: str, startup_s: float = STARTUP_S
+) -> Iterator[tuple[subprocess.Popen, str]]:
     port = _free_port()
     log_path = tmp / f"serve-{port}.log"
     command = [sys.executable, "-m", "spectrum", "serve", "--device", "cpu", "--port", str(port)]
@@ -62,7 +70,7 @@ def _serve(tmp: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_S
+        deadline = time.monotonic() + startup_s
         while True:
             if server.poll() is not None:
                 pytest.fail(f"serve exited ({server.returncode}):\n{log_path.read_text()[-3000:]}")
@@ -245,10 +253,12 @@ def test_n_choices_stop_and_completions(client):
 def test_reasoning_effort_and_lam_from_the_request(client):
     merge = lambda reply: reply.model_extra["spectrum"]["merge"]  # noqa: E731
     # Efforts come from the shipped DB (--db): see test_effort_lams_from_a_results_db.
+    efforts = effort_lams_from_db(DB)
     medium = _ask(client, "linear", PROMPTS[0], reasoning_effort="medium")
-    assert merge(medium)["lam"] == 0.7 and medium.model == "linear@0.7"
+    assert merge(medium)["lam"] == efforts["medium"]
+    assert medium.model == f"linear@{efforts['medium']:g}"
     high = _ask(client, "linear", PROMPTS[0], reasoning_effort="high")
-    assert merge(high)["lam"] == 0.8
+    assert merge(high)["lam"] == efforts["high"] != efforts["medium"]
     override = _ask(client, "linear@0.2,attn=0.9", PROMPTS[0], extra_body={"lam": 0.4})
     assert (merge(override)["lam"], merge(override)["module_lams"]) == (0.4, {"attn": 0.9})
     assert override.model == "linear@0.4,attn=0.9"

@@ -21,6 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, help="problems per benchmark (level)")
     parser.add_argument("--k", type=int, help="samples per problem (default: the sweep's)")
     parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="units per cell (default: the sweep's); keep it when resuming, as in a sweep",
+    )
+    parser.add_argument(
         "--sample",
         action="store_true",
         help="sample (per-model temperature/top-p) even if the sweep decoded greedily",
@@ -37,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     found = confirm(
         args.db, args.config, data_seed=args.data_seed, limit=args.limit, k=args.k,
-        margin=args.margin, interval=args.interval, sample=args.sample,
+        batch_size=args.batch_size, margin=args.margin, interval=args.interval, sample=args.sample,
         progress=not args.no_progress, command=" ".join(["spectrum", *sys.argv[1:]]),
     )  # fmt: skip
     for statement in confirmation_statements(found):

@@ -74,6 +74,7 @@ def confirm(
     data_seed: int | None = None,
     limit: int | None = None,
     k: int | None = None,
+    batch_size: int | None = None,
     margin: float = 0.0,
     interval: str = "auto",
     sample: bool = False,
@@ -84,13 +85,14 @@ def confirm(
     """Re-evaluate ``config`` (METHOD@λ) on fresh problems and store the confirmation:
     one row per benchmark, the paired differences against both parents with verdicts.
     ``sample``: sample with the per-model settings even if the sweep was greedy (for
-    k > 1)."""
+    k > 1). ``batch_size``: units per cell instead of the sweep's (the configuration ids do
+    not depend on it; sampled rows do, through their cells' seeds)."""
     db = Path(db)
     if not db.is_file():
         raise UserError(f"no results database at {db}")
     check_interval(interval)
-    if margin < 0 or (limit is not None and limit < 1) or (k is not None and k < 1):
-        raise UserError("--margin must be at least 0, --limit and --k at least 1")
+    if margin < 0 or any(n is not None and n < 1 for n in (limit, k, batch_size)):
+        raise UserError("--margin must be at least 0, --limit, --k and --batch-size at least 1")
     method, lam = parse_config(config)
     with store.opened(db, read_only=True) as con:
         spec = recorded_spec(con, method, lam)
@@ -105,8 +107,8 @@ def confirm(
         decoding.pop("do_sample", None)
     fresh = replace(
         spec, methods=(method,), lams=(lam,), data_seed=seed, limit=limit or spec.limit,
-        k=k or spec.k, budgets=(), no_thinking=False, module_lams={}, decoding=decoding,
-        checkpoints={},
+        k=k or spec.k, batch_size=batch_size or spec.batch_size, budgets=(), no_thinking=False,
+        module_lams={}, decoding=decoding, checkpoints={},
     )  # fmt: skip
     sweeper = Sweeper(fresh, db, provider_factory=provider_factory, progress=progress,
                       command=command)  # fmt: skip
