@@ -11,18 +11,14 @@ parser is tested on fixed replies in test_creative_rubric.py.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
+from test_serve import child_env, free_port, serving
 
 from spectrum.errors import UserError
 from spectrum.eval.creative import Judge, judge_reply
@@ -36,43 +32,12 @@ STARTUP_S = 240
 JUDGE_MODEL = "linear@0.5"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
 @pytest.fixture(scope="module")
 def judge_url(tmp_path_factory) -> Iterator[str]:
     """`spectrum serve` on the embedded pair, up and answering /health."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("judge") / "serve.log"
-    command = [sys.executable, "-m", "spectrum", "serve", "--device", "cpu", "--port", str(port),
-               "--max-new-tokens", "24"]  # fmt: skip
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.3)
+    folder = tmp_path_factory.mktemp("judge")
+    with serving(folder, "--max-new-tokens", "24", startup_s=STARTUP_S) as (_, url):
         yield url
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def test_a_real_judge_reply_that_is_not_a_rubric_is_a_recorded_failure(judge_url):
@@ -128,11 +93,11 @@ def test_cli_sweep_with_judge_then_report_json(tiny_pair, judge_url, tmp_path):
                "creative_writing", "--data", f"creative_writing={SAMPLE}", "--limit", "1",
                "--max-new-tokens", "4", "--judge", f"{judge_url},{JUDGE_MODEL}",
                "--judge-max-tokens", "8", "--db", str(db), "--no-progress"]  # fmt: skip
-    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = subprocess.run(
         [sys.executable, "-m", "spectrum", "report", "--db", str(db), "--json"],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=child_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-2000:]
     found = {s["kind"]: s for s in json.loads(report.stdout)}
@@ -145,6 +110,6 @@ def test_without_judge_or_with_a_dead_one_nothing_is_written(tiny_pair, tmp_path
     with pytest.raises(UserError, match="scored by a judge model"):
         run_sweep(_spec(tiny_pair, None), db, progress=False)
     with pytest.raises(UserError, match="does not answer") as error:
-        run_sweep(_spec(tiny_pair, f"http://127.0.0.1:{_free_port()},m"), db, progress=False)
+        run_sweep(_spec(tiny_pair, f"http://127.0.0.1:{free_port()},m"), db, progress=False)
     assert "\n" not in str(error.value)
     assert not db.exists()

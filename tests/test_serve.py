@@ -47,26 +47,26 @@ STARTUP_S = 180
 PROMPTS = [p.messages[0]["content"] for level in (1, 2, 3, 4) for p in make_problems(level, 2, 1)]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 @contextmanager
-def _serve(
+def serving(
     tmp: Path, *flags: str, startup_s: float = STARTUP_S
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    port = _free_port()
+    port = free_port()
     log_path = tmp / f"serve-{port}.log"
     command = [sys.executable, "-m", "spectrum", "serve", "--device", "cpu", "--port", str(port)]
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [*command, *flags], cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT
+            [*command, *flags], cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,7 +97,7 @@ def _generate_greedy() -> subprocess.Popen:
                "--lams", "0,0.5,1", "--prompt", PROMPTS[0], "--greedy",
                "--max-new-tokens", str(MAX_TOKENS), "--json"]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())  # fmt: skip
+                            env=child_env())  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def started(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, str, subproces
     the `spectrum generate` run its answers are compared with."""
     generate = _generate_greedy()
     tmp = tmp_path_factory.mktemp("serve")
-    with _serve(tmp, "--api-key", KEY, "--db", str(DB)) as (process, url):
+    with serving(tmp, "--api-key", KEY, "--db", str(DB)) as (process, url):
         yield process, url, generate
     generate.kill()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from test_serve import _env, _serve
+from test_serve import child_env, serving
 
 from spectrum.eval.benchmarks.synthetic import is_correct, make_problems
 
@@ -75,7 +75,7 @@ def _lm_eval(url: str, tasks: Path, out: Path) -> list[dict]:
                "--model_args", model_args, "--tasks", "spectrum_synthetic",
                "--include_path", str(tasks), "--apply_chat_template", "--log_samples",
                "--output_path", str(out)]  # fmt: skip
-    env = {**_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    env = {**child_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(out / "datasets"), "OPENAI_API_KEY": KEY}  # fmt: skip
     env.pop("PYTHONPATH")  # lm-eval imports nothing of the project
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
@@ -90,7 +90,7 @@ def test_lm_eval_local_chat_completions_logs_what_the_server_answers(tmp_path):
     tasks.mkdir()
     _write_task(tasks)
     # On a machine busy with other tests, loading the pair can take minutes.
-    with _serve(tmp_path, "--api-key", KEY, startup_s=600) as (_, url):
+    with serving(tmp_path, "--api-key", KEY, startup_s=600) as (_, url):
         samples = _lm_eval(url, tasks, tmp_path / "lm_eval")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0,
                                timeout=120)  # fmt: skip

@@ -11,19 +11,15 @@ under that template.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
 import torch
+from test_serve import child_env, serving
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spectrum.generate.batch import DecodingSettings, TransformersGenerator
@@ -54,33 +50,9 @@ def opening_pair(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def client(opening_pair, tmp_path_factory):
     direct, thinking = opening_pair
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("log") / "serve.log"
-    command = [sys.executable, "-m", "spectrum", "serve", "--device", "cpu", "--port", str(port),
-               "--direct", str(direct), "--thinking", str(thinking)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.3)
+    flags = ("--direct", str(direct), "--thinking", str(thinking))
+    with serving(tmp_path_factory.mktemp("log"), *flags, startup_s=240) as (_, url):
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def _prompt(path: Path) -> str:
@@ -128,8 +100,9 @@ def test_generate_gives_each_lam_the_template_serve_gives_it(client, opening_pai
     command = [sys.executable, "-m", "spectrum", "generate", "--direct", str(direct),
                "--thinking", str(thinking), "--lams", "0,0.5,1", "--prompt", PROMPT, "--greedy",
                "--max-new-tokens", str(TOKENS), "--device", "cpu", "--json"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     for row, model in zip(rows, ("direct", "linear@0.5", "thinking"), strict=True):
