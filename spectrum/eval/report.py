@@ -68,11 +68,12 @@ def statements(
         found += stage_statements(stages(rows))
         bench_better = better[better["benchmark"] == bench] if not better.empty else better
         found += _improvement_statements(bench, bench_better, confirmed)
-        found += baseline_statements(merges_vs_baselines(rows, margin=margin, interval=interval))
+        paired = dict(margin=margin, interval=interval)
+        baselines = merges_vs_baselines(rows, **paired)
+        found += versus_statements(baselines, "baseline", "baseline_label")
         found += checkpoint_statements(rows)
-        found += checkpoint_versus_statements(
-            merges_vs_checkpoints(rows, margin=margin, interval=interval)
-        )
+        checkpoints = merges_vs_checkpoints(rows, **paired)
+        found += versus_statements(checkpoints, "checkpoint", "checkpoint")
         found += _endpoint_statements(rows)
     return found + confirmation_statements(confirmed)
 
@@ -245,23 +246,20 @@ def _improvement_statements(
     return out
 
 
-def baseline_statements(versus: pd.DataFrame) -> list[dict]:
-    """Does a merge beat each baseline on accuracy and tokens, by the paired test?"""
+def versus_statements(versus: pd.DataFrame, other: str, name: str) -> list[dict]:
+    """Does a merge beat each ``other`` (a baseline or a checkpoint: the frame's
+    ``{other}_label``, ``_mean``, ``_tokens`` columns) on accuracy and tokens, by the paired
+    test? Each statement names it by its ``name`` column."""
     out = []
     for _, row in versus.iterrows():
-        head = (
-            f"{row['benchmark']}: {row['baseline_label']} ({row['baseline_mean']:.3f}, "
-            f"{row['baseline_tokens']:.1f} tok)"
-        )
-        numbers = {"baseline_mean": row["baseline_mean"], "baseline_tokens": row["baseline_tokens"]}
+        mean, tokens = row[f"{other}_mean"], row[f"{other}_tokens"]
+        head = f"{row['benchmark']}: {row[f'{other}_label']} ({mean:.3f}, {tokens:.1f} tok)"
+        numbers = {f"{other}_mean": mean, f"{other}_tokens": tokens}
+        named = {other: row[name]}
         if pd.isna(row["merge"]):  # no merge looks better (None in a frame reads back NaN)
             text = f"{head}: no merge beats it on both accuracy and tokens"
-            out.append(
-                _statement(
-                    "merge_vs_baseline", row["benchmark"], text, numbers,
-                    baseline=row["baseline_label"], holds=False,
-                )
-            )  # fmt: skip
+            kind = f"merge_vs_{other}"
+            out.append(_statement(kind, row["benchmark"], text, numbers, holds=False, **named))
             continue
         verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
         text = (
@@ -272,9 +270,9 @@ def baseline_statements(versus: pd.DataFrame) -> list[dict]:
         numbers.update(_difference_numbers(row))
         out.append(
             _statement(
-                "merge_vs_baseline", row["benchmark"], text, numbers, merge=row["merge"],
-                baseline=row["baseline_label"], interval=row["diff_interval"],
-                holds=row["verdict"] == "improvement", selected_in_sample=True,
+                f"merge_vs_{other}", row["benchmark"], text, numbers, merge=row["merge"],
+                interval=row["diff_interval"], holds=row["verdict"] == "improvement",
+                selected_in_sample=True, **named,
             )
         )  # fmt: skip
     return out
@@ -296,42 +294,6 @@ def checkpoint_statements(rows: pd.DataFrame) -> list[dict]:
             _statement(
                 "checkpoint", row["benchmark"], text, numbers, configuration=row["label"],
                 interval=row["interval"],
-            )
-        )  # fmt: skip
-    return out
-
-
-def checkpoint_versus_statements(versus: pd.DataFrame) -> list[dict]:
-    """Does a merge beat each checkpoint on accuracy and tokens, by the paired test?"""
-    out = []
-    for _, row in versus.iterrows():
-        head = (
-            f"{row['benchmark']}: {row['checkpoint_label']} ({row['checkpoint_mean']:.3f}, "
-            f"{row['checkpoint_tokens']:.1f} tok)"
-        )
-        numbers = dict(checkpoint_mean=row["checkpoint_mean"])
-        numbers.update(checkpoint_tokens=row["checkpoint_tokens"])
-        extra = dict(checkpoint=row["checkpoint"])
-        if pd.isna(row["merge"]):  # no merge looks better
-            text = f"{head}: no merge beats it on both accuracy and tokens"
-            out.append(
-                _statement(
-                    "merge_vs_checkpoint", row["benchmark"], text, numbers, holds=False, **extra
-                )
-            )
-            continue
-        verdict = "beaten by" if row["verdict"] == "improvement" else "not distinguishable from"
-        text = (
-            f"{head}: {verdict} {row['merge']} ({row['merge_mean']:.3f}, "
-            f"{row['merge_tokens']:.1f} tok); {_difference_text(row)}"
-        )
-        numbers.update(merge_mean=row["merge_mean"], merge_tokens=row["merge_tokens"])
-        numbers.update(_difference_numbers(row))
-        out.append(
-            _statement(
-                "merge_vs_checkpoint", row["benchmark"], text, numbers, merge=row["merge"],
-                interval=row["diff_interval"], holds=row["verdict"] == "improvement",
-                selected_in_sample=True, **extra,
             )
         )  # fmt: skip
     return out
