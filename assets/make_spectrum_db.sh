@@ -9,8 +9,10 @@
 #   5. the weight analysis of the pair;
 #   6. confirmations of the apparent improvements on the thinking parent that the README
 #      states (CONFIRM: linear's best λ of steps 1-3) with the parents on the same fresh
-#      problems: greedy on CONFIRM_PER_LEVEL problems per level, and sampled with k = 4 on
-#      SAMPLED_PER_LEVEL (cells of CONFIRM_BATCH units: the sampled rows depend on it);
+#      problems (data seed 1): greedy on CONFIRM_PER_LEVEL problems per level, and sampled
+#      with k = 4 on SAMPLED_PER_LEVEL of the same (cells of CONFIRM_BATCH units: the
+#      sampled rows depend on it); 210 drawn so that at least 200 per level remain once the
+#      sweep's own are dropped (level 1 has only about 300 distinct held-out problems);
 #   7. the thinking parent's intermediate checkpoint (thinking_concise) as a checkpoint row on
 #      the same problems, so the report tests merges against it;
 #   8. the loss along the linear path: NLL of held-out task text (TEXT, written by the toy's
@@ -30,8 +32,8 @@ FINE_LO=0.40
 FINE_HI=0.60
 BUDGETS="${BUDGETS:-8,16,24,32,48,64}"
 CONFIRM="${CONFIRM:-linear@0.8}"
-CONFIRM_PER_LEVEL="${CONFIRM_PER_LEVEL:-200}"
-SAMPLED_PER_LEVEL="${SAMPLED_PER_LEVEL:-200}"
+CONFIRM_PER_LEVEL="${CONFIRM_PER_LEVEL:-210}"
+SAMPLED_PER_LEVEL="${SAMPLED_PER_LEVEL:-210}"
 CONFIRM_BATCH="${CONFIRM_BATCH:-1000}"
 TEXT="${TEXT:-assets/heldout_text.jsonl}"
 PY="${SPECTRUM_VENV:-.venv}/bin/python"
@@ -51,7 +53,7 @@ for config in $CONFIRM; do
   "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$CONFIRM_PER_LEVEL" \
     --batch-size "$CONFIRM_BATCH"
   "$PY" -m spectrum confirm --db "$DB" --config "$config" --limit "$SAMPLED_PER_LEVEL" \
-    --batch-size "$CONFIRM_BATCH" --k 4 --sample --data-seed 2
+    --batch-size "$CONFIRM_BATCH" --k 4 --sample --data-seed 1
 done
 "$PY" -m spectrum sweep "${COMMON[@]}" --methods linear --lam 0,1 \
   --checkpoint thinking_concise="$PAIR/thinking_concise"
