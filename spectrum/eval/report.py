@@ -677,11 +677,8 @@ def report_statements(db: str | Path, *, margin: float = 0.0, interval: str = "a
     db = Path(db)
     if not db.is_file():
         raise UserError(f"no results database at {db}")
-    con = store.connect(db, read_only=True)
-    try:
+    with store.opened(db, read_only=True) as con:  # a damaged file: one line (``opened``)
         return load(con, db, margin=margin, interval=interval).statements()
-    finally:
-        con.close()
 
 
 def build_report(
@@ -697,14 +694,11 @@ def build_report(
     if not db.is_file():
         raise UserError(f"no results database at {db}")
     check_report_target(out, db, force)  # the cheap checks, before the DB is opened
-    con = store.connect(db, read_only=True)
-    try:
+    with store.opened(db, read_only=True) as con:  # a damaged file: one line (``opened``)
         check_report_target(out, db, force, _recorded_parents(con))
         loaded = load(con, db, margin=margin, interval=interval)
         sections = _sections(con, loaded.table, loaded.better, loaded.levels)
         sections += row_sections(loaded)
-    finally:
-        con.close()
     body = [
         f"<h1>Thinking Spectrum results: {html.escape(db.name)}</h1>",
         f'<p class="meta">{len(loaded.table)} configurations on '

@@ -161,18 +161,57 @@ def connect(
     try:
         _check_schema_version(con, path)
         if not read_only:
-            con.execute(_TABLES)
-            con.execute(_VIEWS)
-            fill_style_bleed(con)
-            con.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-            )
+            _bring_up_to_date(con)
     except BaseException as error:
         con.close()
-        if isinstance(error, duckdb.IOException):
+        if _damaged(error):
             raise unreadable(path, error) from None
         raise
     return con
+
+
+# What a file written by this code holds: tables, views and the additive column changes.
+_DDL_KEY = hashlib.sha256((_TABLES + _VIEWS).encode()).hexdigest()[:16]
+
+
+def _bring_up_to_date(con: duckdb.DuckDBPyConnection) -> None:
+    """Tables, views, style-bleed scores and the schema version, each written only when
+    missing: a file already up to date is not written by opening it (so a damaged one is
+    refused on its first read, untouched)."""
+    marks = {"schema_ddl": _DDL_KEY, "schema_version": str(SCHEMA_VERSION)}
+    if any(_meta_value(con, key) != value for key, value in marks.items()):
+        _read_everything(con)  # before changing a file, be sure all of it reads
+        con.execute(_TABLES)
+        con.execute(_VIEWS)
+        for key, value in marks.items():
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+    fill_style_bleed(con)
+
+
+def _read_everything(con: duckdb.DuckDBPyConnection) -> None:
+    """Read every row of every table (a damaged block raises here, before any write); once
+    per file and code version, when its tables are brought up to date."""
+    tables = con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+    ).fetchall()
+    for (table,) in tables:
+        con.execute(f'SELECT sum(hash(COLUMNS(*))) FROM "{table}"').fetchone()
+
+
+def _meta_value(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    except duckdb.CatalogException:  # a new file: no meta table yet
+        return None
+    return None if row is None else row[0]
+
+
+def _damaged(error: BaseException) -> bool:
+    """A file cut short or overwritten past what its catalog promised: DuckDB says so with
+    an IO error, or with a bare checksum error once it reads a block."""
+    return isinstance(error, duckdb.IOException) or (
+        isinstance(error, duckdb.Error) and "Corrupt database file" in str(error)
+    )
 
 
 def fill_style_bleed(con: duckdb.DuckDBPyConnection) -> int:
@@ -240,8 +279,10 @@ def opened(
     con = connect(path, read_only=read_only, wait_s=wait_s)
     try:
         yield con
-    except duckdb.IOException as error:  # a file truncated past what its catalog promised
-        raise unreadable(Path(path), error) from None
+    except duckdb.Error as error:
+        if _damaged(error):  # a file truncated past what its catalog promised
+            raise unreadable(Path(path), error) from None
+        raise
     finally:
         con.close()
 
