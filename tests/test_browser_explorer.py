@@ -59,6 +59,10 @@ def test_explorer_findings_heatmaps_samples_and_run_filter(tmp_path: Path):
             "SELECT DISTINCT lam FROM samples WHERE run_id = ? AND method = 'linear' "
             "ORDER BY lam", [run_id],
         ).fetchall()]  # fmt: skip
+        (greedy_runs,) = con.execute(
+            "SELECT count(DISTINCT run_id) FROM samples WHERE NOT do_sample "
+            "AND max_new_tokens = 160"
+        ).fetchone()
     problems: list[str] = []
     with launch_app(tmp_path) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -106,7 +110,9 @@ def test_explorer_findings_heatmaps_samples_and_run_filter(tmp_path: Path):
         # The run filter: every run of the decoding, or the fine λ run alone.
         everything = accuracy_lams(page)
         run = page.locator("#explorer-run")
-        expect(run.locator("input")).to_have_value(re.compile(r"^all 5 runs of this decoding"))
+        expect(run.locator("input")).to_have_value(
+            re.compile(rf"^all {greedy_runs} runs of this decoding")
+        )
         run.locator("input").click()
         page.get_by_role("option", name=re.compile(FINE_RUN)).click()
         expect(page.locator("#explorer-methods input:checked")).to_have_count(1, timeout=LOAD_MS)
