@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -269,6 +270,11 @@ def build_merge_controls(dashboard: Dashboard) -> MergeControls:
     )
 
 
+# The columns repaint at most this often while they stream: an update per token costs the
+# server more than the token itself on a small model (bench/page_stream.py), and ten
+# repaints a second read as a stream.
+REPAINT_S = 0.1
+
 # What sits above and below the columns (the merge controls, the prompt box, the examples)
 # takes about 500 px at the page's width.
 COLUMN_HEIGHT = "max(300px, calc(100vh - 500px))"
@@ -437,10 +443,14 @@ def build_chat_tab(dashboard: Dashboard) -> ChatLink:
         halt = stops.get(page.session_hash)  # None when called through the API alone
         partial: Turn | None = None
         sent = [None] * len(COLUMNS), [None] * len(COLUMNS)  # each chatbot's messages, title
+        shown = 0.0
         for snapshot in dashboard.chat(turns, prompt_text, request, settings, stop=halt):
             replies = {column: reply for column, reply in snapshot.items() if reply}
             # A blind turn stays blind even when its shuffle happens to be the plain order.
             partial = Turn(prompt_text, replies, order or COLUMNS, revealed=order is None)
+            if time.monotonic() - shown < REPAINT_S:
+                continue  # the next repaint (or the final one) shows it
+            shown = time.monotonic()
             yield *changes([*turns, partial], *sent), gr.skip(), gr.skip()
         turns = [*turns, partial]
         yield *render(turns), turns, ""  # whole components: API clients read value and label
