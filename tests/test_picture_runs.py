@@ -117,6 +117,11 @@ def test_page_sweeps_are_their_own_runs_and_the_explorer_filters_by_run(board):
             assert (row["n_problems"], row["mean"]) == pytest.approx(expected[row["lam"]])
     # All runs of one decoding: the same configuration over both runs' problems.
     assert sorted(pooled["n_problems"]) == [10, 10]
+    # The style-bleed plot draws that decoding's configurations alone, not the shipped
+    # greedy ones beside them.
+    bleed = everything.only(label).figures("synthetic", ["linear"])["bleed"]
+    drawn = [x for trace in bleed.data if trace.mode == "lines+markers" for x in trace.x]
+    assert sorted(drawn) == sorted(pooled.loc[pooled["method"] == "linear", "lam"])
     # The samples shown are the run's own, with the question and the rendered answer.
     frame = board.samples(db, "synthetic", "linear", 1.0, decoding=label, run=first.run_id)
     assert len(frame) == 5

@@ -147,7 +147,9 @@ class Results:
             for metric in EXPLORER_METRICS:
                 mark_lam_axis(plots[metric], chat)
         bleed = _bleed_summaries(self.db, self.versions)
-        plots["bleed"] = figures.style_bleed_vs_lam(bleed[bleed["method"].isin(methods)], benchmark)
+        # Only the configurations shown: one decoding, never two averaged into a curve.
+        shown = bleed["config_id"].isin(self.table["config_id"]) & bleed["method"].isin(methods)
+        plots["bleed"] = figures.style_bleed_vs_lam(bleed[shown], benchmark)
         if chat is not None:
             mark_lam_axis(plots["bleed"], chat)
         return plots
